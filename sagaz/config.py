@@ -1,0 +1,215 @@
+"""Configuration and the explicit lifecycle that framework adapters own.
+
+`SagaConfig` holds settings (plain values, readable from `SAGAZ_*` environment variables)
+and, between `await config.initialize()` and `await config.close()`, the resources built
+from them. Both calls are idempotent, so an adapter can call them from its lifespan and a
+test can call them again without harm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from sagaz.engine import RunOptions
+from sagaz.errors import ConfigurationError
+from sagaz.journal import MemoryJournal, SagaJournal, TransitionListener
+from sagaz.observability import build_listeners
+from sagaz.types import ParallelFailureStrategy
+
+log = logging.getLogger("sagaz.config")
+
+
+@dataclass
+class SagaConfig:
+    """Settings for running sagas, with an explicit initialize/close lifecycle.
+
+    database_url: SQLAlchemy URL of the saga store (None: sagas run in memory only).
+    broker_url: where the outbox relay publishes (``memory://``, ``redis://``, ...).
+    max_retries / retry_backoff / max_retry_backoff / step_timeout_seconds /
+    compensation_retries: step defaults when a step leaves the option unset.
+    failure_strategy / saga_timeout_seconds: saga defaults.
+    lease_seconds: how long a worker's claim on a saga lasts without renewal.
+    log_transitions / metrics / tracing: observability switches (metrics needs the
+    ``prometheus`` extra, tracing the ``otel`` extra).
+    """
+
+    database_url: str | None = None
+    broker_url: str = "memory://"
+    max_retries: int = 0
+    retry_backoff: float = 0.5
+    max_retry_backoff: float = 30.0
+    step_timeout_seconds: float | None = None
+    compensation_retries: int = 3
+    failure_strategy: ParallelFailureStrategy = ParallelFailureStrategy.FAIL_FAST
+    saga_timeout_seconds: float | None = None
+    lease_seconds: float = 30.0
+    log_transitions: bool = False
+    metrics: bool = False
+    tracing: bool = False
+    extra_listeners: tuple[TransitionListener, ...] = ()
+
+    _listeners: tuple[TransitionListener, ...] = field(default=(), init=False, repr=False)
+    _journal: SagaJournal | None = field(default=None, init=False, repr=False)
+    _initialized: bool = field(default=False, init=False, repr=False)
+    _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.failure_strategy = _parse_strategy("failure_strategy", self.failure_strategy)
+        for name in ("max_retries", "compensation_retries"):
+            _require(name, getattr(self, name), lambda v: isinstance(v, int) and v >= 0, ">= 0")
+        for name in ("retry_backoff", "max_retry_backoff"):
+            _require(name, getattr(self, name), lambda v: v >= 0, ">= 0")
+        for name in ("step_timeout_seconds", "saga_timeout_seconds"):
+            value = getattr(self, name)
+            if value is not None:
+                _require(name, value, lambda v: v > 0, "> 0")
+        _require("lease_seconds", self.lease_seconds, lambda v: v > 0, "> 0")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SagaConfig:
+        """Build a config from `SAGAZ_*` variables; keyword arguments take precedence.
+
+        A variable with a value of the wrong type raises ConfigurationError naming it.
+        See docs/configuration.md for the list.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            if not spec.init or spec.name == "extra_listeners":
+                continue
+            variable = f"SAGAZ_{spec.name.upper()}"
+            raw = env.get(variable)
+            if raw is None or raw == "":
+                continue
+            values[spec.name] = _convert(variable, raw, spec.default)
+        values.update(overrides)
+        return cls(**values)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def initialized(self) -> bool:
+        return self._initialized
+
+    async def initialize(self) -> SagaConfig:
+        """Build the resources (listeners; the store once one is configured).
+
+        Idempotent: a second call while initialized does nothing.
+        """
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._initialized:
+                return self
+            self._listeners = (
+                *build_listeners(
+                    log_transitions=self.log_transitions,
+                    metrics=self.metrics,
+                    tracing=self.tracing,
+                ),
+                *self.extra_listeners,
+            )
+            self._initialized = True
+            return self
+
+    async def close(self) -> None:
+        """Release every resource `initialize` built. Idempotent."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            self._listeners = ()
+            self._journal = None
+            self._initialized = False
+
+    # -- what the engine needs -----------------------------------------------------
+
+    @property
+    def listeners(self) -> tuple[TransitionListener, ...]:
+        return self._listeners if self._initialized else self.extra_listeners
+
+    def journal(self) -> SagaJournal:
+        """The configured journal, or a fresh in-memory one when none is set up."""
+        return self._journal if self._journal is not None else MemoryJournal()
+
+    def run_options(self) -> RunOptions:
+        return RunOptions(
+            failure_strategy=self.failure_strategy,
+            saga_timeout_seconds=self.saga_timeout_seconds,
+            max_retries=self.max_retries,
+            retry_backoff=self.retry_backoff,
+            max_retry_backoff=self.max_retry_backoff,
+            step_timeout_seconds=self.step_timeout_seconds,
+            compensation_retries=self.compensation_retries,
+        )
+
+
+def _require(name: str, value: Any, check: Callable[[Any], bool], rule: str) -> None:
+    try:
+        ok = not isinstance(value, bool) and check(value)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigurationError(f"SagaConfig.{name} must be {rule}, got {value!r}")
+
+
+def _parse_strategy(name: str, value: Any) -> ParallelFailureStrategy:
+    try:
+        return ParallelFailureStrategy(str(value).lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in ParallelFailureStrategy)
+        raise ConfigurationError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _convert(variable: str, raw: str, default: Any) -> Any:
+    if isinstance(default, ParallelFailureStrategy):
+        return _parse_strategy(variable, raw)
+    if isinstance(default, bool):
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ConfigurationError(f"{variable} must be true or false, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{variable} must be an integer, got {raw!r}") from None
+    if isinstance(default, float) or (default is None and variable.endswith("_SECONDS")):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{variable} must be a number, got {raw!r}") from None
+    return raw
+
+
+_global: SagaConfig | None = None
+
+
+def configure(config: SagaConfig | None = None, **settings: Any) -> SagaConfig:
+    """Set the process-wide default config (used by sagas built without `config=`).
+
+    `configure(SagaConfig(...))` installs that config; `configure(**settings)` builds one;
+    `configure(None)` with no settings resets to a fresh default. Returns the config set.
+    """
+    global _global
+    if config is not None and settings:
+        raise ConfigurationError("pass either a SagaConfig or keyword settings, not both")
+    _global = config if config is not None else (SagaConfig(**settings) if settings else None)
+    return get_config()
+
+
+def get_config() -> SagaConfig:
+    """The process-wide config; a default `SagaConfig()` until `configure` is called."""
+    global _global
+    if _global is None:
+        _global = SagaConfig()
+    return _global

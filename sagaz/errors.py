@@ -1,0 +1,60 @@
+"""The exceptions sagaz raises. Every one derives from `SagazError`."""
+
+from __future__ import annotations
+
+
+class SagazError(Exception):
+    """Base class of every sagaz error."""
+
+
+class SagaDefinitionError(SagazError):
+    """A saga's definition is invalid (unknown dependency, cycle, duplicate step, ...).
+
+    Raised when the saga is defined, never while it runs.
+    """
+
+
+class SagaRegistryError(SagazError):
+    """Two different sagas were registered under one name."""
+
+
+class UnknownSagaError(SagazError, LookupError):
+    """No saga is registered under a name (e.g. one read back from the database)."""
+
+
+class InvalidContextError(SagazError, ValueError):
+    """A saga context, a step result or an event payload cannot be stored as JSON.
+
+    The message names the offending key path, e.g. ``context['order']['at']``.
+    """
+
+
+class StepTimeoutError(SagazError, TimeoutError):
+    """A step attempt ran longer than its ``timeout_seconds``."""
+
+
+class SagaTimeoutError(SagazError, TimeoutError):
+    """The saga's forward phase ran longer than its ``timeout_seconds``."""
+
+
+class LeaseLostError(SagazError):
+    """A fenced write was refused: another worker owns the saga now.
+
+    The run that gets this must stop at once without touching the saga again.
+    """
+
+
+class ConfigurationError(SagazError, ValueError):
+    """A configuration value is missing or invalid; the message names the setting."""
+
+
+class MissingExtraError(SagazError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, extra: str, module: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{module}' package, which is not installed. "
+            f"Install it with: pip install 'sagaz[{extra}]'"
+        )
+        self.extra = extra
+        self.module = module

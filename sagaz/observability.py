@@ -1,0 +1,82 @@
+"""Transition listeners for logs, Prometheus metrics and OpenTelemetry span events.
+
+Each is opt-in through `SagaConfig` switches; the Prometheus and OpenTelemetry ones
+import their package only when switched on and name the extra to install otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sagaz.errors import MissingExtraError
+from sagaz.journal import Transition, TransitionListener
+
+transition_log = logging.getLogger("sagaz.transitions")
+
+
+def log_transition(transition: Transition) -> None:
+    """Log one transition at INFO (failures at WARNING) with its saga and step."""
+    level = logging.WARNING if transition.error else logging.INFO
+    transition_log.log(
+        level,
+        "saga %s %s %s%s%s",
+        transition.saga_name,
+        transition.saga_id,
+        transition.kind.value,
+        f" step={transition.step}" if transition.step else "",
+        f" error={transition.error}" if transition.error else "",
+    )
+
+
+class PrometheusListener:
+    """Counts transitions by saga name and kind in `sagaz_transitions_total`."""
+
+    _counter: Any = None
+
+    def __init__(self) -> None:
+        try:
+            import prometheus_client
+        except ImportError as error:
+            raise MissingExtraError("prometheus", "prometheus_client", "metrics=True") from error
+        if PrometheusListener._counter is None:
+            PrometheusListener._counter = prometheus_client.Counter(
+                "sagaz_transitions",
+                "Saga and step transitions recorded by sagaz",
+                ["saga", "kind"],
+            )
+
+    def __call__(self, transition: Transition) -> None:
+        self._counter.labels(saga=transition.saga_name, kind=transition.kind.value).inc()
+
+
+class TracingListener:
+    """Adds each transition as an event on the current OpenTelemetry span."""
+
+    def __init__(self) -> None:
+        try:
+            from opentelemetry import trace
+        except ImportError as error:
+            raise MissingExtraError("otel", "opentelemetry-api", "tracing=True") from error
+        self._trace = trace
+
+    def __call__(self, transition: Transition) -> None:
+        attributes = {"sagaz.saga_id": transition.saga_id, "sagaz.saga": transition.saga_name}
+        if transition.step:
+            attributes["sagaz.step"] = transition.step
+        if transition.error:
+            attributes["sagaz.error"] = transition.error
+        self._trace.get_current_span().add_event(f"sagaz.{transition.kind.value}", attributes)
+
+
+def build_listeners(
+    *, log_transitions: bool, metrics: bool, tracing: bool
+) -> list[TransitionListener]:
+    listeners: list[TransitionListener] = []
+    if log_transitions:
+        listeners.append(log_transition)
+    if metrics:
+        listeners.append(PrometheusListener())
+    if tracing:
+        listeners.append(TracingListener())
+    return listeners
