@@ -16,7 +16,9 @@ from sagaz.errors import (
 )
 from sagaz.journal import MemoryJournal, SagaJournal, Transition, TransitionKind
 from sagaz.registry import registry
+from sagaz import outbox
 from sagaz.saga import Saga, action, compensate
+from sagaz.start import start_saga
 from sagaz.types import (
     ParallelFailureStrategy,
     SagaResult,
@@ -54,7 +56,9 @@ __all__ = [
     "compensate",
     "configure",
     "generate_correlation_id",
+    "outbox",
     "get_config",
     "registry",
+    "start_saga",
     "__version__",
 ]

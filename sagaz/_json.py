@@ -23,6 +23,12 @@ def ensure_json_object(value: Any, what: str) -> dict[str, Any]:
     return dict(value)
 
 
+def ensure_json_value(value: Any, what: str) -> Any:
+    """Return `value` after checking it is plain JSON (any JSON value, not only objects)."""
+    _check(value, what)
+    return value
+
+
 def _check(value: Any, path: str) -> None:
     if value is None or isinstance(value, bool | int | str):
         return

@@ -1,0 +1,125 @@
+"""`outbox.add`: record an event inside the caller's own transaction."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from sagaz._json import ensure_json_value
+from sagaz.context import current_correlation_id
+from sagaz.errors import InvalidContextError
+from sagaz.journal import utcnow
+from sagaz.signals import outbox_signal
+from sagaz.store.schema import outbox
+from sagaz.store.statements import OUTBOX_CHANNEL
+from sagaz.store.unit_of_work import queue_row, sync_session_of
+
+CORRELATION_HEADER = "correlation-id"
+MAX_TOPIC_LENGTH = 255
+MAX_KEY_LENGTH = 255
+MAX_HEADERS = 32
+MAX_HEADER_NAME_LENGTH = 128
+MAX_HEADER_VALUE_LENGTH = 4096
+
+_TOPIC = re.compile(r"[A-Za-z0-9._:/-]+")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9._:-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def add(
+    session: Session | AsyncSession,
+    topic: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    saga_id: str | None = None,
+) -> str:
+    """Add an event to the outbox through `session` and return its id.
+
+    The event is written with the session's own flush or commit and published by the
+    outbox relay only after that commit; if the transaction or the savepoint around this
+    call rolls back, the event never existed. The id travels as the broker's message id.
+    The current correlation id (see `sagaz.context`) is added as the `correlation-id`
+    header unless `headers` sets it. Events with the same `key` are published in order.
+
+    Raises InvalidContextError before anything is queued for: a topic that is not a
+    non-empty str of `[A-Za-z0-9._:/-]`, a payload that is not JSON, a key that is not a
+    str, or headers that are not a small mapping of str names to str values without
+    control characters. Nothing is awaited: the same call serves Session and AsyncSession.
+    """
+    sync_session = sync_session_of(session, "outbox.add")
+    _check_topic(topic)
+    ensure_json_value(payload, "payload")
+    if key is not None and (not isinstance(key, str) or len(key) > MAX_KEY_LENGTH):
+        raise InvalidContextError(
+            f"key must be a str of at most {MAX_KEY_LENGTH} characters, got {key!r:.80}"
+        )
+    header_values = _checked_headers(headers)
+    correlation_id = current_correlation_id()
+    if correlation_id is not None:
+        header_values.setdefault(CORRELATION_HEADER, correlation_id)
+    event_id = str(uuid.uuid4())
+    now = utcnow()
+    row = {
+        "id": event_id,
+        "topic": topic,
+        "key": key,
+        "payload": payload,
+        "headers": header_values,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "claim_owner": None,
+        "claim_expires_at": None,
+        "saga_id": saga_id,
+        "created_at": now,
+        "published_at": None,
+        "last_error": None,
+    }
+    queue_row(sync_session, outbox, row, channel=OUTBOX_CHANNEL, signal=outbox_signal)
+    return event_id
+
+
+def _check_topic(topic: object) -> None:
+    if not isinstance(topic, str) or len(topic) > MAX_TOPIC_LENGTH or not _TOPIC.fullmatch(topic):
+        raise InvalidContextError(
+            f"topic must be a non-empty str of at most {MAX_TOPIC_LENGTH} characters from "
+            f"[A-Za-z0-9._:/-], got {topic!r:.80}"
+        )
+
+
+def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidContextError(f"headers must be a mapping, got {type(headers).__name__}")
+    if len(headers) > MAX_HEADERS:
+        raise InvalidContextError(f"at most {MAX_HEADERS} headers are allowed, got {len(headers)}")
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if (
+            not isinstance(name, str)
+            or len(name) > MAX_HEADER_NAME_LENGTH
+            or not _HEADER_NAME.fullmatch(name)
+        ):
+            raise InvalidContextError(
+                f"header name {name!r:.80} must be a str of at most {MAX_HEADER_NAME_LENGTH} "
+                "characters from [A-Za-z0-9._:-]"
+            )
+        if not isinstance(value, str):
+            raise InvalidContextError(
+                f"header {name!r} must have a str value, got {type(value).__name__}"
+            )
+        if len(value) > MAX_HEADER_VALUE_LENGTH or _CONTROL.search(value):
+            raise InvalidContextError(
+                f"header {name!r} value must be at most {MAX_HEADER_VALUE_LENGTH} characters "
+                "with no control characters"
+            )
+        checked[name] = value
+    return checked

@@ -1,0 +1,106 @@
+"""`start_saga`: start a saga inside the caller's own transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from sagaz._json import ensure_json_object
+from sagaz.context import current_correlation_id
+from sagaz.errors import InvalidContextError, UnknownSagaError
+from sagaz.journal import utcnow
+from sagaz.registry import registry
+from sagaz.saga import Saga
+from sagaz.signals import saga_signal
+from sagaz.store.schema import sagas
+from sagaz.store.statements import SAGA_CHANNEL
+from sagaz.store.unit_of_work import queue_row, sync_session_of
+from sagaz.types import SagaStatus
+
+#: Namespace of the deterministic saga ids derived from (saga name, idempotency key).
+SAGA_ID_NAMESPACE = uuid.UUID("5a6a2c1e-3f0b-4b8e-9a8e-0d5a9a7c2b11")
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+def saga_id_for(saga_name: str, idempotency_key: str) -> str:
+    """The id a saga started with `idempotency_key` gets: the same for every repeat."""
+    return str(uuid.uuid5(SAGA_ID_NAMESPACE, f"{saga_name}\x00{idempotency_key}"))
+
+
+def start_saga(
+    session: Session | AsyncSession,
+    saga: type[Saga] | Saga | str,
+    context: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+) -> str:
+    """Add a PENDING saga to `session` and return its id; a worker runs it after commit.
+
+    Guarantees: the saga row is written through `session`'s own connection, in its flush
+    or commit - never committed here, never on another connection, and no outbox row. If
+    the transaction (or the savepoint around this call) rolls back, the saga does not
+    exist, even when the session is reused afterwards. With `idempotency_key`, every start
+    of the same saga with the same key returns the same id and creates one saga, also
+    under concurrent requests (the first committed context wins).
+
+    Nothing is awaited, so the call is the same for `Session` and `AsyncSession`. Raises,
+    before anything is queued: TypeError for another kind of session, UnknownSagaError
+    for a saga no worker could resolve, InvalidContextError for a context that is not
+    JSON (naming the key) or a bad idempotency key.
+    """
+    sync_session = sync_session_of(session, "start_saga")
+    name = _registered_name(saga)
+    document = ensure_json_object(context, "context")
+    if idempotency_key is None:
+        saga_id = str(uuid.uuid4())
+    else:
+        _check_idempotency_key(idempotency_key)
+        saga_id = saga_id_for(name, idempotency_key)
+    now = utcnow()
+    row = {
+        "id": saga_id,
+        "name": name,
+        "status": SagaStatus.PENDING.value,
+        "context": document,
+        "idempotency_key": idempotency_key,
+        "correlation_id": current_correlation_id(),
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "lease_token": 0,
+        "attempts": 0,
+        "error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    queue_row(sync_session, sagas, row, channel=SAGA_CHANNEL, signal=saga_signal)
+    return saga_id
+
+
+def _registered_name(saga: type[Saga] | Saga | str) -> str:
+    if isinstance(saga, str):
+        name = saga
+    elif isinstance(saga, Saga):
+        name = saga.name
+    elif isinstance(saga, type) and issubclass(saga, Saga) and saga.saga_name:
+        name = saga.saga_name
+    else:
+        raise TypeError(f"start_saga needs a Saga class, instance or name, got {saga!r}")
+    if name not in registry:
+        raise UnknownSagaError(
+            f"saga '{name}' is not registered, so no worker could run it; define it at "
+            "module level (or call .register() on an imperative saga) before starting it"
+        )
+    return name
+
+
+def _check_idempotency_key(key: object) -> None:
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidContextError(
+            f"idempotency_key must be a non-empty str of at most "
+            f"{MAX_IDEMPOTENCY_KEY_LENGTH} characters, got {key!r:.80}"
+        )

@@ -1,0 +1,144 @@
+"""Rows that ride along with the application's own unit of work.
+
+`start_saga` and `outbox.add` do not execute anything: they queue a row on the caller's
+session (in `session.info`) tagged with the transaction (or savepoint) that was current.
+Session events, registered once on the sync `Session` class (and so reaching every
+`AsyncSession` through its `sync_session`), write the queued rows inside the session's own
+flush or commit, on the session's own connection:
+
+* `after_flush` and `before_commit` write the queued rows: one INSERT per table (the
+  NOTIFY on PostgreSQL rides in the same statement);
+* `after_soft_rollback` drops rows queued in the transaction or savepoint that rolled back
+  (rows already written are undone by the database itself);
+* `after_commit` of the outermost transaction wakes this process's workers; a rollback
+  wakes nobody;
+* `after_transaction_end` of the outermost transaction forgets whatever is left.
+
+Nothing here commits, flushes on its own, or opens a connection of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+from sagaz.signals import WakeSignal
+from sagaz.store.statements import insert_rows_and_notify
+
+_INFO_KEY = "sagaz.unit_of_work"
+
+
+@dataclass(slots=True)
+class _QueuedRow:
+    table: sa.Table
+    row: dict[str, Any]
+    transaction: SessionTransaction | None
+    channel: str
+    signal: WakeSignal
+
+
+@dataclass(slots=True)
+class _Buffer:
+    queued: list[_QueuedRow] = field(default_factory=list)
+    signals: set[WakeSignal] = field(default_factory=set)
+
+
+def sync_session_of(session: Session | AsyncSession, caller: str) -> Session:
+    """The sync `Session` behind `session`; TypeError naming `caller` for anything else."""
+    if isinstance(session, AsyncSession):
+        return session.sync_session
+    if isinstance(session, Session):
+        return session
+    raise TypeError(
+        f"{caller} needs a SQLAlchemy Session or AsyncSession, got {type(session).__name__}"
+    )
+
+
+def queue_row(
+    session: Session, table: sa.Table, row: dict[str, Any], *, channel: str, signal: WakeSignal
+) -> None:
+    """Queue `row` for `table` on `session`'s current transaction (or savepoint)."""
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    buffer = session.info.setdefault(_INFO_KEY, _Buffer())
+    buffer.queued.append(_QueuedRow(table, row, transaction, channel, signal))
+
+
+def pending_rows(session: Session | AsyncSession, table: sa.Table) -> list[dict[str, Any]]:
+    """Rows queued on `session` for `table` and not yet written (for tests and debugging)."""
+    buffer = sync_session_of(session, "pending_rows").info.get(_INFO_KEY)
+    return [q.row for q in buffer.queued if q.table is table] if buffer else []
+
+
+def _write_queued(session: Session) -> None:
+    buffer: _Buffer | None = session.info.get(_INFO_KEY)
+    if buffer is None or not buffer.queued:
+        return
+    queued, buffer.queued = buffer.queued, []
+    connection = session.connection()
+    dialect = connection.dialect.name
+    by_table: dict[sa.Table, list[_QueuedRow]] = {}
+    for item in queued:
+        by_table.setdefault(item.table, []).append(item)
+    for table, items in by_table.items():
+        statement = insert_rows_and_notify(
+            table, [item.row for item in items], dialect, items[0].channel
+        )
+        connection.execute(statement)
+        buffer.signals.add(items[0].signal)
+
+
+def _after_flush(session: Session, _flush_context: Any) -> None:
+    _write_queued(session)
+
+
+def _before_commit(session: Session) -> None:
+    _write_queued(session)
+
+
+def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
+    buffer: _Buffer | None = session.info.get(_INFO_KEY)
+    if buffer is None:
+        return
+    if previous.parent is None:
+        buffer.queued.clear()
+        buffer.signals.clear()
+        return
+    buffer.queued = [q for q in buffer.queued if not _inside(q.transaction, previous)]
+
+
+def _inside(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+def _after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
+    buffer: _Buffer | None = session.info.get(_INFO_KEY)
+    if buffer is None or not buffer.signals:
+        return
+    signals, buffer.signals = buffer.signals, set()
+    for signal in signals:
+        signal.notify()
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_INFO_KEY, None)
+
+
+# Registered once, when this module is first imported (imports are serialised), on the
+# sync Session class; each listener returns at once for a session sagaz never touched.
+event.listen(Session, "after_flush", _after_flush)
+event.listen(Session, "before_commit", _before_commit)
+event.listen(Session, "after_soft_rollback", _after_soft_rollback)
+event.listen(Session, "after_commit", _after_commit)
+event.listen(Session, "after_transaction_end", _after_transaction_end)

@@ -1,0 +1,161 @@
+"""Shared database fixtures.
+
+PostgreSQL comes from SAGAZ_TEST_DATABASE_URL (e.g. postgresql://postgres@127.0.0.1:5432/postgres),
+else from a testcontainers PostgreSQL when a Docker daemon answers, else the tests that
+need it are skipped with a reason saying how to enable them - except under CI=true, where
+a missing database fails. Each test gets its own PostgreSQL schema (search_path), so
+tests are isolated without the cost of a database per test. SQLite databases live in
+pytest's tmp_path, never in the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from sagaz.store.schema import metadata
+
+ENABLE_HINT = (
+    "set SAGAZ_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres "
+    "(or run a Docker daemon for testcontainers) to run PostgreSQL tests"
+)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A driver-less URL of a PostgreSQL server the tests may create schemas in."""
+    url = os.environ.get("SAGAZ_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if _docker_answers():
+        from testcontainers.community.postgres import PostgresContainer  # type: ignore[import-untyped]
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"no PostgreSQL for the tests under CI: {ENABLE_HINT}")
+    pytest.skip(ENABLE_HINT)
+
+
+@dataclass(frozen=True)
+class DatabaseUrls:
+    """Sync and async SQLAlchemy URLs of one isolated test database (or schema)."""
+
+    sync: str
+    async_: str
+    dialect: str
+    schema: str | None = None
+    application_name: str | None = None
+
+    def sync_engine(self, **kwargs: object) -> sa.Engine:
+        return sa.create_engine(self.sync, **_connect_args(self, asynchronous=False), **kwargs)  # type: ignore[arg-type]
+
+    def async_engine(self, **kwargs: object) -> AsyncEngine:
+        return create_async_engine(self.async_, **_connect_args(self, asynchronous=True), **kwargs)  # type: ignore[arg-type]
+
+
+def _connect_args(urls: DatabaseUrls, *, asynchronous: bool) -> dict[str, object]:
+    if urls.dialect != "postgresql":
+        return {}
+    settings = {
+        "search_path": urls.schema or "public",
+        "application_name": urls.application_name or "sagaz-tests",
+    }
+    if asynchronous and urls.async_.startswith("postgresql+asyncpg"):
+        return {"connect_args": {"server_settings": settings}}
+    options = " ".join(f"-c{key}={value}" for key, value in settings.items())
+    return {"connect_args": {"options": options}}
+
+
+def postgres_urls(server_url: str, schema: str) -> DatabaseUrls:
+    base = make_url(server_url)
+    return DatabaseUrls(
+        sync=base.set(drivername="postgresql+psycopg").render_as_string(hide_password=False),
+        async_=base.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False),
+        dialect="postgresql",
+        schema=schema,
+        application_name=f"sagaz-test-{schema}",
+    )
+
+
+@pytest.fixture
+def pg_empty(postgres_server_url: str) -> Iterator[DatabaseUrls]:
+    """An empty PostgreSQL schema of its own (search_path points at it); dropped after."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(make_url(postgres_server_url).set(drivername="postgresql+psycopg"))
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield postgres_urls(postgres_server_url, schema)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg(pg_empty: DatabaseUrls) -> DatabaseUrls:
+    """A PostgreSQL schema of its own with sagaz's tables created."""
+    engine = pg_empty.sync_engine()
+    with engine.begin() as connection:
+        metadata.create_all(connection)
+    engine.dispose()
+    return pg_empty
+
+
+@pytest.fixture
+def sqlite_empty(tmp_path: Path) -> DatabaseUrls:
+    path = tmp_path / "sagaz-test.db"
+    return DatabaseUrls(
+        sync=f"sqlite:///{path}", async_=f"sqlite+aiosqlite:///{path}", dialect="sqlite"
+    )
+
+
+@pytest.fixture
+def sqlite(sqlite_empty: DatabaseUrls) -> DatabaseUrls:
+    engine = sqlite_empty.sync_engine()
+    with engine.begin() as connection:
+        metadata.create_all(connection)
+    engine.dispose()
+    return sqlite_empty
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db(request: pytest.FixtureRequest) -> DatabaseUrls:
+    """sagaz's tables on PostgreSQL and on SQLite (the test runs once for each)."""
+    return request.getfixturevalue("pg" if request.param == "postgresql" else "sqlite")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def sync_engine(db: DatabaseUrls) -> Iterator[sa.Engine]:
+    engine = db.sync_engine()
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def async_engine(db: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
+    engine = db.async_engine()
+    yield engine
+    await engine.dispose()
