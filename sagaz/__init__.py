@@ -1,5 +1,6 @@
 """sagaz: sagas and a transactional outbox that commit inside your own transaction."""
 
+from sagaz import outbox
 from sagaz.config import SagaConfig, configure, get_config
 from sagaz.context import SagaContextManager, generate_correlation_id
 from sagaz.errors import (
@@ -16,7 +17,6 @@ from sagaz.errors import (
 )
 from sagaz.journal import MemoryJournal, SagaJournal, Transition, TransitionKind
 from sagaz.registry import registry
-from sagaz import outbox
 from sagaz.saga import Saga, action, compensate
 from sagaz.start import start_saga
 from sagaz.types import (

@@ -13,13 +13,18 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagaz.engine import RunOptions
 from sagaz.errors import ConfigurationError
 from sagaz.journal import MemoryJournal, SagaJournal, TransitionListener
 from sagaz.observability import build_listeners
 from sagaz.types import ParallelFailureStrategy
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from sagaz.store.stores import AsyncSagaStore
 
 log = logging.getLogger("sagaz.config")
 
@@ -54,7 +59,8 @@ class SagaConfig:
     extra_listeners: tuple[TransitionListener, ...] = ()
 
     _listeners: tuple[TransitionListener, ...] = field(default=(), init=False, repr=False)
-    _journal: SagaJournal | None = field(default=None, init=False, repr=False)
+    _engine: AsyncEngine | None = field(default=None, init=False, repr=False)
+    _store: AsyncSagaStore | None = field(default=None, init=False, repr=False)
     _initialized: bool = field(default=False, init=False, repr=False)
     _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
 
@@ -97,7 +103,8 @@ class SagaConfig:
         return self._initialized
 
     async def initialize(self) -> SagaConfig:
-        """Build the resources (listeners; the store once one is configured).
+        """Build the resources: listeners and, with a `database_url`, the async engine
+        (its connection pool) and the saga store that becomes every saga's journal.
 
         Idempotent: a second call while initialized does nothing.
         """
@@ -114,6 +121,14 @@ class SagaConfig:
                 ),
                 *self.extra_listeners,
             )
+            if self.database_url:
+                from sqlalchemy.ext.asyncio import create_async_engine
+
+                from sagaz.store.stores import AsyncSagaStore
+                from sagaz.store.urls import async_url
+
+                self._engine = create_async_engine(async_url(self.database_url))
+                self._store = AsyncSagaStore(self._engine)
             self._initialized = True
             return self
 
@@ -122,9 +137,11 @@ class SagaConfig:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
+            engine, self._engine, self._store = self._engine, None, None
             self._listeners = ()
-            self._journal = None
             self._initialized = False
+            if engine is not None:
+                await engine.dispose()
 
     # -- what the engine needs -----------------------------------------------------
 
@@ -132,9 +149,27 @@ class SagaConfig:
     def listeners(self) -> tuple[TransitionListener, ...]:
         return self._listeners if self._initialized else self.extra_listeners
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The async engine built by `initialize` from `database_url`."""
+        if self._engine is None:
+            raise ConfigurationError(
+                "no database engine: set database_url and await config.initialize() first"
+            )
+        return self._engine
+
+    @property
+    def store(self) -> AsyncSagaStore:
+        """The saga store built by `initialize` from `database_url`."""
+        if self._store is None:
+            raise ConfigurationError(
+                "no saga store: set database_url and await config.initialize() first"
+            )
+        return self._store
+
     def journal(self) -> SagaJournal:
-        """The configured journal, or a fresh in-memory one when none is set up."""
-        return self._journal if self._journal is not None else MemoryJournal()
+        """The store once initialized with a database, else a fresh in-memory journal."""
+        return self._store if self._store is not None else MemoryJournal()
 
     def run_options(self) -> RunOptions:
         return RunOptions(

@@ -116,6 +116,13 @@ class _StepFailed(Exception):
         self.error = error
 
 
+async def _abandon(running: dict[asyncio.Task[JSONDict], str]) -> None:
+    """Cancel running steps and wait for them, recording nothing (the run is aborting)."""
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+
+
 def _describe(error: BaseException) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -279,19 +286,21 @@ class _SagaRun:
         """Run the steps; True when every step completed."""
         timeout = self.definition.timeout_seconds or self.options.saga_timeout_seconds
         running: dict[asyncio.Task[JSONDict], str] = {}
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 await self._schedule(running)
         except TimeoutError:
+            if not deadline.expired():  # e.g. a journal write timed out: not ours to handle
+                await _abandon(running)
+                raise
             message = _describe(
                 SagaTimeoutError(f"saga '{self.definition.name}' timed out after {timeout}s")
             )
             self.fail(message)
             await self._cancel(running, message)
         except BaseException:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await _abandon(running)
             raise
         return all(o.status is StepStatus.COMPLETED for o in self.outcomes.values())
 
@@ -413,13 +422,14 @@ class _SagaRun:
     ) -> Any:
         """Call a step function with a read-only copy of the context, bounded by `limit`."""
         view = MappingProxyType(dict(self.context))
+        deadline = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(limit):
+            async with deadline:
                 if is_async_callable(function):
                     return await function(view)
                 return await self._in_thread(step, function, view)
         except TimeoutError as error:
-            if limit is None:
+            if not deadline.expired():  # the step raised TimeoutError itself
                 raise
             raise StepTimeoutError(
                 f"step '{step}' attempt {attempt} timed out after {limit}s"

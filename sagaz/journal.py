@@ -120,6 +120,11 @@ class SagaSnapshot:
     correlation_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    idempotency_key: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    lease_token: int = 0
+    attempts: int = 0
 
 
 def apply_transition(snapshot: SagaSnapshot, transition: Transition) -> None:

@@ -1,0 +1,124 @@
+"""The SQL saga stores: `SagaStore` over a sync `Engine`, `AsyncSagaStore` over an
+`AsyncEngine`. Both run the same connection-level operations (`sagaz.store.operations`).
+
+`AsyncSagaStore` is the engine's durable journal. Its `record` group-commits: while one
+batch is being written, transitions from every concurrently running saga queue up and go
+into the next transaction together, so throughput grows with concurrency instead of being
+capped at one commit per transition. `record` returns only after the transaction holding
+the transition committed, and raises LeaseLostError if fencing refused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sagaz.errors import LeaseLostError
+from sagaz.journal import SagaSnapshot, Transition
+from sagaz.store import operations
+from sagaz.types import SagaStatus
+
+
+def _lease_lost(transition: Transition) -> LeaseLostError:
+    return LeaseLostError(
+        f"saga {transition.saga_id}: {transition.kind.value} refused, the write's lease "
+        f"{transition.fence} is not the saga's current lease"
+    )
+
+
+class SagaStore:
+    """Reads and writes sagas through a sync SQLAlchemy engine (each call one transaction)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def record_many(self, transitions: Sequence[Transition]) -> None:
+        """Persist transitions in one transaction; LeaseLostError if any was refused
+        (the others are written)."""
+        with self.engine.begin() as connection:
+            refused = operations.write_transitions(connection, transitions)
+        if refused:
+            raise _lease_lost(transitions[min(refused)])
+
+    def get(self, saga_id: str) -> SagaSnapshot | None:
+        """A saga with its steps, or None."""
+        with self.engine.connect() as connection:
+            return operations.load_saga(connection, saga_id)
+
+    def list(
+        self,
+        *,
+        status: SagaStatus | str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[SagaSnapshot]:
+        """Sagas newest first, optionally filtered by status and name, paged."""
+        with self.engine.connect() as connection:
+            return operations.list_sagas(
+                connection, status=status, name=name, limit=limit, offset=offset
+            )
+
+
+class AsyncSagaStore:
+    """The durable journal over an `AsyncEngine`, with group commit."""
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 1000) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._queue: list[tuple[Transition, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, transition: Transition) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((transition, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued(), name="sagaz:group-commit")
+        await future
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            transitions = [transition for transition, _future in batch]
+            try:
+                async with self.engine.begin() as connection:
+                    refused = await connection.run_sync(operations.write_transitions, transitions)
+            except BaseException as error:
+                for _transition, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+                continue
+            for index, (transition, future) in enumerate(batch):
+                if future.done():
+                    continue
+                if index in refused:
+                    future.set_exception(_lease_lost(transition))
+                else:
+                    future.set_result(None)
+
+    async def load(self, saga_id: str) -> SagaSnapshot | None:
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(operations.load_saga, saga_id)
+
+    get = load
+
+    async def list(
+        self,
+        *,
+        status: SagaStatus | str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[SagaSnapshot]:
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync: operations.list_sagas(
+                    sync, status=status, name=name, limit=limit, offset=offset
+                )
+            )
