@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,14 +38,20 @@ class StepDefinition:
             raise SagaDefinitionError(
                 f"step '{self.name}': compensation {self.compensation!r} is not callable"
             )
-        _check_non_negative(self.name, "max_retries", self.max_retries)
-        _check_non_negative(self.name, "compensation_retries", self.compensation_retries)
+        _check_count(self.name, "max_retries", self.max_retries)
+        _check_count(self.name, "compensation_retries", self.compensation_retries)
         _check_positive(self.name, "timeout_seconds", self.timeout_seconds)
         _check_non_negative(self.name, "retry_backoff", self.retry_backoff)
 
     @property
     def is_async(self) -> bool:
         return is_async_callable(self.action)
+
+    @property
+    def wants_session(self) -> bool:
+        """True when the action takes a `session` argument: a transactional step, whose
+        writes commit in the same transaction as its completion record."""
+        return _accepts_session(self.action)
 
 
 def is_async_callable(function: StepFunction) -> bool:
@@ -56,13 +63,30 @@ def is_async_callable(function: StepFunction) -> bool:
     )
 
 
+def _accepts_session(function: StepFunction) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return "session" in parameters
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _check_count(step: str, option: str, value: int | None) -> None:
+    if value is not None and not (isinstance(value, int) and _is_number(value) and value >= 0):
+        raise SagaDefinitionError(f"step '{step}': {option} must be an int >= 0, got {value!r}")
+
+
 def _check_non_negative(step: str, option: str, value: float | None) -> None:
-    if value is not None and (isinstance(value, bool) or value < 0):
+    if value is not None and not (_is_number(value) and value >= 0):
         raise SagaDefinitionError(f"step '{step}': {option} must be >= 0, got {value!r}")
 
 
 def _check_positive(step: str, option: str, value: float | None) -> None:
-    if value is not None and (isinstance(value, bool) or value <= 0):
+    if value is not None and not (_is_number(value) and value > 0):
         raise SagaDefinitionError(f"step '{step}': {option} must be > 0, got {value!r}")
 
 
@@ -149,7 +173,8 @@ def build_definition(
     """Validate a graph and return it with its steps in topological order.
 
     Raises SagaDefinitionError naming the saga and the step for: a duplicate step name, a
-    dependency on an unknown step, a step depending on itself, or a cycle.
+    dependency on an unknown step, a step depending on itself, or a cycle; and naming the
+    saga for a bad saga timeout or failure strategy (given as the enum or its value).
     """
     if not isinstance(name, str) or not name:
         raise SagaDefinitionError(f"a saga name must be a non-empty str, got {name!r}")
@@ -167,14 +192,34 @@ def build_definition(
                 raise SagaDefinitionError(
                     f"saga '{name}': step '{step.name}' depends on unknown step '{dependency}'"
                 )
-    if timeout_seconds is not None and timeout_seconds <= 0:
-        raise SagaDefinitionError(f"saga '{name}': timeout_seconds must be > 0")
+    if timeout_seconds is not None and (
+        isinstance(timeout_seconds, bool)
+        or not isinstance(timeout_seconds, int | float)
+        or timeout_seconds <= 0
+    ):
+        raise SagaDefinitionError(
+            f"saga '{name}': timeout_seconds must be > 0, got {timeout_seconds!r}"
+        )
     return SagaDefinition(
         name=name,
         steps=tuple(_topological_order(name, listed)),
-        failure_strategy=failure_strategy,
+        failure_strategy=_parse_strategy(name, failure_strategy),
         timeout_seconds=timeout_seconds,
     )
+
+
+def _parse_strategy(saga: str, value: object) -> ParallelFailureStrategy | None:
+    """The strategy as the enum (the engine compares by identity); its value, in any case,
+    is accepted too."""
+    if value is None or isinstance(value, ParallelFailureStrategy):
+        return value
+    try:
+        return ParallelFailureStrategy(str(value).lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in ParallelFailureStrategy)
+        raise SagaDefinitionError(
+            f"saga '{saga}': failure_strategy must be one of {choices}, got {value!r}"
+        ) from None
 
 
 def _topological_order(saga: str, steps: list[StepDefinition]) -> list[StepDefinition]:

@@ -36,6 +36,7 @@ from sagaz.definition import SagaDefinition, StepDefinition, StepFunction, is_as
 from sagaz.errors import (
     InvalidContextError,
     LeaseLostError,
+    SagaDefinitionError,
     SagaTimeoutError,
     StepTimeoutError,
 )
@@ -43,6 +44,8 @@ from sagaz.journal import (
     Fence,
     SagaJournal,
     SagaSnapshot,
+    TransactionalJournal,
+    TransactionalStepCall,
     Transition,
     TransitionKind,
     TransitionListener,
@@ -149,14 +152,17 @@ class SagaEngine:
         saga_id: str,
         fence: Fence | None = None,
         resume: bool = True,
+        snapshot: SagaSnapshot | None = None,
     ) -> SagaResult:
         """Run (or, when the journal knows `saga_id` and `resume` is true, resume) a saga.
 
         Returns the result for COMPLETED, COMPENSATED and FAILED sagas alike. Raises
         InvalidContextError before any transition for a non-JSON context, and
-        LeaseLostError when the journal refuses a fenced write.
+        LeaseLostError when the journal refuses a fenced write. A worker that already read
+        the saga passes it as `snapshot` to save the journal a read.
         """
-        snapshot = await self.journal.load(saga_id) if resume else None
+        if snapshot is None and resume:
+            snapshot = await self.journal.load(saga_id)
         run = _SagaRun(self, definition, saga_id, fence, snapshot, context)
         return await run.execute()
 
@@ -183,7 +189,8 @@ class _SagaRun:
         self.outcomes = {step.name: StepOutcome(name=step.name) for step in definition.steps}
         self.errors: list[str] = []
         self.first_error: str | None = None
-        self.stragglers: dict[str, asyncio.Future[Any]] = {}
+        # Threads of timed-out or cancelled attempts, per step (each retry may leave one).
+        self.stragglers: dict[str, list[asyncio.Future[Any]]] = {}
         self.late_successes: set[str] = set()
         if snapshot is None:
             self.context = ensure_json_object(context, "context")
@@ -240,7 +247,7 @@ class _SagaRun:
                 await self.record(
                     TransitionKind.SAGA_STARTED,
                     status=SagaStatus.RUNNING,
-                    context=self.context,
+                    context=dict(self.context),  # a copy: the run keeps merging into its own
                     correlation_id=self.correlation_id,
                 )
             self.status = SagaStatus.RUNNING
@@ -262,7 +269,7 @@ class _SagaRun:
         await self.record(
             TransitionKind.SAGA_FINISHED,
             status=self.status,
-            context=self.context,
+            context=dict(self.context),  # a copy: the run keeps merging into its own
             error=self.first_error if self.status is not SagaStatus.COMPLETED else None,
         )
 
@@ -372,6 +379,13 @@ class _SagaRun:
             outcome.started_at = outcome.started_at or utcnow()
             await self.record(TransitionKind.STEP_STARTED, step=step.name, attempt=attempt)
             try:
+                if step.wants_session:
+                    result = await self._run_in_transaction(step, policy.timeout_seconds, attempt)
+                    outcome.status = StepStatus.COMPLETED
+                    outcome.result = result
+                    outcome.error = None
+                    outcome.finished_at = utcnow()
+                    return result
                 raw = await self._invoke(step.name, step.action, policy.timeout_seconds, attempt)
                 result = self._check_result(step.name, raw)
             except (asyncio.CancelledError, LeaseLostError):
@@ -408,6 +422,51 @@ class _SagaRun:
             return result
         raise AssertionError("unreachable: the attempt loop always returns or raises")
 
+    async def _run_in_transaction(
+        self, step: StepDefinition, limit: float | None, attempt: int
+    ) -> JSONDict:
+        """Run a transactional step through the journal: its writes and its completion
+        record commit together (exactly-once local effects)."""
+        journal = self.engine.journal
+        if not isinstance(journal, TransactionalJournal):
+            raise SagaDefinitionError(
+                f"step '{step.name}' of saga '{self.definition.name}' takes a session, which "
+                "needs a database store: initialize a SagaConfig with database_url or run "
+                "it through a worker"
+            )
+
+        def completion(result: JSONDict) -> Transition:
+            return Transition(
+                kind=TransitionKind.STEP_COMPLETED,
+                saga_id=self.saga_id,
+                saga_name=self.definition.name,
+                at=utcnow(),
+                fence=self.fence,
+                step=step.name,
+                attempt=attempt,
+                result=result,
+            )
+
+        call = TransactionalStepCall(
+            function=step.action,
+            context=MappingProxyType(dict(self.context)),
+            is_async=step.is_async,
+            check_result=functools.partial(self._check_result, step.name),
+            completion=completion,
+        )
+        try:
+            async with asyncio.timeout(limit):
+                result = await journal.run_step_transaction(call)
+        except TimeoutError as error:
+            if limit is None:
+                raise
+            raise StepTimeoutError(
+                f"step '{step.name}' attempt {attempt} timed out after {limit}s"
+            ) from error
+        if self.engine.listeners:
+            await notify_listeners(self.engine.listeners, completion(result), log)
+        return result
+
     def _check_result(self, step: str, raw: Any) -> JSONDict:
         if raw is None:
             return {}
@@ -443,7 +502,7 @@ class _SagaRun:
             return await asyncio.shield(future)
         except BaseException:
             if not future.done():
-                self.stragglers[step] = future
+                self.stragglers.setdefault(step, []).append(future)
             raise
 
     # -- compensation --------------------------------------------------------------
@@ -478,13 +537,15 @@ class _SagaRun:
             self.status = SagaStatus.COMPENSATED
 
     async def _await_stragglers(self) -> None:
-        """Wait for step threads that outlived their timeout or cancellation."""
-        for name, future in self.stragglers.items():
-            try:
-                await asyncio.wait_for(asyncio.shield(future), None)
-            except Exception:
-                continue
-            self.late_successes.add(name)
+        """Wait for step threads that outlived their timeout or cancellation; a step any of
+        whose threads returned successfully has effects, so it will be compensated."""
+        for name, futures in self.stragglers.items():
+            for future in futures:
+                try:
+                    await asyncio.shield(future)
+                except Exception:
+                    continue
+                self.late_successes.add(name)
         self.stragglers.clear()
 
     async def _compensate_step(self, name: str) -> bool:
@@ -530,4 +591,9 @@ _ACTION_SUCCEEDED = frozenset(
         StepStatus.COMPENSATION_FAILED,
     }
 )
-_NEEDS_COMPENSATION = frozenset({StepStatus.COMPLETED, StepStatus.COMPENSATING})
+# COMPENSATION_FAILED is only seen when resuming a run that stopped before finishing: the
+# compensation is tried again rather than skipped (skipping it would let the steps it
+# depends on be compensated first).
+_NEEDS_COMPENSATION = frozenset(
+    {StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED}
+)

@@ -140,6 +140,9 @@ def apply_transition(snapshot: SagaSnapshot, transition: Transition) -> None:
             snapshot.error = transition.error
         if kind is TransitionKind.SAGA_STARTED and transition.correlation_id is not None:
             snapshot.correlation_id = transition.correlation_id
+        if kind is TransitionKind.SAGA_FINISHED:  # a finished saga is nobody's
+            snapshot.lease_owner = None
+            snapshot.lease_expires_at = None
         return
     step = snapshot.steps.get(transition.step)
     if step is None:
@@ -171,6 +174,36 @@ class SagaJournal(Protocol):
 
     async def load(self, saga_id: str) -> SagaSnapshot | None:
         """The saga as last recorded, or None when the journal has never seen it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionalStepCall:
+    """A step that asked for a database session, handed to the journal to run.
+
+    The journal opens a transaction, calls `function(context, session=...)` (an
+    `AsyncSession` for an async step; a sync `Session`, in a worker thread, for a plain
+    def), checks the return value with `check_result`, writes `completion(result)`
+    through the same transaction and commits: the step's writes, its outbox events and
+    its completion record commit together or not at all.
+    """
+
+    function: Callable[..., Any]
+    context: Mapping[str, Any]
+    is_async: bool
+    check_result: Callable[[Any], JSONDict]
+    completion: Callable[[JSONDict], Transition]
+
+
+@runtime_checkable
+class TransactionalJournal(Protocol):
+    """A journal that can run a step inside the transaction that records its completion."""
+
+    async def run_step_transaction(self, call: TransactionalStepCall) -> JSONDict:
+        """Run the step and commit its completion with its writes; returns its result.
+
+        Raises what the step raised (nothing committed), or LeaseLostError when the
+        completion's fence is refused (nothing committed).
+        """
 
 
 TransitionListener = Callable[[Transition], Awaitable[None] | None]

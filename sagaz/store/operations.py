@@ -107,7 +107,15 @@ def list_sagas(
     return [snapshot_from_row(row) for row in connection.execute(query.offset(offset))]
 
 
-_SAGA_UPDATED_COLUMNS = ("status", "context", "error", "correlation_id", "updated_at")
+_SAGA_UPDATED_COLUMNS = (
+    "status",
+    "context",
+    "error",
+    "correlation_id",
+    "lease_owner",
+    "lease_expires_at",
+    "updated_at",
+)
 _STEP_UPDATED_COLUMNS = (
     "status",
     "result",
@@ -135,14 +143,16 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
 
     Returns the indexes of the transitions refused by fencing; nothing of a refused saga
     is written, everything else is. A constant number of statements per batch: one read
-    of the sagas and their steps (FOR SHARE on PostgreSQL), one saga upsert and one step
-    upsert, each executed for all rows at once.
+    of the sagas and their steps (FOR SHARE on PostgreSQL, so no claim can move a lease
+    before this transaction ends), one saga upsert (saga-level transitions only) and one
+    step upsert, each executed for all rows at once, rows sorted by id.
     """
     snapshots = load_sagas(connection, [t.saga_id for t in transitions], lock=True)
     refused: set[int] = set()
     refused_sagas: set[str] = set()
     touched_sagas: dict[str, SagaSnapshot] = {}
     touched_steps: dict[tuple[str, str], StepSnapshot] = {}
+    step_times: dict[tuple[str, str], datetime] = {}
     for index, transition in enumerate(transitions):
         snapshot = snapshots.get(transition.saga_id)
         if transition.saga_id in refused_sagas or not may_write(snapshot, transition.fence):
@@ -163,9 +173,13 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
                 created_at=transition.at,
             )
         apply_transition(snapshot, transition)
-        touched_sagas[snapshot.saga_id] = snapshot
-        if transition.step is not None:
+        if transition.step is None:
+            touched_sagas[snapshot.saga_id] = snapshot
+        else:
+            # Step transitions leave the saga row alone: transactions recording steps of
+            # one saga in parallel then share its row lock instead of deadlocking on it.
             touched_steps[(snapshot.saga_id, transition.step)] = snapshot.steps[transition.step]
+            step_times[(snapshot.saga_id, transition.step)] = transition.at
     dialect = connection.dialect.name
     if touched_sagas:
         connection.execute(
@@ -194,8 +208,8 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
                 ],
             ),
             [
-                _step_row(saga_id, step, touched_sagas[saga_id].updated_at)
-                for (saga_id, _name), step in sorted(touched_steps.items())
+                _step_row(saga_id, step, step_times[(saga_id, name)])
+                for (saga_id, name), step in sorted(touched_steps.items())
             ],
         )
     return refused
@@ -208,13 +222,15 @@ def _saga_row(snapshot: SagaSnapshot) -> dict[str, Any]:
         "status": snapshot.status.value,
         "context": snapshot.context,
         "correlation_id": snapshot.correlation_id,
+        "lease_owner": snapshot.lease_owner,
+        "lease_expires_at": snapshot.lease_expires_at,
         "error": snapshot.error,
         "created_at": snapshot.created_at,
         "updated_at": snapshot.updated_at,
     }
 
 
-def _step_row(saga_id: str, step: StepSnapshot, at: datetime | None) -> dict[str, Any]:
+def _step_row(saga_id: str, step: StepSnapshot, at: datetime) -> dict[str, Any]:
     return {
         "saga_id": saga_id,
         "name": step.name,

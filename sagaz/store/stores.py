@@ -11,15 +11,19 @@ the transition committed, and raises LeaseLostError if fencing refused it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
 from sagaz.errors import LeaseLostError
-from sagaz.journal import SagaSnapshot, Transition
+from sagaz.journal import SagaSnapshot, TransactionalStepCall, Transition
 from sagaz.store import operations
-from sagaz.types import SagaStatus
+from sagaz.store.urls import sync_url
+from sagaz.types import JSONDict, SagaStatus
 
 
 def _lease_lost(transition: Transition) -> LeaseLostError:
@@ -66,8 +70,16 @@ class SagaStore:
 class AsyncSagaStore:
     """The durable journal over an `AsyncEngine`, with group commit."""
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        sync_engine: sa.Engine | None = None,
+        max_batch: int = 1000,
+    ) -> None:
         self.engine = engine
+        self._sync_engine = sync_engine
+        self._owns_sync_engine = False
         self.max_batch = max_batch
         self._queue: list[tuple[Transition, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -101,6 +113,61 @@ class AsyncSagaStore:
                     future.set_exception(_lease_lost(transition))
                 else:
                     future.set_result(None)
+
+    @property
+    def sync_engine(self) -> sa.Engine:
+        """The sync engine plain-def transactional steps use (built from the async URL
+        on first use unless one was given)."""
+        if self._sync_engine is None:
+            self._sync_engine = sa.create_engine(sync_url(self.engine.url))
+            self._owns_sync_engine = True
+        return self._sync_engine
+
+    async def close(self) -> None:
+        """Dispose of the sync engine this store built (the async one is the caller's)."""
+        if self._owns_sync_engine and self._sync_engine is not None:
+            self._sync_engine.dispose()
+            self._sync_engine = None
+            self._owns_sync_engine = False
+
+    async def run_step_transaction(self, call: TransactionalStepCall) -> JSONDict:
+        """Run a transactional step; its writes and its completion commit together."""
+        if call.is_async:
+            async with AsyncSession(self.engine) as session, session.begin():
+                result = call.check_result(await call.function(call.context, session=session))
+                connection = await session.connection()
+                refused = await connection.run_sync(
+                    operations.write_transitions, [call.completion(result)]
+                )
+                if refused:
+                    raise _lease_lost(call.completion(result))
+                return result
+        abandoned = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(
+            None,
+            contextvars.copy_context().run,
+            self._run_sync_step_transaction,
+            call,
+            abandoned,
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            abandoned.set()  # the thread rolls back instead of committing
+            raise
+
+    def _run_sync_step_transaction(
+        self, call: TransactionalStepCall, abandoned: threading.Event
+    ) -> JSONDict:
+        with Session(self.sync_engine) as session, session.begin():
+            result = call.check_result(call.function(call.context, session=session))
+            completion = call.completion(result)
+            refused = operations.write_transitions(session.connection(), [completion])
+            if refused:
+                raise _lease_lost(completion)
+            if abandoned.is_set():
+                raise asyncio.CancelledError("the step timed out or was cancelled")
+            return result
 
     async def load(self, saga_id: str) -> SagaSnapshot | None:
         async with self.engine.connect() as connection:
