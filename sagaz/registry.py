@@ -20,6 +20,10 @@ class SagaRegistry:
     re-imported (same module and qualified name) or an imperative saga with the same
     steps. Anything else raises SagaRegistryError, because a worker could not tell which
     of the two a stored saga means.
+
+    An imperative saga built at module level registers before its first `add_step` and
+    again after each one; while its steps so far match the start of the registered saga's
+    steps the decision waits, and it raises as soon as they differ.
     """
 
     def __init__(self) -> None:
@@ -29,11 +33,13 @@ class SagaRegistry:
     def register(self, name: str, source: type[Saga] | Saga) -> None:
         with self._lock:
             existing = self._entries.get(name)
-            if (
-                existing is not None
-                and existing is not source
-                and _fingerprint(existing) != _fingerprint(source)
-            ):
+            if existing is not None and existing is not source:
+                old, new = _fingerprint(existing), _fingerprint(source)
+                if old == new:
+                    self._entries[name] = source
+                    return
+                if _is_being_built(source) and old[: len(new)] == new:
+                    return  # may still become identical; add_step registers it again
                 raise SagaRegistryError(
                     f"saga name '{name}' is already registered to {_describe(existing)}; "
                     f"cannot register {_describe(source)} under the same name"
@@ -86,7 +92,11 @@ def _fingerprint(source: type[Saga] | Saga) -> tuple[object, ...]:
 def _describe(source: type[Saga] | Saga) -> str:
     if isinstance(source, type):
         return f"class {source.__module__}.{source.__qualname__}"
-    return f"imperative saga with steps {[s.name for s in source.definition.steps]}"
+    return f"imperative saga with steps {source.step_names}"
+
+
+def _is_being_built(source: type[Saga] | Saga) -> bool:
+    return not isinstance(source, type) and source.is_being_built
 
 
 registry = SagaRegistry()

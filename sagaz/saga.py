@@ -135,6 +135,11 @@ class Saga:
                     actions[mark.name] = (attribute, mark)
                 target = getattr(value, _COMPENSATION_ATTR, None)
                 if isinstance(target, str):
+                    if target in compensations and compensations[target] != attribute:
+                        raise SagaDefinitionError(
+                            f"saga '{cls.saga_name or cls.__qualname__}': step '{target}' has "
+                            f"two compensations ({compensations[target]} and {attribute})"
+                        )
                     compensations[target] = attribute
         if not actions and not compensations:
             return
@@ -151,7 +156,8 @@ class Saga:
                     f"unknown step '{step_name}'"
                 )
         steps = [
-            StepDefinition(
+            _step_definition(
+                saga_name,
                 name=step_name,
                 action=getattr(cls, attribute),
                 compensation=(
@@ -198,12 +204,18 @@ class Saga:
         self.name: str = resolved_name
         self.config = config
         self._failure_strategy = failure_strategy or type(self).failure_strategy
-        self._timeout_seconds = timeout_seconds or type(self).timeout_seconds
+        self._timeout_seconds = (
+            timeout_seconds if timeout_seconds is not None else type(self).timeout_seconds
+        )
         self._steps: list[StepDefinition] = [self._bind(step) for step in self._declared_steps]
         self._definition: SagaDefinition | None = None
+        # Built at module level: registered now and again after each add_step, so the
+        # registry can compare it with another saga of the same name once it has steps.
+        self._registers_as_built = False
         if declarative:
             self._definition = self._build()
         elif _called_from_module_level(self):
+            self._registers_as_built = True
             self.register()
 
     def _bind(self, step: StepDefinition) -> StepDefinition:
@@ -217,6 +229,16 @@ class Saga:
     @property
     def is_declarative(self) -> bool:
         return bool(type(self)._declared_steps)
+
+    @property
+    def step_names(self) -> list[str]:
+        """The names of the steps defined so far, in the order they were added."""
+        return [step.name for step in self._steps]
+
+    @property
+    def is_being_built(self) -> bool:
+        """True for an imperative saga built at module level: its steps may still come."""
+        return self._registers_as_built
 
     def add_step(
         self,
@@ -248,7 +270,8 @@ class Saga:
             dependencies: tuple[str, ...] = (self._steps[-1].name,) if self._steps else ()
         else:
             dependencies = tuple(depends_on)
-        step = StepDefinition(
+        step = _step_definition(
+            self.name,
             name=name,
             action=action,
             compensation=compensation,
@@ -265,6 +288,8 @@ class Saga:
             timeout_seconds=self._timeout_seconds,
         )
         self._steps.append(step)
+        if self._registers_as_built:
+            self.register()
         return self
 
     def _build(self) -> SagaDefinition:
@@ -297,6 +322,8 @@ class Saga:
                 _qualified_name(step.compensation) if step.compensation else None,
                 step.max_retries,
                 step.timeout_seconds,
+                step.retry_backoff,
+                step.compensation_retries,
             )
             for step in self._steps
         )
@@ -340,6 +367,14 @@ class Saga:
             saga_id=saga_id or str(uuid.uuid4()),
             fence=fence,
         )
+
+
+def _step_definition(saga: str, **options: Any) -> StepDefinition:
+    """A StepDefinition whose errors (bad option values) also name the saga."""
+    try:
+        return StepDefinition(**options)
+    except SagaDefinitionError as error:
+        raise SagaDefinitionError(f"saga '{saga}': {error}") from None
 
 
 def _qualified_name(function: StepFunction) -> str:
