@@ -122,12 +122,10 @@ class SagaConfig:
                 *self.extra_listeners,
             )
             if self.database_url:
-                from sqlalchemy.ext.asyncio import create_async_engine
-
+                from sagaz.store.engines import create_async_engine
                 from sagaz.store.stores import AsyncSagaStore
-                from sagaz.store.urls import async_url
 
-                self._engine = create_async_engine(async_url(self.database_url))
+                self._engine = create_async_engine(self.database_url)
                 self._store = AsyncSagaStore(self._engine)
             self._initialized = True
             return self

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz.store.engines import create_async_engine, create_engine
 from sagaz.store.schema import metadata
 
 ENABLE_HINT = (
@@ -69,10 +70,11 @@ class DatabaseUrls:
     application_name: str | None = None
 
     def sync_engine(self, **kwargs: object) -> sa.Engine:
-        return sa.create_engine(self.sync, **_connect_args(self, asynchronous=False), **kwargs)  # type: ignore[arg-type]
+        """An engine as sagaz builds them (see sagaz.store.engines), on this database."""
+        return create_engine(self.sync, **_connect_args(self, asynchronous=False), **kwargs)
 
     def async_engine(self, **kwargs: object) -> AsyncEngine:
-        return create_async_engine(self.async_, **_connect_args(self, asynchronous=True), **kwargs)  # type: ignore[arg-type]
+        return create_async_engine(self.async_, **_connect_args(self, asynchronous=True), **kwargs)
 
 
 def _connect_args(urls: DatabaseUrls, *, asynchronous: bool) -> dict[str, object]:

@@ -183,30 +183,12 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
     dialect = connection.dialect.name
     if touched_sagas:
         connection.execute(
-            upsert(
-                sagas,
-                dialect,
-                ["id"],
-                ["status", "context", "error", "correlation_id", "updated_at"],
-            ),
+            upsert(sagas, dialect, ["id"], _SAGA_UPDATED_COLUMNS),
             [_saga_row(touched_sagas[saga_id]) for saga_id in sorted(touched_sagas)],
         )
     if touched_steps:
         connection.execute(
-            upsert(
-                saga_steps,
-                dialect,
-                ["saga_id", "name"],
-                [
-                    "status",
-                    "result",
-                    "attempts",
-                    "error",
-                    "started_at",
-                    "finished_at",
-                    "updated_at",
-                ],
-            ),
+            upsert(saga_steps, dialect, ["saga_id", "name"], _STEP_UPDATED_COLUMNS),
             [
                 _step_row(saga_id, step, step_times[(saga_id, name)])
                 for (saga_id, name), step in sorted(touched_steps.items())

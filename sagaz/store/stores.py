@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from sagaz.errors import LeaseLostError
 from sagaz.journal import SagaSnapshot, TransactionalStepCall, Transition
 from sagaz.store import operations
-from sagaz.store.urls import sync_url
+from sagaz.store.engines import create_engine
 from sagaz.types import JSONDict, SagaStatus
 
 
@@ -119,7 +119,7 @@ class AsyncSagaStore:
         """The sync engine plain-def transactional steps use (built from the async URL
         on first use unless one was given)."""
         if self._sync_engine is None:
-            self._sync_engine = sa.create_engine(sync_url(self.engine.url))
+            self._sync_engine = create_engine(self.engine.url)
             self._owns_sync_engine = True
         return self._sync_engine
 

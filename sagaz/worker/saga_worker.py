@@ -1,0 +1,278 @@
+"""`SagaWorker`: runs started sagas to completion, across crashes, under leases.
+
+Guarantees:
+
+* A saga is run by at most one worker at a time: it is claimed with a lease whose token
+  fences every write (`LeaseLostError` stops a worker that lost it), and the lease is
+  renewed while the saga runs.
+* A saga whose worker died is taken over once its lease expires and resumed after its
+  last completed step: completed steps' results are read back, not re-executed. Ordinary
+  steps are therefore at-least-once (a step interrupted mid-way runs again);
+  transactional steps (taking a `session`) are exactly-once in their database effects.
+* A saga is claimed at most `max_attempts` times; a saga that keeps killing its worker is
+  then moved to FAILED with an error saying so.
+* A saga whose name no running worker has registered is never dropped: it stays runnable
+  and, after `unknown_saga_grace_seconds`, carries an error that says what is missing.
+* `stop()` is graceful: claiming stops, in-flight sagas get `shutdown_grace_seconds` to
+  finish, then are cancelled and their leases released for another worker.
+
+Wake-ups: a commit in this process that started sagas wakes the worker at once (the
+post-commit signal); `poll_interval` polling is the fallback across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from functools import partial
+from typing import TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sagaz.engine import RunOptions, SagaEngine
+from sagaz.errors import LeaseLostError, UnknownSagaError
+from sagaz.journal import (
+    Fence,
+    SagaSnapshot,
+    Transition,
+    TransitionKind,
+    TransitionListener,
+    utcnow,
+)
+from sagaz.registry import SagaRegistry, registry
+from sagaz.signals import Subscription, saga_signal
+from sagaz.store.stores import AsyncSagaStore
+from sagaz.types import SagaStatus
+from sagaz.worker import claims
+
+log = logging.getLogger("sagaz.worker")
+T = TypeVar("T")
+
+
+class SagaWorker:
+    """Claims runnable sagas from the database and runs them, `concurrency` at a time."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        store: AsyncSagaStore | None = None,
+        sagas: SagaRegistry = registry,
+        concurrency: int = 50,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 1.0,
+        max_attempts: int = 5,
+        unknown_saga_grace_seconds: float = 30.0,
+        shutdown_grace_seconds: float = 10.0,
+        options: RunOptions | None = None,
+        listeners: Iterable[TransitionListener] = (),
+        owner: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if lease_seconds <= 0 or poll_interval <= 0:
+            raise ValueError("lease_seconds and poll_interval must be > 0")
+        self.engine = engine
+        self.store = store or AsyncSagaStore(engine)
+        self.sagas = sagas
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.max_attempts = max_attempts
+        self.unknown_saga_grace_seconds = unknown_saga_grace_seconds
+        self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.owner = owner or f"saga-worker-{uuid.uuid4().hex[:12]}"
+        self._saga_engine = SagaEngine(self.store, options or RunOptions(), tuple(listeners))
+        self._running: dict[str, tuple[asyncio.Task[None], int]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.completed = 0
+
+    @property
+    def in_flight(self) -> int:
+        """How many sagas this worker is running right now."""
+        return len(self._running)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to stop: no new claims; in-flight sagas finish or are released."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and run sagas until `stop()`; then shut down gracefully."""
+        subscription = saga_signal.subscribe()
+        forward = asyncio.create_task(self._forward_signal(subscription))
+        renewer = asyncio.create_task(self._renew_leases())
+        try:
+            while not self._stopping.is_set():
+                claimed = await self.claim_and_start()
+                if self._stopping.is_set():
+                    break
+                if claimed and len(self._running) < self.concurrency:
+                    continue  # there may be more waiting
+                await self._sleep(self.poll_interval)
+        finally:
+            forward.cancel()
+            subscription.close()
+            await self._shutdown()
+            renewer.cancel()
+            await asyncio.gather(forward, renewer, return_exceptions=True)
+
+    async def _forward_signal(self, subscription: Subscription) -> None:
+        while True:
+            if await subscription.wait(None):
+                self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _shutdown(self) -> None:
+        if self._running:
+            tasks = [task for task, _token in self._running.values()]
+            await asyncio.wait(tasks, timeout=self.shutdown_grace_seconds)
+        leftover = dict(self._running)
+        for task, _token in leftover.values():
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in leftover.values()), return_exceptions=True)
+        if leftover:
+            leases = {saga_id: token for saga_id, (_task, token) in leftover.items()}
+            await self._in_transaction(
+                partial(claims.release_leases, owner=self.owner, leases=leases)
+            )
+            log.info("released %d in-flight sagas for another worker", len(leases))
+
+    # -- claiming ------------------------------------------------------------------
+
+    async def claim_and_start(self) -> int:
+        """Claim as many sagas as there are free slots and start running them."""
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        now = utcnow()
+        known = self.sagas.names()
+        claimed: list[SagaSnapshot] = await self._in_transaction(
+            partial(
+                claims.claim_sagas,
+                owner=self.owner,
+                names=known,
+                limit=free,
+                lease_seconds=self.lease_seconds,
+                now=now,
+            )
+        )
+        if not claimed:
+            await self._in_transaction(
+                partial(
+                    claims.mark_unknown_sagas,
+                    owner=self.owner,
+                    known=known,
+                    older_than=now - timedelta(seconds=self.unknown_saga_grace_seconds),
+                    now=now,
+                )
+            )
+        for snapshot in claimed:
+            task = asyncio.create_task(self._run_one(snapshot), name=f"sagaz:{snapshot.saga_id}")
+            self._running[snapshot.saga_id] = (task, snapshot.lease_token)
+            task.add_done_callback(partial(self._finished, snapshot.saga_id))
+        return len(claimed)
+
+    def _finished(self, saga_id: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(saga_id, None)
+        self._wake.set()
+
+    async def _in_transaction(self, operation: Callable[[Connection], T]) -> T:
+        async with self.engine.begin() as connection:
+            return await connection.run_sync(operation)
+
+    # -- running -------------------------------------------------------------------
+
+    async def _run_one(self, snapshot: SagaSnapshot) -> None:
+        fence = Fence(self.owner, snapshot.lease_token)
+        try:
+            if snapshot.attempts > self.max_attempts:
+                await self._give_up(snapshot, fence)
+                return
+            saga = self.sagas.resolve(snapshot.saga_name)
+            resumed = snapshot.status is not SagaStatus.PENDING
+            result = await self._saga_engine.run(
+                saga.definition,
+                {},
+                saga_id=snapshot.saga_id,
+                fence=fence,
+                snapshot=None if resumed else snapshot,
+            )
+            self.completed += 1
+            log.debug("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, result.status)
+        except LeaseLostError:
+            log.warning("lost the lease of saga %s; another worker owns it now", snapshot.saga_id)
+        except asyncio.CancelledError:
+            raise
+        except UnknownSagaError:
+            log.error("saga %s vanished from the registry; releasing it", snapshot.saga_id)
+            await self._release(snapshot.saga_id, snapshot.lease_token)
+        except Exception:
+            log.exception("running saga %s failed; releasing it for a retry", snapshot.saga_id)
+            await self._release(snapshot.saga_id, snapshot.lease_token)
+
+    async def _release(self, saga_id: str, token: int) -> None:
+        try:
+            await self._in_transaction(
+                partial(claims.release_leases, owner=self.owner, leases={saga_id: token})
+            )
+        except Exception:
+            log.exception("could not release saga %s; its lease will expire", saga_id)
+
+    async def _give_up(self, snapshot: SagaSnapshot, fence: Fence) -> None:
+        message = (
+            f"gave up after {snapshot.attempts - 1} claims: every worker that ran this saga "
+            "stopped before finishing it (crash, kill or lost lease)"
+        )
+        log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, message)
+        await self.store.record(
+            Transition(
+                kind=TransitionKind.SAGA_FINISHED,
+                saga_id=snapshot.saga_id,
+                saga_name=snapshot.saga_name,
+                at=utcnow(),
+                status=SagaStatus.FAILED,
+                error=message,
+                fence=fence,
+            )
+        )
+
+    async def _renew_leases(self) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            leases = {saga_id: token for saga_id, (_task, token) in self._running.items()}
+            if not leases:
+                continue
+            try:
+                held = await self._in_transaction(
+                    partial(
+                        claims.renew_leases,
+                        owner=self.owner,
+                        leases=leases,
+                        lease_seconds=self.lease_seconds,
+                        now=utcnow(),
+                    )
+                )
+            except Exception:
+                log.exception("renewing leases failed; will retry")
+                continue
+            for saga_id in set(leases) - held:
+                entry = self._running.get(saga_id)
+                if entry is not None:
+                    log.warning("lease of saga %s was taken over; stopping its run", saga_id)
+                    entry[0].cancel()
