@@ -290,6 +290,24 @@ def test_subclass_inherits_and_extends_steps() -> None:
     assert [s.name for s in Extended().definition.steps] == ["a", "b"]
 
 
+def test_a_base_class_without_steps_needs_no_name_and_does_not_register() -> None:
+    from sagaz import registry
+
+    before = set(registry.names())
+
+    class Base(Saga):
+        failure_strategy = ParallelFailureStrategy.WAIT_ALL
+
+    class Concrete(Base):
+        saga_name = "def-concrete"
+
+        @action("a")
+        async def a(self, ctx: Mapping[str, Any]) -> None: ...
+
+    assert set(registry.names()) - before == {"def-concrete"}
+    assert Concrete().definition.failure_strategy is ParallelFailureStrategy.WAIT_ALL
+
+
 def test_a_saga_without_steps_has_no_definition() -> None:
     with pytest.raises(SagaDefinitionError, match="saga 'def-nothing' has no steps"):
         _ = Saga(name="def-nothing").definition

@@ -272,6 +272,35 @@ async def test_lost_lease_stops_the_run_and_nothing_more_is_written() -> None:
     assert result.context == {**token, "b": 2}
 
 
+async def test_lost_lease_during_compensation_stops_the_run() -> None:
+    journal = MemoryJournal()
+    fence = journal.lease("s-comp", "worker-1")
+    undone: list[str] = []
+    written: list[int] = []
+
+    async def undo_b(ctx: Mapping[str, Any]) -> None:
+        undone.append("b")
+        journal.lease("s-comp", "worker-2")
+        written.append(len(journal.transitions))
+
+    async def undo_a(ctx: Mapping[str, Any]) -> None:
+        undone.append("a")
+
+    async def boom(ctx: Mapping[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+    saga = (
+        Saga(name="journal-comp-lease")
+        .add_step("a", lambda ctx: None, undo_a)
+        .add_step("b", lambda ctx: None, undo_b)
+        .add_step("c", boom)
+    )
+    with pytest.raises(LeaseLostError):
+        await saga.run(journal=journal, saga_id="s-comp", fence=fence)
+    assert undone == ["b"], "nothing more is compensated by the worker that lost the lease"
+    assert len(journal.transitions) == written[0]
+
+
 async def test_a_stale_fence_is_refused_before_any_step_runs() -> None:
     journal = MemoryJournal()
     counter = Counter()
