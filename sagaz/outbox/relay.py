@@ -1,0 +1,421 @@
+"""The outbox relay: publishes committed outbox events through a broker.
+
+One pass (`relay_once`) claims a batch of due events in one statement, publishes them
+with one `publish_batch` call, and records the outcome in one transaction: one statement
+marks the confirmed events published, one hands the others back with their next attempt
+time (exponential backoff with jitter, stored in the row - nothing sleeps while holding a
+claim) or dead-letters them after `max_attempts`. Every mark is fenced by the relay's
+`owner`, so a relay whose claim expired and was taken over changes nothing.
+
+`run_until_stopped` repeats passes: back to back while batches come back full, otherwise
+waiting for a wake-up - the in-process post-commit signal, PostgreSQL LISTEN/NOTIFY from
+other processes, an event's retry time - or `poll_interval` at the latest. It also
+deletes published events and inbox rows past their retention every `retention_interval`.
+
+Delivery is at-least-once: an event is published again when its claim expires before it
+was marked (a crash, a lost database connection), so consumers deduplicate by message id
+(see the consumer inbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sagaz.journal import utcnow
+from sagaz.outbox import claims
+from sagaz.outbox.brokers.base import Broker
+from sagaz.outbox.claims import ClaimedEvent, Failure, Settled
+from sagaz.outbox.listen import NotificationListener
+from sagaz.outbox.maintenance import RetentionResult, retain
+from sagaz.signals import Subscription, outbox_signal
+from sagaz.store.statements import OUTBOX_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """What one relay pass did."""
+
+    claimed: int = 0
+    published: int = 0
+    retried: int = 0
+    dead: int = 0
+    released: int = 0
+    """Events handed back untouched: they followed a failed event of their key."""
+    fenced: int = 0
+    """Events whose outcome was not recorded because another relay had claimed them."""
+
+
+def default_owner() -> str:
+    """A claim owner unique to this relay instance: host, pid and a random suffix."""
+    return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def backoff_delay(attempts: int, base: float, maximum: float) -> float:
+    """Seconds until the next attempt after `attempts` failed ones: exponential, capped at
+    `maximum`, with "equal jitter" (between half and all of it) so retries spread out."""
+    ceiling = min(maximum, base * 2.0 ** min(attempts, 62))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class OutboxRelay:
+    """Publishes the outbox of `engine` through `broker` (see the module docstring).
+
+    Several relays - in one process or many - may share a database: claims never
+    overlap, and events with the same key are published in the order they were written
+    (their `seq`), even across relays. The relay connects the broker when it starts but
+    does not close it: whoever created the broker closes it.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: Broker,
+        *,
+        batch_size: int = 500,
+        claim_seconds: float = 30.0,
+        max_attempts: int = 10,
+        base_backoff: float = 1.0,
+        max_backoff: float = 300.0,
+        poll_interval: float = 1.0,
+        owner: str | None = None,
+        listen: bool = True,
+        published_retention: timedelta | None = timedelta(days=7),
+        inbox_retention: timedelta | None = timedelta(days=7),
+        retention_interval: float = 300.0,
+        retention_batch_size: int = 1000,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if claim_seconds <= 0 or poll_interval <= 0 or retention_interval <= 0:
+            raise ValueError("claim_seconds, poll_interval and retention_interval must be > 0")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if base_backoff < 0 or max_backoff < base_backoff:
+            raise ValueError("need 0 <= base_backoff <= max_backoff")
+        self.engine = engine
+        self.broker = broker
+        self.batch_size = batch_size
+        self.claim_seconds = claim_seconds
+        self.max_attempts = max_attempts
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self.poll_interval = poll_interval
+        self.owner = owner or default_owner()
+        self.listen = listen and engine.dialect.name == "postgresql"
+        self.published_retention = published_retention
+        self.inbox_retention = inbox_retention
+        self.retention_interval = retention_interval
+        self.retention_batch_size = retention_batch_size
+        self.listener: NotificationListener | None = None
+        """The LISTEN connection while running on PostgreSQL with `listen=True`."""
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._running = False
+        self._next_retry_at: datetime | None = None
+
+    # -- one pass ------------------------------------------------------------------------
+
+    async def relay_once(self) -> PassResult:
+        """Claim one batch, publish it, record the outcome. Returns what happened.
+
+        Raises only for database errors (claiming or recording); broker failures become
+        retries. If recording fails after publishing, the claims expire and the events
+        are published again (at-least-once).
+        """
+        now = utcnow()
+        async with self.engine.begin() as connection:
+            events = await connection.run_sync(
+                lambda sync: claims.claim_batch(
+                    sync,
+                    owner=self.owner,
+                    limit=self.batch_size,
+                    now=now,
+                    expires=now + timedelta(seconds=self.claim_seconds),
+                )
+            )
+        if not events:
+            return PassResult()
+        results = await self._publish(events)
+        published, failures = self._outcomes(events, results)
+        marked, settled = await self._record(published, failures)
+        retry_times = [
+            f.next_attempt_at for f in failures if f.counted and f.seq in settled.retried
+        ]
+        if retry_times:
+            earliest = min(retry_times)
+            if self._next_retry_at is None or earliest < self._next_retry_at:
+                self._next_retry_at = earliest
+        if settled.dead:
+            logger.error(
+                "outbox relay %s: dead-lettered %d event(s) after %d attempts (seq %s)",
+                self.owner,
+                len(settled.dead),
+                self.max_attempts,
+                sorted(settled.dead)[:20],
+            )
+        recorded = len(marked) + len(settled.retried) + len(settled.dead)
+        if recorded < len(events):
+            logger.warning(
+                "outbox relay %s: %d event(s) were claimed by another relay before their "
+                "outcome was recorded (claim_seconds=%s too short?)",
+                self.owner,
+                len(events) - recorded,
+                self.claim_seconds,
+            )
+        return PassResult(
+            claimed=len(events),
+            published=len(marked),
+            retried=len([f for f in failures if f.counted and f.seq in settled.retried]),
+            dead=len(settled.dead),
+            released=len([f for f in failures if not f.counted and f.seq in settled.retried]),
+            fenced=len(events) - recorded,
+        )
+
+    async def _publish(self, events: Sequence[ClaimedEvent]) -> list[BaseException | None]:
+        messages = [event.message for event in events]
+        renewer = asyncio.create_task(self._renew_claims(events), name="sagaz:outbox-renew")
+        try:
+            results = list(await self.broker.publish_batch(messages))
+        except Exception as error:
+            logger.warning("outbox relay %s: publish_batch raised %s", self.owner, describe(error))
+            return [error] * len(events)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        if len(results) != len(events):
+            mismatch = RuntimeError(
+                f"broker {type(self.broker).__name__} returned {len(results)} results "
+                f"for {len(events)} messages"
+            )
+            logger.error("outbox relay %s: %s", self.owner, mismatch)
+            return [mismatch] * len(events)
+        return results
+
+    async def _renew_claims(self, events: Sequence[ClaimedEvent]) -> None:
+        """Keep the claim alive while a slow broker is still publishing the batch."""
+        seqs = [event.seq for event in events]
+        while True:
+            await asyncio.sleep(self.claim_seconds / 3)
+            try:
+                async with self.engine.begin() as connection:
+                    held = await connection.run_sync(
+                        claims.renew_claims,
+                        owner=self.owner,
+                        seqs=seqs,
+                        expires=utcnow() + timedelta(seconds=self.claim_seconds),
+                    )
+            except Exception as error:
+                logger.warning(
+                    "outbox relay %s: renewing claims failed: %s", self.owner, describe(error)
+                )
+                continue
+            seqs = [seq for seq in seqs if seq in held]
+
+    def _outcomes(
+        self, events: Sequence[ClaimedEvent], results: Sequence[BaseException | None]
+    ) -> tuple[list[int], list[Failure]]:
+        """Split a batch into confirmed events and failures; after a failed keyed event
+        the rest of its key is held back (released without counting an attempt)."""
+        now = utcnow()
+        published: list[int] = []
+        failures: list[Failure] = []
+        failed_keys: set[str] = set()
+        for event, error in zip(events, results, strict=True):
+            key = event.message.key
+            if key is not None and key in failed_keys:
+                if error is None:
+                    logger.error(
+                        "outbox relay %s: broker %s confirmed event %s after an earlier "
+                        "event of key %r failed (it breaks the Broker ordering contract)",
+                        self.owner,
+                        type(self.broker).__name__,
+                        event.message.id,
+                        key,
+                    )
+                    published.append(event.seq)
+                else:
+                    failures.append(Failure(event.seq, False, event.next_attempt_at))
+                continue
+            if error is None:
+                published.append(event.seq)
+                continue
+            delay = backoff_delay(event.attempts, self.base_backoff, self.max_backoff)
+            failures.append(
+                Failure(event.seq, True, now + timedelta(seconds=delay), describe(error))
+            )
+            if key is not None:
+                failed_keys.add(key)
+        return published, failures
+
+    async def _record(
+        self, published: Sequence[int], failures: Sequence[Failure]
+    ) -> tuple[set[int], Settled]:
+        now = utcnow()
+
+        def record(connection: sa.Connection) -> tuple[set[int], Settled]:
+            marked = claims.mark_published(connection, owner=self.owner, seqs=published, now=now)
+            settled = claims.settle_failures(
+                connection, owner=self.owner, failures=failures, max_attempts=self.max_attempts
+            )
+            return marked, settled
+
+        async with self.engine.begin() as connection:
+            return await connection.run_sync(record)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run_until_stopped(self) -> None:
+        """Relay until `stop()` is called (or the task is cancelled).
+
+        Stopping finishes the batch in flight - publishing it and recording the outcome -
+        and returns; a cancelled relay leaves its claims to expire. Database errors are
+        logged and retried with growing delays (up to `poll_interval`).
+        """
+        if self._running:
+            raise RuntimeError("this OutboxRelay is already running")
+        self._running = True
+        wake = self._wake = asyncio.Event()
+        if self._stopping:
+            wake.set()
+        subscription = outbox_signal.subscribe()
+        helpers = [
+            asyncio.create_task(self._forward_signal(subscription), name="sagaz:outbox-signal"),
+            asyncio.create_task(self._retention_loop(), name="sagaz:outbox-retention"),
+        ]
+        if self.listen:
+            self.listener = NotificationListener(self.engine, OUTBOX_CHANNEL, wake.set)
+            helpers.append(asyncio.create_task(self.listener.run(), name="sagaz:outbox-listen"))
+        try:
+            await self._connect_broker()
+            await self._loop(wake)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            for helper in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
+            subscription.close()
+            self.listener = None
+            self._wake = None
+            self._running = False
+            self._stopping = False
+
+    def stop(self) -> None:
+        """Ask the running relay to finish its current batch and return. Thread-unsafe:
+        call it on the relay's event loop (e.g. from a signal handler added with
+        `loop.add_signal_handler`)."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def _connect_broker(self) -> None:
+        try:
+            await self.broker.connect()
+        except Exception as error:
+            # publish_batch reconnects by itself; failures until then become retries.
+            logger.warning(
+                "outbox relay %s: broker connect failed: %s", self.owner, describe(error)
+            )
+
+    async def _loop(self, wake: asyncio.Event) -> None:
+        error_delay = 0.0
+        while not self._stopping:
+            wake.clear()
+            try:
+                result = await self.relay_once()
+            except Exception as error:
+                error_delay = min(max(error_delay * 2, 0.05), self.poll_interval)
+                logger.error(
+                    "outbox relay %s: pass failed: %s; retrying in %.2fs",
+                    self.owner,
+                    describe(error),
+                    error_delay,
+                )
+                await self._wait(wake, error_delay)
+                continue
+            error_delay = 0.0
+            if result.claimed >= self.batch_size or result.dead:
+                # More may be due at once (a dead-lettered event unblocks its key).
+                await asyncio.sleep(0)
+                continue
+            await self._wait(wake, self._idle_timeout())
+
+    def _idle_timeout(self) -> float:
+        timeout = self.poll_interval
+        if self._next_retry_at is not None:
+            until_retry = (self._next_retry_at - utcnow()).total_seconds()
+            if until_retry <= 0:
+                self._next_retry_at = None
+                return 0.0
+            timeout = min(timeout, until_retry + 0.001)
+        return timeout
+
+    @staticmethod
+    async def _wait(wake: asyncio.Event, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await wake.wait()
+
+    async def _forward_signal(self, subscription: Subscription) -> None:
+        while True:
+            await subscription.wait(None)
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _retention_loop(self) -> None:
+        if self.published_retention is None and self.inbox_retention is None:
+            return
+        while True:
+            try:
+                result = await self.apply_retention()
+                if result.published or result.inbox:
+                    logger.info(
+                        "outbox relay %s: retention deleted %d published event(s) and %d "
+                        "inbox row(s)",
+                        self.owner,
+                        result.published,
+                        result.inbox,
+                    )
+            except Exception as error:
+                logger.warning("outbox relay %s: retention failed: %s", self.owner, describe(error))
+            await asyncio.sleep(self.retention_interval)
+
+    async def apply_retention(self) -> RetentionResult:
+        """Delete published events and inbox rows past their retention, one committed
+        batch of `retention_batch_size` rows at a time."""
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync: retain(
+                    sync,
+                    published_retention=self.published_retention,
+                    inbox_retention=self.inbox_retention,
+                    batch_size=self.retention_batch_size,
+                    commit_each_batch=True,
+                )
+            )
