@@ -28,7 +28,10 @@ NAMING_CONVENTION = {
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 #: JSON everywhere, JSONB on PostgreSQL (indexable, compact, compared by value).
-JSONDocument = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+#: Python None is stored as SQL NULL (not JSON null), so COALESCE can merge documents.
+JSONDocument = sa.JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql"
+)
 #: A 64-bit counter that autoincrements on PostgreSQL and SQLite alike.
 BigSerial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)

@@ -27,21 +27,6 @@ def insert_ignoring_conflicts(table: sa.Table, dialect: str) -> Insert:
     raise NotImplementedError(f"sagaz supports PostgreSQL and SQLite, not {dialect}")
 
 
-def upsert(table: sa.Table, dialect: str, keys: Sequence[str], updated: Sequence[str]) -> Insert:
-    """`INSERT ... ON CONFLICT (keys) DO UPDATE SET col = excluded.col` for `updated`."""
-    if dialect == "postgresql":
-        pg_insert = postgresql.insert(table)
-        return pg_insert.on_conflict_do_update(
-            index_elements=list(keys), set_={c: pg_insert.excluded[c] for c in updated}
-        )
-    if dialect == "sqlite":
-        lite_insert = sqlite.insert(table)
-        return lite_insert.on_conflict_do_update(
-            index_elements=list(keys), set_={c: lite_insert.excluded[c] for c in updated}
-        )
-    raise NotImplementedError(f"sagaz supports PostgreSQL and SQLite, not {dialect}")
-
-
 def insert_rows_and_notify(
     table: sa.Table, rows: Sequence[dict[str, Any]], dialect: str, channel: str
 ) -> sa.Executable:

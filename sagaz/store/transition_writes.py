@@ -1,0 +1,265 @@
+"""Writing a batch of transitions with a constant number of statements.
+
+A batch (transitions of any number of sagas, in the order they happened) is folded in
+memory into at most one write per saga and one per step, then written with:
+
+1. one read of the sagas' lease columns (`FOR SHARE` on PostgreSQL, so no claim can move a
+   lease until the batch commits; on SQLite the transaction already holds the write lock);
+2. one INSERT for sagas the journal has never seen (an in-process run without a worker);
+3. one UPDATE (executemany) for saga-level changes;
+4. one INSERT ... ON CONFLICT DO UPDATE for step rows.
+
+No step row is read: the step upsert merges into the stored row in SQL (attempts only
+grow, a result or error is kept unless replaced, completion clears the error, the first
+start time is kept), following the same rules as `sagaz.journal.apply_transition`, so the
+store and the in-memory journal agree (a test compares them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from sagaz.journal import Fence, Transition, TransitionKind
+from sagaz.store.schema import saga_steps, sagas
+from sagaz.store.statements import insert_ignoring_conflicts
+from sagaz.types import JSONDict, SagaStatus, StepStatus
+
+_FINISHED_STEP_STATUSES = frozenset(
+    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.COMPENSATED}
+)
+
+
+@dataclass(slots=True)
+class SagaWrite:
+    saga_id: str
+    saga_name: str
+    created_at: datetime
+    updated_at: datetime
+    status: SagaStatus | None = None
+    context: JSONDict | None = None
+    error: str | None = None
+    correlation_id: str | None = None
+    release: bool = False
+
+    def apply(self, transition: Transition) -> None:
+        self.updated_at = transition.at
+        if transition.status is not None:
+            self.status = transition.status
+        if transition.context is not None:
+            self.context = dict(transition.context)
+        if transition.error is not None:
+            self.error = transition.error
+        if transition.kind is TransitionKind.SAGA_STARTED and transition.correlation_id:
+            self.correlation_id = transition.correlation_id
+        if transition.kind is TransitionKind.SAGA_FINISHED:
+            self.release = True
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "b_id": self.saga_id,
+            "b_status": self.status.value if self.status else None,
+            "b_context": self.context,
+            "b_error": self.error,
+            "b_correlation_id": self.correlation_id,
+            "b_release": self.release,
+            "b_updated_at": self.updated_at,
+        }
+
+
+@dataclass(slots=True)
+class StepWrite:
+    saga_id: str
+    name: str
+    status: StepStatus
+    updated_at: datetime
+    attempts: int = 0
+    result: JSONDict | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def apply(self, transition: Transition) -> None:
+        self.updated_at = transition.at
+        status = transition.step_status
+        if status is not None:
+            self.status = status
+        if transition.kind is TransitionKind.STEP_STARTED:
+            self.attempts = max(self.attempts, transition.attempt)
+            self.started_at = self.started_at or transition.at
+        if transition.kind is TransitionKind.STEP_COMPLETED:
+            self.result = dict(transition.result or {})
+            self.error = None
+        if transition.error is not None:
+            self.error = transition.error
+        if self.status in _FINISHED_STEP_STATUSES:
+            self.finished_at = transition.at
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "saga_id": self.saga_id,
+            "name": self.name,
+            "status": self.status.value,
+            "result": self.result,
+            "attempts": self.attempts,
+            "error": self.error,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    owner: str | None
+    token: int
+
+
+def may_write(lease: Lease | None, fence: Fence | None) -> bool:
+    """The fencing rule: a write carries the saga's current lease, or there is none."""
+    if fence is None:
+        return lease is None or lease.owner is None
+    return lease is not None and lease.owner == fence.owner and lease.token == fence.token
+
+
+def write_transitions(connection: sa.Connection, transitions: Sequence[Transition]) -> set[int]:
+    """Persist a batch in the caller's transaction; returns the indexes refused by fencing.
+
+    Nothing of a refused saga is written; everything else is.
+    """
+    leases = read_leases(connection, {t.saga_id for t in transitions})
+    refused: set[int] = set()
+    refused_sagas: set[str] = set()
+    new_sagas: dict[str, SagaWrite] = {}
+    saga_writes: dict[str, SagaWrite] = {}
+    step_writes: dict[tuple[str, str], StepWrite] = {}
+    for index, transition in enumerate(transitions):
+        saga_id = transition.saga_id
+        lease = leases.get(saga_id)
+        if saga_id in refused_sagas or not may_write(lease, transition.fence):
+            refused.add(index)
+            refused_sagas.add(saga_id)
+            continue
+        if lease is None and saga_id not in new_sagas:
+            if transition.kind is not TransitionKind.SAGA_STARTED:
+                raise LookupError(
+                    f"saga {saga_id} is not in the store; its first transition must be "
+                    f"saga_started, got {transition.kind.value}"
+                )
+            new_sagas[saga_id] = SagaWrite(
+                saga_id, transition.saga_name, transition.at, transition.at
+            )
+        if transition.step is None:
+            write = saga_writes.get(saga_id)
+            if write is None:
+                write = saga_writes[saga_id] = SagaWrite(
+                    saga_id, transition.saga_name, transition.at, transition.at
+                )
+            write.apply(transition)
+        else:
+            key = (saga_id, transition.step)
+            step = step_writes.get(key)
+            if step is None:
+                step = step_writes[key] = StepWrite(
+                    saga_id, transition.step, StepStatus.PENDING, transition.at
+                )
+            step.apply(transition)
+    dialect = connection.dialect.name
+    if new_sagas:
+        connection.execute(
+            insert_ignoring_conflicts(sagas, dialect),
+            [_new_saga_row(new_sagas[saga_id]) for saga_id in sorted(new_sagas)],
+        )
+    if saga_writes:
+        connection.execute(
+            SAGA_UPDATE, [saga_writes[saga_id].params() for saga_id in sorted(saga_writes)]
+        )
+    if step_writes:
+        connection.execute(
+            step_upsert(dialect), [step_writes[key].row() for key in sorted(step_writes)]
+        )
+    return refused
+
+
+def read_leases(connection: sa.Connection, saga_ids: set[str]) -> dict[str, Lease]:
+    if not saga_ids:
+        return {}
+    query = sa.select(sagas.c.id, sagas.c.lease_owner, sagas.c.lease_token).where(
+        sagas.c.id.in_(sorted(saga_ids))
+    )
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    return {
+        str(row.id): Lease(row.lease_owner, row.lease_token) for row in connection.execute(query)
+    }
+
+
+def _new_saga_row(write: SagaWrite) -> dict[str, Any]:
+    return {
+        "id": write.saga_id,
+        "name": write.saga_name,
+        "status": SagaStatus.PENDING.value,
+        "context": {},
+        "created_at": write.created_at,
+        "updated_at": write.created_at,
+    }
+
+
+SAGA_UPDATE = (
+    sa.update(sagas)
+    .where(sagas.c.id == sa.bindparam("b_id"))
+    .values(
+        status=sa.func.coalesce(sa.bindparam("b_status", type_=sa.String), sagas.c.status),
+        context=sa.func.coalesce(
+            sa.bindparam("b_context", type_=sagas.c.context.type), sagas.c.context
+        ),
+        error=sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text), sagas.c.error),
+        correlation_id=sa.func.coalesce(
+            sa.bindparam("b_correlation_id", type_=sa.String), sagas.c.correlation_id
+        ),
+        lease_owner=sa.case(
+            (sa.bindparam("b_release", type_=sa.Boolean), sa.null()), else_=sagas.c.lease_owner
+        ),
+        lease_expires_at=sa.case(
+            (sa.bindparam("b_release", type_=sa.Boolean), sa.null()),
+            else_=sagas.c.lease_expires_at,
+        ),
+        updated_at=sa.bindparam("b_updated_at", type_=sagas.c.updated_at.type),
+    )
+)
+"""Saga-level changes; NULL parameters keep the stored value."""
+
+
+def step_upsert(dialect: str) -> Insert:
+    """Insert step rows, or merge them into the stored ones (see the module docstring)."""
+    if dialect == "postgresql":
+        insert: Any = postgresql.insert(saga_steps)
+        greatest: Any = sa.func.greatest
+    elif dialect == "sqlite":
+        insert = sqlite.insert(saga_steps)
+        greatest = sa.func.max  # SQLite's two-argument max() is GREATEST
+    else:
+        raise NotImplementedError(f"sagaz supports PostgreSQL and SQLite, not {dialect}")
+    new, old = insert.excluded, saga_steps.c
+    merged: Insert = insert.on_conflict_do_update(
+        index_elements=[old.saga_id, old.name],
+        set_={
+            "status": new.status,
+            "attempts": greatest(old.attempts, new.attempts),
+            "result": sa.func.coalesce(new.result, old.result),
+            "error": sa.case(
+                (new.status == StepStatus.COMPLETED.value, sa.null()),
+                else_=sa.func.coalesce(new.error, old.error),
+            ),
+            "started_at": sa.func.coalesce(old.started_at, new.started_at),
+            "finished_at": sa.func.coalesce(new.finished_at, old.finished_at),
+            "updated_at": new.updated_at,
+        },
+    )
+    return merged
