@@ -347,16 +347,21 @@ class _SagaRun:
         ]
 
     async def _cancel(self, running: dict[asyncio.Task[JSONDict], str], reason: str) -> None:
-        """Cancel running steps and record each of them as failed with `reason`."""
-        tasks = dict(running)
-        running.clear()
-        for task in tasks:
-            task.cancel()
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        for (task, name), outcome in zip(tasks.items(), outcomes, strict=True):
-            if isinstance(outcome, LeaseLostError):
-                raise outcome
-            if task.cancelled() or isinstance(outcome, asyncio.CancelledError):
+        """Cancel running steps, wait until they have stopped, and record each cancelled
+        one as failed with `reason`.
+
+        A step leaves `running` only once it is handled, so when this wait is itself
+        interrupted (the saga timeout expiring during a fail-fast cancellation) the caller
+        calls again and no step is left unrecorded, or still running under compensation.
+        """
+        for task in running:
+            if not task.cancelling():  # a second cancel would cut the step's own cleanup
+                task.cancel()
+        if running:
+            await asyncio.wait(set(running))
+        for task, name in list(running.items()):
+            del running[task]
+            if task.cancelled():
                 step = self.outcomes[name]
                 step.status = StepStatus.FAILED
                 step.error = reason
@@ -365,8 +370,12 @@ class _SagaRun:
                 await self.record(
                     TransitionKind.STEP_FAILED, step=name, attempt=step.attempts, error=reason
                 )
-            elif isinstance(outcome, dict):
-                self.context.update(outcome)
+                continue
+            error = task.exception()
+            if error is None:
+                self.context.update(task.result())
+            elif not isinstance(error, _StepFailed):  # LeaseLostError, a journal error
+                raise error
 
     async def _run_step(self, step: StepDefinition) -> JSONDict:
         outcome = self.outcomes[step.name]

@@ -314,3 +314,41 @@ async def test_a_journal_timeout_is_raised_not_mistaken_for_a_saga_timeout() -> 
     saga = Saga(name="timeout-journal").add_step("a", lambda ctx: None)
     with pytest.raises(TimeoutError, match="journal write timed out"):
         await saga.run(journal=TimingOutJournal())
+
+
+async def test_saga_timeout_during_a_fail_fast_cancellation_loses_no_step() -> None:
+    """FAIL_FAST cancels `cleanup`, whose cancellation takes a while (it cleans up); the
+    saga timeout expires meanwhile. The run must still wait for the step, record it as
+    failed, and only then compensate and finish."""
+    journal = MemoryJournal()
+    events: list[str] = []
+
+    async def boom(ctx: Mapping[str, Any]) -> None:
+        await asyncio.sleep(0.02)
+        raise RuntimeError("boom")
+
+    async def cleanup(ctx: Mapping[str, Any]) -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.sleep(0.15))
+            events.append("cleanup done")
+            raise
+
+    async def undo(ctx: Mapping[str, Any]) -> None:
+        events.append("undo first")
+
+    saga = (
+        Saga(name="timeout-during-cancel", timeout_seconds=0.08)
+        .add_step("first", lambda ctx: None, undo)
+        .add_step("boom", boom, depends_on=["first"])
+        .add_step("cleanup", cleanup, depends_on=["first"])
+    )
+    result = await saga.run(journal=journal, saga_id="tc")
+
+    assert result.status is SagaStatus.COMPENSATED
+    assert events == ["cleanup done", "undo first"]
+    assert result.step("cleanup").status is StepStatus.FAILED
+    failed = [t.step for t in journal.transitions if t.kind is TransitionKind.STEP_FAILED]
+    assert sorted(failed) == ["boom", "cleanup"]
+    assert journal.kinds("tc")[-1] == (TransitionKind.SAGA_FINISHED, None)
