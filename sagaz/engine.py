@@ -187,6 +187,7 @@ class _SagaRun:
         self.snapshot = snapshot
         self.started_at = utcnow()
         self.outcomes = {step.name: StepOutcome(name=step.name) for step in definition.steps}
+        self.positions = {step.name: index for index, step in enumerate(definition.steps)}
         self.errors: list[str] = []
         self.first_error: str | None = None
         # Threads of timed-out or cancelled attempts, per step (each retry may leave one).
@@ -324,19 +325,28 @@ class _SagaRun:
             if not running:
                 return
             done, _pending = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                name = running.pop(task)
+            # Several steps can finish in one wake-up: take them all out of `running` (in
+            # definition order, so merges are deterministic) before cancelling the rest.
+            finished = sorted(
+                ((running.pop(task), task) for task in done),
+                key=lambda item: self.positions[item[0]],
+            )
+            failed: str | None = None
+            for name, task in finished:
                 error = task.exception()
                 if error is None:
                     self.context.update(task.result())
-                    continue
-                if isinstance(error, LeaseLostError) or not isinstance(error, _StepFailed):
+                elif isinstance(error, LeaseLostError) or not isinstance(error, _StepFailed):
                     raise error
-                if strategy is ParallelFailureStrategy.FAIL_FAST:
-                    stop_starting = True
-                    await self._cancel(running, f"cancelled: step '{name}' failed (fail fast)")
-                elif strategy is ParallelFailureStrategy.FAIL_FAST_WITH_GRACE:
-                    stop_starting = True
+                elif failed is None:
+                    failed = name
+            if failed is None:
+                continue
+            if strategy is ParallelFailureStrategy.FAIL_FAST:
+                stop_starting = True
+                await self._cancel(running, f"cancelled: step '{failed}' failed (fail fast)")
+            elif strategy is ParallelFailureStrategy.FAIL_FAST_WITH_GRACE:
+                stop_starting = True
 
     def _ready(self, started: set[str]) -> list[StepDefinition]:
         completed = {n for n, o in self.outcomes.items() if o.status is StepStatus.COMPLETED}

@@ -182,3 +182,46 @@ async def test_fail_fast_cancels_a_step_waiting_to_retry() -> None:
     assert result.status is SagaStatus.COMPENSATED
     assert attempts == [1]
     assert result.step("retrying").status is StepStatus.FAILED
+
+
+@pytest.mark.parametrize("strategy", list(ParallelFailureStrategy))
+@pytest.mark.parametrize(
+    "outcomes", [("fail", "fail"), ("fail", "ok"), ("ok", "fail")], ids="-".join
+)
+async def test_steps_finishing_together_with_a_failure(
+    strategy: ParallelFailureStrategy, outcomes: tuple[str, str]
+) -> None:
+    """Steps that finish in the same event-loop iteration as a failing step (no await in
+    between) are all accounted for: none is lost, none crashes the run."""
+    undone: list[str] = []
+
+    def step(name: str, outcome: str) -> Any:
+        async def run(ctx: Mapping[str, Any]) -> dict[str, bool]:
+            if outcome == "fail":
+                raise RuntimeError(f"{name} failed")
+            return {name: True}
+
+        return run
+
+    def undo(name: str) -> Any:
+        async def run(ctx: Mapping[str, Any]) -> None:
+            undone.append(name)
+
+        return run
+
+    saga = (
+        Saga(name=f"strategy-together-{strategy.value}", failure_strategy=strategy)
+        .add_step("a", step("a", outcomes[0]), undo("a"), depends_on=[])
+        .add_step("b", step("b", outcomes[1]), undo("b"), depends_on=[])
+    )
+    result = await saga.run()
+
+    assert result.status is SagaStatus.COMPENSATED
+    succeeded = [name for name, outcome in zip("ab", outcomes, strict=True) if outcome == "ok"]
+    assert undone == succeeded
+    for name, outcome in zip("ab", outcomes, strict=True):
+        expected = StepStatus.COMPENSATED if outcome == "ok" else StepStatus.FAILED
+        assert result.step(name).status is expected
+    assert result.errors == [
+        f"step '{n}': RuntimeError: {n} failed" for n in "ab" if n not in succeeded
+    ]
