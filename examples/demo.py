@@ -41,7 +41,9 @@ def show(result: SagaResult) -> None:
     print(f"  saga {result.saga_name} {result.saga_id[:8]}: {result.status.value.upper()}")
     for outcome in result.steps.values():
         extra = f" ({outcome.error})" if outcome.error else ""
-        print(f"    {outcome.name:<14} {outcome.status.value:<12} attempts={outcome.attempts}{extra}")
+        print(
+            f"    {outcome.name:<14} {outcome.status.value:<12} attempts={outcome.attempts}{extra}"
+        )
     if result.error:
         print(f"  first error: {result.error}")
 
