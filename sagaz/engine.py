@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import logging
 import random
 from collections.abc import Mapping
@@ -505,7 +506,10 @@ class _SagaRun:
             async with deadline:
                 if is_async_callable(function):
                     return await function(view)
-                return await self._in_thread(step, function, view)
+                result = await self._in_thread(step, function, view)
+                if inspect.isawaitable(result):  # e.g. a lambda calling an async function
+                    return await result
+                return result
         except TimeoutError as error:
             if not deadline.expired():  # the step raised TimeoutError itself
                 raise

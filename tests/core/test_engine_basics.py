@@ -339,3 +339,28 @@ async def test_declarative_instances_bind_self() -> None:
     second = await WithState("2-").run({"x": "a"})
     assert first.context["value"] == "1-a"
     assert second.context["value"] == "2-a"
+
+
+async def test_a_plain_function_returning_a_coroutine_has_it_awaited() -> None:
+    done: list[str] = []
+
+    async def reserve(ctx: Mapping[str, Any], amount: int) -> dict[str, int]:
+        await asyncio.sleep(0)
+        return {"reserved": amount}
+
+    async def release(ctx: Mapping[str, Any]) -> None:
+        done.append("released")
+
+    async def boom(ctx: Mapping[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+    saga = (
+        Saga(name="basics-lambda")
+        .add_step("reserve", lambda ctx: reserve(ctx, 3), lambda ctx: release(ctx))
+        .add_step("boom", boom)
+    )
+    result = await saga.run()
+
+    assert result.context == {"reserved": 3}
+    assert result.status is SagaStatus.COMPENSATED
+    assert done == ["released"]
