@@ -127,6 +127,8 @@ class OutboxRelay:
         self.retention_batch_size = retention_batch_size
         self.listener: NotificationListener | None = None
         """The LISTEN connection while running on PostgreSQL with `listen=True`."""
+        self.idle = asyncio.Event()
+        """Set while the running relay waits for a wake-up or its next poll."""
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._running = False
@@ -374,13 +376,16 @@ class OutboxRelay:
             timeout = min(timeout, until_retry + 0.001)
         return timeout
 
-    @staticmethod
-    async def _wait(wake: asyncio.Event, seconds: float) -> None:
+    async def _wait(self, wake: asyncio.Event, seconds: float) -> None:
         if seconds <= 0:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await wake.wait()
+        self.idle.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await wake.wait()
+        finally:
+            self.idle.clear()
 
     async def _forward_signal(self, subscription: Subscription) -> None:
         while True:

@@ -101,10 +101,10 @@ def rows(engine: sa.Engine) -> list[sa.Row[Any]]:
 
 
 async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], *, timeout: float = 15.0, every: float = 0.01
+    check: Callable[[], bool | Awaitable[bool]], *, within: float = 15.0, every: float = 0.01
 ) -> None:
-    """Poll `check` until it holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll `check` until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
     while True:
         outcome = check()
         if not isinstance(outcome, bool):
@@ -112,7 +112,7 @@ async def eventually(
         if outcome:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(every)
 
 
@@ -121,4 +121,4 @@ async def status_counts(engine: AsyncEngine) -> dict[str, int]:
         result = await connection.execute(
             sa.select(outbox_table.c.status, sa.func.count()).group_by(outbox_table.c.status)
         )
-        return {status: count for status, count in result.all()}
+        return dict(result.all())

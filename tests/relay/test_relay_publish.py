@@ -47,7 +47,8 @@ async def test_committed_events_are_published_as_written(
     assert first.headers == {"tenant": "acme", "correlation-id": "corr-1"}
     assert (second.topic, second.key, second.payload) == ("orders.audit", None, [1, "x"])
     assert (third.topic, third.key, third.headers) == ("orders.paid", "o-1", {})
-    assert first.created_at is not None and first.created_at.tzinfo is not None
+    assert first.created_at is not None
+    assert first.created_at.tzinfo is not None
     assert [row.status for row in rows(engine)] == ["published"] * 3
     assert all(row.claim_owner is None and row.published_at for row in rows(engine))
     assert await relay.relay_once() == PassResult()
