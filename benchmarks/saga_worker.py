@@ -12,6 +12,8 @@ It creates and drops its own schema (sagaz_bench_<random>) in that database.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import asyncio
 import os
 import platform
@@ -66,11 +68,17 @@ async def main() -> None:
                 start_saga(session, BenchSaga, {"n": n})
             await session.commit()
         worker = SagaWorker(engine, concurrency=args.concurrency, poll_interval=0.05)
+        profiler = cProfile.Profile() if os.environ.get("SAGAZ_BENCH_PROFILE") else None
+        if profiler:
+            profiler.enable()
         began = time.perf_counter()
         task = asyncio.create_task(worker.run())
         while worker.completed < args.sagas:
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - began
+        if profiler:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(40)
         worker.stop()
         await task
         with sync_engine.connect() as connection:

@@ -28,6 +28,11 @@ class StepDefinition:
     timeout_seconds: float | None = None
     retry_backoff: float | None = None
     compensation_retries: int | None = None
+    #: The action is a coroutine function (derived; runs on the event loop).
+    is_async: bool = field(init=False, compare=False)
+    #: The action takes a `session` argument: a transactional step, whose writes commit
+    #: in the same transaction as its completion record (derived).
+    wants_session: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -42,16 +47,9 @@ class StepDefinition:
         _check_count(self.name, "compensation_retries", self.compensation_retries)
         _check_positive(self.name, "timeout_seconds", self.timeout_seconds)
         _check_non_negative(self.name, "retry_backoff", self.retry_backoff)
-
-    @property
-    def is_async(self) -> bool:
-        return is_async_callable(self.action)
-
-    @property
-    def wants_session(self) -> bool:
-        """True when the action takes a `session` argument: a transactional step, whose
-        writes commit in the same transaction as its completion record."""
-        return _accepts_session(self.action)
+        # Derived once here, not per run: both are read on every step execution.
+        object.__setattr__(self, "is_async", is_async_callable(self.action))
+        object.__setattr__(self, "wants_session", _accepts_session(self.action))
 
 
 def is_async_callable(function: StepFunction) -> bool:

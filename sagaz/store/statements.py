@@ -32,7 +32,8 @@ def insert_rows_and_notify(
 ) -> sa.Executable:
     """One statement inserting `rows` (conflicts ignored).
 
-    On PostgreSQL the same statement also issues `NOTIFY channel` when at least one row
+    On PostgreSQL the same statement also issues `NOTIFY channel` (the payload is the
+    schema the rows went to, so listeners can ignore other schemas) when at least one row
     was inserted; PostgreSQL delivers it only if the transaction commits, and drops it
     with a rolled-back savepoint, so no extra query and no false wake-ups.
     """
@@ -40,4 +41,5 @@ def insert_rows_and_notify(
     if dialect != "postgresql":
         return insert
     inserted = insert.returning(table.c.id).cte(f"{table.name}_inserted")
-    return sa.select(sa.func.pg_notify(channel, "")).where(sa.exists(sa.select(inserted.c.id)))
+    notify = sa.func.pg_notify(channel, sa.func.current_schema())
+    return sa.select(notify).where(sa.exists(sa.select(inserted.c.id)))

@@ -17,6 +17,7 @@ store and the in-memory journal agree (a test compares them).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -176,15 +177,98 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
             insert_ignoring_conflicts(sagas, dialect),
             [_new_saga_row(new_sagas[saga_id]) for saga_id in sorted(new_sagas)],
         )
-    if saga_writes:
-        connection.execute(
-            SAGA_UPDATE, [saga_writes[saga_id].params() for saga_id in sorted(saga_writes)]
-        )
-    if step_writes:
-        connection.execute(
-            step_upsert(dialect), [step_writes[key].row() for key in sorted(step_writes)]
-        )
+    saga_rows = [saga_writes[saga_id].params() for saga_id in sorted(saga_writes)]
+    step_rows = [step_writes[key].row() for key in sorted(step_writes)]
+    if dialect == "postgresql":
+        # One statement per table whatever the batch size: arrays in, unnest() inside.
+        if saga_rows:
+            connection.execute(PG_SAGA_UPDATE, _as_arrays(saga_rows, _PG_SAGA_ARRAYS))
+        if step_rows:
+            connection.execute(PG_STEP_UPSERT, _as_arrays(step_rows, _PG_STEP_ARRAYS))
+        return refused
+    if saga_rows:
+        connection.execute(SAGA_UPDATE, saga_rows)
+    if step_rows:
+        connection.execute(step_upsert(dialect), step_rows)
     return refused
+
+
+def _as_arrays(rows: list[dict[str, Any]], columns: dict[str, bool]) -> dict[str, list[Any]]:
+    """Column-wise lists of `rows`; JSON columns (flag True) become JSON text."""
+    return {
+        column: [_json_text(row[column]) if is_json else row[column] for row in rows]
+        for column, is_json in columns.items()
+    }
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+_PG_SAGA_ARRAYS = {
+    "b_id": False,
+    "b_status": False,
+    "b_context": True,
+    "b_error": False,
+    "b_correlation_id": False,
+    "b_release": False,
+    "b_updated_at": False,
+}
+PG_SAGA_UPDATE = sa.text(
+    f"""
+    UPDATE {sagas.name} AS s SET
+        status = COALESCE(u.status, s.status),
+        context = COALESCE(u.context::jsonb, s.context),
+        error = COALESCE(u.error, s.error),
+        correlation_id = COALESCE(u.correlation_id, s.correlation_id),
+        lease_owner = CASE WHEN u.release THEN NULL ELSE s.lease_owner END,
+        lease_expires_at = CASE WHEN u.release THEN NULL ELSE s.lease_expires_at END,
+        updated_at = u.updated_at
+    FROM unnest(
+        CAST(:b_id AS uuid[]), CAST(:b_status AS varchar[]), CAST(:b_context AS text[]),
+        CAST(:b_error AS text[]), CAST(:b_correlation_id AS varchar[]),
+        CAST(:b_release AS boolean[]), CAST(:b_updated_at AS timestamptz[])
+    ) AS u(id, status, context, error, correlation_id, release, updated_at)
+    WHERE s.id = u.id
+    """
+)
+"""PostgreSQL: every saga-level change of a batch in one UPDATE (same merge as SAGA_UPDATE)."""
+
+_PG_STEP_ARRAYS = {
+    "saga_id": False,
+    "name": False,
+    "status": False,
+    "result": True,
+    "attempts": False,
+    "error": False,
+    "started_at": False,
+    "finished_at": False,
+    "updated_at": False,
+}
+PG_STEP_UPSERT = sa.text(
+    f"""
+    INSERT INTO {saga_steps.name} AS t
+        (saga_id, name, status, result, attempts, error, started_at, finished_at, updated_at)
+    SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.attempts, u.error,
+           u.started_at, u.finished_at, u.updated_at
+    FROM unnest(
+        CAST(:saga_id AS uuid[]), CAST(:name AS varchar[]), CAST(:status AS varchar[]),
+        CAST(:result AS text[]), CAST(:attempts AS integer[]), CAST(:error AS text[]),
+        CAST(:started_at AS timestamptz[]), CAST(:finished_at AS timestamptz[]),
+        CAST(:updated_at AS timestamptz[])
+    ) AS u(saga_id, name, status, result, attempts, error, started_at, finished_at, updated_at)
+    ON CONFLICT (saga_id, name) DO UPDATE SET
+        status = excluded.status,
+        attempts = GREATEST(t.attempts, excluded.attempts),
+        result = COALESCE(excluded.result, t.result),
+        error = CASE WHEN excluded.status = 'completed' THEN NULL
+                     ELSE COALESCE(excluded.error, t.error) END,
+        started_at = COALESCE(t.started_at, excluded.started_at),
+        finished_at = COALESCE(excluded.finished_at, t.finished_at),
+        updated_at = excluded.updated_at
+    """
+)
+"""PostgreSQL: every step row of a batch in one upsert (same merge as `step_upsert`)."""
 
 
 def read_leases(connection: sa.Connection, saga_ids: set[str]) -> dict[str, Lease]:
