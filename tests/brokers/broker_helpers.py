@@ -1,0 +1,182 @@
+"""Helpers of the broker tests: a TCP proxy that can cut connections, message
+factories, and order checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+
+from sagaz.outbox.brokers import OutboxMessage
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of a server, for cutting connections in tests.
+
+    `drop()` aborts every connection and refuses new ones until `restore()`;
+    `drop_after(n)` does the same once n more bytes went from clients to the server
+    (forwarding exactly n), to cut a connection in the middle of a batch.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.accepting = True
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._budget: int | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[object]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def drop(self) -> None:
+        self.accepting = False
+        self._budget = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.accepting = True
+
+    def drop_after(self, nbytes: int) -> None:
+        self._budget = nbytes
+
+    async def close(self) -> None:
+        self.drop()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._handlers, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        if not self.accepting:
+            writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.connections += 1
+        self._writers.update((writer, upstream_writer))
+        pumps = [
+            asyncio.ensure_future(self._pump(reader, upstream_writer, upstream=True)),
+            asyncio.ensure_future(self._pump(upstream_reader, writer, upstream=False)),
+        ]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for one in (writer, upstream_writer):
+                one.transport.abort()
+                self._writers.discard(one)
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self._tasks.difference_update(pumps)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
+    ) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                if upstream and self._budget is not None:
+                    if len(data) >= self._budget:
+                        writer.write(data[: self._budget])
+                        with contextlib.suppress(OSError):
+                            await writer.drain()
+                        self.drop()
+                        return
+                    self._budget -= len(data)
+                writer.write(data)
+                await writer.drain()
+
+
+KEYS = ("order-1", "order-2", "order-3", None)
+
+
+def make_messages(
+    topic: str | Sequence[str], count: int, *, keys: Sequence[str | None] = KEYS, start: int = 0
+) -> list[OutboxMessage]:
+    """`count` messages spread over `keys` (None: no key) and topics, each with a
+    correlation id, a custom header, a saga id on some, and a non-ASCII JSON payload."""
+    topics = [topic] if isinstance(topic, str) else list(topic)
+    created = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    return [
+        OutboxMessage(
+            id=str(uuid.uuid4()),
+            topic=topics[n % len(topics)],
+            payload={"n": n, "text": "zażółć ✓", "items": [1, 2.5, None, True]},
+            key=keys[n % len(keys)],
+            headers={"correlation-id": f"corr-{n}", "x-tenant": "acme"},
+            created_at=created,
+            saga_id=str(uuid.uuid4()) if n % 5 == 0 else None,
+        )
+        for n in range(start, start + count)
+    ]
+
+
+def assert_prefix_per_key(
+    messages: Sequence[OutboxMessage], outcomes: Sequence[BaseException | None]
+) -> None:
+    """Per key, the confirmed messages are a prefix: nothing confirmed after a failure."""
+    assert len(outcomes) == len(messages)
+    failed: set[str] = set()
+    for message, outcome in zip(messages, outcomes, strict=True):
+        if message.key is None:
+            continue
+        if outcome is not None:
+            failed.add(message.key)
+        else:
+            assert message.key not in failed, f"{message.id} confirmed after its key failed"
+
+
+def assert_first_arrivals_in_key_order(
+    sent: Iterable[OutboxMessage], received_ids: Sequence[str]
+) -> None:
+    """Every sent message arrived, and per key the first arrivals follow the send order."""
+    sent = list(sent)
+    first_position: dict[str, int] = {}
+    for position, message_id in enumerate(received_ids):
+        first_position.setdefault(message_id, position)
+    missing = [m.id for m in sent if m.id not in first_position]
+    assert not missing, f"{len(missing)} of {len(sent)} messages never arrived"
+    by_key: dict[str, list[int]] = {}
+    for message in sent:
+        if message.key is not None:
+            by_key.setdefault(message.key, []).append(first_position[message.id])
+    for key, positions in by_key.items():
+        assert positions == sorted(positions), f"key {key!r} arrived out of order"
+
+
+async def retry_failed(
+    publish: Callable[[Sequence[OutboxMessage]], Awaitable[Sequence[BaseException | None]]],
+    messages: Sequence[OutboxMessage],
+    outcomes: Sequence[BaseException | None],
+    *,
+    attempts: int = 20,
+) -> None:
+    """Publish the failed messages again (in order) until all are confirmed, as the relay
+    would - polling, not sleeping, between attempts that fail."""
+    pending = [m for m, outcome in zip(messages, outcomes, strict=True) if outcome is not None]
+    for _ in range(attempts):
+        if not pending:
+            return
+        results = await publish(pending)
+        pending = [m for m, outcome in zip(pending, results, strict=True) if outcome is not None]
+        if pending:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{len(pending)} messages still unconfirmed after {attempts} attempts")
