@@ -1,0 +1,319 @@
+"""RabbitMQ (AMQP 0-9-1 through aio-pika) with publisher confirms.
+
+Each outbox event is published to one exchange (by default the durable topic exchange
+"sagaz") with routing key = topic, as a persistent message whose AMQP `message_id` is the
+outbox event id and whose `correlation_id` property and `correlation-id` header carry the
+correlation id. A batch is written in order on one channel without waiting between
+messages; the broker then confirms each (ack/nack), and each message's outcome is its own
+confirmation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from sagaz.errors import ConfigurationError, MissingExtraError
+from sagaz.outbox.brokers.base import MESSAGE_ID_HEADER, OutboxMessage
+from sagaz.outbox.brokers.common import (
+    CORRELATION_HEADER,
+    KEY_HEADER,
+    BatchOutcomes,
+    BrokerConnectionError,
+    OptionParsers,
+    Outcomes,
+    PublishError,
+    ReceivedMessage,
+    as_bool,
+    decode_payload,
+    describe,
+    encode_payload,
+    require_id,
+    split_url_options,
+    wire_headers,
+)
+
+try:
+    import aio_pika
+    import aiormq
+    from aio_pika.abc import (
+        AbstractChannel,
+        AbstractConnection,
+        AbstractExchange,
+        AbstractIncomingMessage,
+        AbstractQueue,
+    )
+except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
+    raise MissingExtraError("rabbitmq", "aio-pika", "The RabbitMQ broker") from _missing
+
+__all__ = ["RabbitMQBroker", "declare_bound_queue", "decode", "message_id_of"]
+
+DEFAULT_EXCHANGE = "sagaz"
+
+_URL_OPTIONS: OptionParsers = {
+    "exchange": str,
+    "exchange_type": str,
+    "durable": as_bool,
+    "declare_exchange": as_bool,
+    "mandatory": as_bool,
+    "confirm_timeout": float,
+    "connect_timeout": float,
+}
+
+#: Errors that mean the connection or channel is gone (the next batch reconnects).
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    RuntimeError,
+)
+
+
+class RabbitMQBroker:
+    """Publishes outbox events to a RabbitMQ exchange with publisher confirms.
+
+    Options: `exchange` (name; "" is the default exchange, where the routing key names a
+    queue), `exchange_type` ("topic", "direct", "fanout", "headers"), `durable`,
+    `declare_exchange` (declare it on connect; False expects it to exist), `mandatory`
+    (report messages no queue is bound for as failed instead of letting RabbitMQ drop
+    them - they are then retried and eventually dead-lettered), `confirm_timeout` and
+    `connect_timeout` in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str = "amqp://guest:guest@127.0.0.1:5672/",
+        *,
+        exchange: str = DEFAULT_EXCHANGE,
+        exchange_type: str = "topic",
+        durable: bool = True,
+        declare_exchange: bool = True,
+        mandatory: bool = False,
+        confirm_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        try:
+            self.exchange_type = aio_pika.ExchangeType(exchange_type)
+        except ValueError:
+            kinds = ", ".join(kind.value for kind in aio_pika.ExchangeType)
+            raise ConfigurationError(
+                f"RabbitMQ exchange_type {exchange_type!r} is not one of {kinds}"
+            ) from None
+        self.url = url
+        self.exchange_name = exchange
+        self.durable = durable
+        self.declare_exchange = declare_exchange
+        self.mandatory = mandatory
+        self.confirm_timeout = confirm_timeout
+        self.connect_timeout = connect_timeout
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RabbitMQBroker:
+        """`amqp://user:password@host:port/vhost` or `amqps://...`; options also as query
+        parameters (`?exchange=orders&mandatory=true`), others go to aio-pika."""
+        client_url, parsed = split_url_options(url, _URL_OPTIONS)
+        return cls(client_url, **{**parsed, **options})
+
+    @property
+    def connected(self) -> bool:
+        return (
+            self._exchange is not None
+            and self._channel is not None
+            and not self._channel.is_closed
+            and self._connection is not None
+            and not self._connection.is_closed
+        )
+
+    async def connect(self) -> None:
+        if self.connected:
+            return
+        await self._drop()
+        connection = await aio_pika.connect(self.url, timeout=self.connect_timeout)
+        try:
+            channel = await connection.channel(
+                publisher_confirms=True, on_return_raises=self.mandatory
+            )
+            if self.exchange_name == "":
+                exchange = channel.default_exchange
+            elif self.declare_exchange:
+                exchange = await channel.declare_exchange(
+                    self.exchange_name,
+                    self.exchange_type,
+                    durable=self.durable,
+                    timeout=self.connect_timeout,
+                )
+            else:
+                exchange = await channel.get_exchange(self.exchange_name, ensure=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            raise
+        self._connection, self._channel, self._exchange = connection, channel, exchange
+
+    async def publish_batch(self, messages: Sequence[OutboxMessage]) -> Outcomes:
+        outcomes = BatchOutcomes(messages)
+        if not messages:
+            return outcomes.result()
+        try:
+            await self.connect()
+        except Exception as error:
+            await self._drop()
+            lost = BrokerConnectionError(f"rabbitmq: cannot connect: {describe(error)}")
+            outcomes.fail_all(range(len(messages)), lost)
+            return outcomes.result()
+        exchange = self._exchange
+        assert exchange is not None
+        indexes: list[int] = []
+        confirmations: list[asyncio.Task[Any]] = []
+        for index, message in enumerate(messages):
+            if outcomes.blocked(index):
+                continue
+            try:
+                amqp_message = _amqp_message(message)
+            except (TypeError, ValueError) as error:
+                outcomes.fail(index, PublishError(f"rabbitmq: cannot encode {message.id}: {error}"))
+                continue
+            # Tasks start in creation order and take the channel's (FIFO) lock in that
+            # order, so the frames go out in batch order; confirmations arrive later.
+            confirmations.append(
+                asyncio.ensure_future(
+                    exchange.publish(
+                        amqp_message,
+                        routing_key=message.topic,
+                        mandatory=self.mandatory,
+                        timeout=self.confirm_timeout,
+                    )
+                )
+            )
+            indexes.append(index)
+        results = await asyncio.gather(*confirmations, return_exceptions=True)
+        lost_connection = False
+        for index, result in zip(indexes, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            # aiormq's PublishError (a returned message) is a DeliveryError too.
+            if isinstance(result, aiormq.exceptions.PublishError):
+                failure: PublishError = PublishError(
+                    f"rabbitmq: {messages[index].id} is unroutable: no queue is bound to "
+                    f"exchange {self.exchange_name!r} for routing key {messages[index].topic!r}"
+                )
+            elif isinstance(result, aiormq.exceptions.DeliveryError):
+                failure = PublishError(
+                    f"rabbitmq: the broker refused {messages[index].id} ({describe(result)})"
+                )
+            elif isinstance(result, _CONNECTION_ERRORS):
+                lost_connection = True
+                failure = BrokerConnectionError(f"rabbitmq: not confirmed: {describe(result)}")
+            else:
+                failure = PublishError(f"rabbitmq: {describe(result)}")
+            outcomes.fail(index, failure)
+        if lost_connection:
+            await self._drop()
+        return outcomes.result()
+
+    async def close(self) -> None:
+        await self._drop()
+
+    async def _drop(self) -> None:
+        connection = self._connection
+        self._connection = self._channel = self._exchange = None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+
+def _amqp_message(message: OutboxMessage) -> aio_pika.Message:
+    headers = wire_headers(message)
+    return aio_pika.Message(
+        encode_payload(message.payload),
+        headers=dict(headers),
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.id,
+        correlation_id=headers.get(CORRELATION_HEADER),
+        timestamp=message.created_at,
+        app_id="sagaz",
+    )
+
+
+# -- consumer side ---------------------------------------------------------------------------
+
+
+def _where(message: AbstractIncomingMessage) -> str:
+    return f"rabbitmq message from exchange {message.exchange!r} key {message.routing_key!r}"
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode()
+    return str(value)
+
+
+def message_id_of(delivered: AbstractIncomingMessage) -> str:
+    """The outbox event id of a delivered message (its AMQP `message_id`).
+
+    Raises MalformedMessageError when it has neither `message_id` nor sagaz's header.
+    """
+    value = delivered.message_id or (delivered.headers or {}).get(MESSAGE_ID_HEADER)
+    return require_id(value, _where(delivered), "message_id")
+
+
+def decode(delivered: AbstractIncomingMessage) -> ReceivedMessage:
+    """A delivered message as a ReceivedMessage (topic = routing key).
+
+    Raises MalformedMessageError naming the message when it has no id or no JSON body.
+    """
+    message_id = message_id_of(delivered)
+    headers = {name: _header_text(value) for name, value in (delivered.headers or {}).items()}
+    if delivered.correlation_id and CORRELATION_HEADER not in headers:
+        headers[CORRELATION_HEADER] = delivered.correlation_id
+    where = f"{_where(delivered)} id {message_id}"
+    return ReceivedMessage(
+        id=message_id,
+        topic=delivered.routing_key or "",
+        payload=decode_payload(delivered.body, where),
+        key=headers.get(KEY_HEADER),
+        headers=headers,
+        raw=delivered,
+    )
+
+
+async def declare_bound_queue(
+    channel: AbstractChannel,
+    queue: str,
+    *,
+    exchange: str = DEFAULT_EXCHANGE,
+    binding_keys: Sequence[str] = ("#",),
+    exchange_type: str = "topic",
+    durable: bool = True,
+    auto_delete: bool = False,
+    arguments: dict[str, Any] | None = None,
+) -> AbstractQueue:
+    """Declare queue `queue` and bind it to `exchange` (declared too, like the broker
+    declares it) for each routing pattern in `binding_keys` ("#" = every topic).
+
+    Consume it with `async with queue.iterator() as messages: ...`, process each with
+    the inbox and then `await message.ack()`: delivery is at-least-once.
+    """
+    if not binding_keys:
+        raise ConfigurationError("declare_bound_queue needs at least one binding key")
+    queue_object = await channel.declare_queue(
+        queue, durable=durable, auto_delete=auto_delete, arguments=arguments
+    )
+    exchange_object = await channel.declare_exchange(
+        exchange, aio_pika.ExchangeType(exchange_type), durable=durable
+    )
+    for routing_key in binding_keys:
+        await queue_object.bind(exchange_object, routing_key=routing_key)
+    return queue_object
