@@ -1,0 +1,83 @@
+"""Optional means optional: with every broker client blocked, sagaz and the in-memory broker
+still import and work, and each broker names the extra to install."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+
+    # Blocked: `import redis` (and submodules) raises ImportError, as if not installed.
+    for name in ("redis", "aio_pika", "aiormq", "nats", "aiokafka"):
+        sys.modules[name] = None
+
+    import sagaz
+    import sagaz.outbox.brokers
+    import sagaz.outbox.inbox
+    from sagaz.errors import MissingExtraError
+    from sagaz.outbox.brokers import OutboxMessage, broker_from_url
+
+    broker = broker_from_url("memory://")
+    published = asyncio.run(broker.publish_batch([OutboxMessage(id="1", topic="t", payload={})]))
+    results = {"memory": list(published) == [None]}
+
+    for url in ("redis://h/0", "amqp://h/", "nats://h:4222", "kafka://h:9092"):
+        try:
+            broker_from_url(url)
+        except MissingExtraError as error:
+            results[url] = [error.extra, error.module, str(error)]
+        else:
+            results[url] = None
+
+    for module in ("redis", "rabbitmq", "nats", "kafka"):
+        try:
+            __import__(f"sagaz.outbox.brokers.{module}")
+        except MissingExtraError as error:
+            results[module] = error.extra
+        else:
+            results[module] = None
+    leaked = [m for m in ("redis", "aio_pika", "nats", "aiokafka") if sys.modules.get(m)]
+    results["leaked"] = leaked
+    print(json.dumps(results))
+    """
+)
+
+
+def test_brokers_name_their_extra_when_the_client_is_missing() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-W", "error", "-c", SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads(completed.stdout)
+    assert results["memory"] is True
+    assert results["leaked"] == []
+    expected = {
+        "redis://h/0": ("redis", "redis"),
+        "amqp://h/": ("rabbitmq", "aio-pika"),
+        "nats://h:4222": ("nats", "nats-py"),
+        "kafka://h:9092": ("kafka", "aiokafka"),
+    }
+    for url, (extra, module) in expected.items():
+        assert results[url] is not None, f"{url} did not raise MissingExtraError"
+        got_extra, got_module, message = results[url]
+        assert (got_extra, got_module) == (extra, module)
+        assert f"pip install 'sagaz[{extra}]'" in message
+    assert [results[m] for m in ("redis", "rabbitmq", "nats", "kafka")] == [
+        "redis",
+        "rabbitmq",
+        "nats",
+        "kafka",
+    ]
