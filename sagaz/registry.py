@@ -54,6 +54,13 @@ class SagaRegistry:
         """A saga instance ready to run for `name`; UnknownSagaError when not registered."""
         from sagaz.saga import Saga
 
+        source = self.source(name)
+        if isinstance(source, Saga):
+            return source
+        return source()
+
+    def source(self, name: str) -> type[Saga] | Saga:
+        """The class or imperative saga registered under `name` (UnknownSagaError if none)."""
         source = self._entries.get(name)
         if source is None:
             known = ", ".join(sorted(self._entries)) or "none"
@@ -61,9 +68,7 @@ class SagaRegistry:
                 f"no saga named '{name}' is registered in this process (registered: {known}); "
                 "import the module that defines it before starting the worker"
             )
-        if isinstance(source, Saga):
-            return source
-        return source()
+        return source
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

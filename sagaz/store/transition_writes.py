@@ -274,14 +274,17 @@ PG_STEP_UPSERT = sa.text(
 def read_leases(connection: sa.Connection, saga_ids: set[str]) -> dict[str, Lease]:
     if not saga_ids:
         return {}
-    query = sa.select(sagas.c.id, sagas.c.lease_owner, sagas.c.lease_token).where(
-        sagas.c.id.in_(sorted(saga_ids))
-    )
+    query = sa.select(sagas.c.id, sagas.c.lease_owner, sagas.c.lease_token)
     if connection.dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
-    return {
-        str(row.id): Lease(row.lease_owner, row.lease_token) for row in connection.execute(query)
-    }
+        # One array parameter: the same SQL text for every batch size (an expanded IN
+        # list would be new SQL for the driver to parse each time).
+        query = query.where(
+            sagas.c.id == sa.func.any(sa.cast(sa.bindparam("ids"), postgresql.ARRAY(sa.Uuid)))
+        ).with_for_update(read=True)
+        rows = connection.execute(query, {"ids": sorted(saga_ids)})
+    else:
+        rows = connection.execute(query.where(sagas.c.id.in_(sorted(saga_ids))))
+    return {str(row.id): Lease(row.lease_owner, row.lease_token) for row in rows}
 
 
 def _new_saga_row(write: SagaWrite) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz.definition import SagaDefinition
 from sagaz.engine import RunOptions, SagaEngine
 from sagaz.errors import LeaseLostError, UnknownSagaError
 from sagaz.journal import (
@@ -88,6 +89,7 @@ class SagaWorker:
         self.owner = owner or f"saga-worker-{uuid.uuid4().hex[:12]}"
         self._saga_engine = SagaEngine(self.store, options or RunOptions(), tuple(listeners))
         self._running: dict[str, tuple[asyncio.Task[None], int]] = {}
+        self._definitions: dict[str, tuple[object, SagaDefinition]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.completed = 0
@@ -203,10 +205,9 @@ class SagaWorker:
             if snapshot.attempts > self.max_attempts:
                 await self._give_up(snapshot, fence)
                 return
-            saga = self.sagas.resolve(snapshot.saga_name)
             resumed = snapshot.status is not SagaStatus.PENDING
             result = await self._saga_engine.run(
-                saga.definition,
+                self._definition(snapshot.saga_name),
                 {},
                 saga_id=snapshot.saga_id,
                 fence=fence,
@@ -224,6 +225,16 @@ class SagaWorker:
         except Exception:
             log.exception("running saga %s failed; releasing it for a retry", snapshot.saga_id)
             await self._release(snapshot.saga_id, snapshot.lease_token)
+
+    def _definition(self, name: str) -> SagaDefinition:
+        """The definition registered under `name`, built once per registered source (a
+        saga class is instantiated once, not per run)."""
+        source = self.sagas.source(name)
+        cached = self._definitions.get(name)
+        if cached is None or cached[0] is not source:
+            saga = self.sagas.resolve(name)
+            cached = self._definitions[name] = (source, saga.definition)
+        return cached[1]
 
     async def _release(self, saga_id: str, token: int) -> None:
         try:
