@@ -408,8 +408,8 @@ class _SagaRun:
                     return result
                 raw = await self._invoke(step.name, step.action, policy.timeout_seconds, attempt)
                 result = self._check_result(step.name, raw)
-            except (asyncio.CancelledError, LeaseLostError):
-                raise
+            except (asyncio.CancelledError, LeaseLostError, SagaDefinitionError):
+                raise  # not a step failure: the run stops (a programming error raises)
             except Exception as error:
                 message = _describe(error)
                 is_last = attempt >= first_attempt + retries or isinstance(
@@ -474,11 +474,12 @@ class _SagaRun:
             check_result=functools.partial(self._check_result, step.name),
             completion=completion,
         )
+        deadline = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(limit):
+            async with deadline:
                 result = await journal.run_step_transaction(call)
         except TimeoutError as error:
-            if limit is None:
+            if not deadline.expired():  # the step raised TimeoutError itself
                 raise
             raise StepTimeoutError(
                 f"step '{step.name}' attempt {attempt} timed out after {limit}s"
