@@ -8,7 +8,6 @@ test can call them again without harm.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -62,7 +61,6 @@ class SagaConfig:
     _engine: AsyncEngine | None = field(default=None, init=False, repr=False)
     _store: AsyncSagaStore | None = field(default=None, init=False, repr=False)
     _initialized: bool = field(default=False, init=False, repr=False)
-    _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.failure_strategy = _parse_strategy("failure_strategy", self.failure_strategy)
@@ -80,9 +78,13 @@ class SagaConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SagaConfig:
         """Build a config from `SAGAZ_*` variables; keyword arguments take precedence.
 
-        A variable with a value of the wrong type raises ConfigurationError naming it.
-        See docs/configuration.md for the list.
+        A variable with a value of the wrong type or out of range, or an unknown keyword,
+        raises ConfigurationError naming it. See docs/configuration.md for the list.
         """
+        known = {spec.name for spec in fields(cls) if spec.init}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown SagaConfig setting(s): {', '.join(unknown)}")
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for spec in fields(cls):
@@ -93,8 +95,18 @@ class SagaConfig:
             if raw is None or raw == "":
                 continue
             values[spec.name] = _convert(variable, raw, spec.default)
+        from_environment = {name: f"SAGAZ_{name.upper()}" for name in values}
         values.update(overrides)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigurationError as error:
+            message = str(error)
+            for name, variable in from_environment.items():
+                if name not in overrides and f"SagaConfig.{name} " in message:
+                    message = message.replace(
+                        f"SagaConfig.{name}", f"{variable} (SagaConfig.{name})", 1
+                    )
+            raise ConfigurationError(message) from None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -106,40 +118,35 @@ class SagaConfig:
         """Build the resources: listeners and, with a `database_url`, the async engine
         (its connection pool) and the saga store that becomes every saga's journal.
 
-        Idempotent: a second call while initialized does nothing.
+        Idempotent: a second call while initialized does nothing. Nothing in here awaits
+        (engines connect lazily), so concurrent calls cannot interleave and no lock - which
+        would tie the config to one event loop - is needed.
         """
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._initialized:
-                return self
-            self._listeners = (
-                *build_listeners(
-                    log_transitions=self.log_transitions,
-                    metrics=self.metrics,
-                    tracing=self.tracing,
-                ),
-                *self.extra_listeners,
-            )
-            if self.database_url:
-                from sagaz.store.engines import create_async_engine
-                from sagaz.store.stores import AsyncSagaStore
-
-                self._engine = create_async_engine(self.database_url)
-                self._store = AsyncSagaStore(self._engine)
-            self._initialized = True
+        if self._initialized:
             return self
+        listeners = build_listeners(
+            log_transitions=self.log_transitions, metrics=self.metrics, tracing=self.tracing
+        )
+        if self.database_url:
+            from sagaz.store.engines import create_async_engine
+            from sagaz.store.stores import AsyncSagaStore
+
+            self._engine = create_async_engine(self.database_url)
+            self._store = AsyncSagaStore(self._engine)
+        self._listeners = (*listeners, *self.extra_listeners)
+        self._initialized = True
+        return self
 
     async def close(self) -> None:
         """Release every resource `initialize` built. Idempotent."""
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            engine, self._engine, self._store = self._engine, None, None
-            self._listeners = ()
-            self._initialized = False
-            if engine is not None:
-                await engine.dispose()
+        engine, store = self._engine, self._store
+        self._engine, self._store = None, None
+        self._listeners = ()
+        self._initialized = False
+        if store is not None:
+            await store.close()
+        if engine is not None:
+            await engine.dispose()
 
     # -- what the engine needs -----------------------------------------------------
 
@@ -232,6 +239,7 @@ def configure(config: SagaConfig | None = None, **settings: Any) -> SagaConfig:
 
     `configure(SagaConfig(...))` installs that config; `configure(**settings)` builds one;
     `configure(None)` with no settings resets to a fresh default. Returns the config set.
+    The config it replaces is not closed: whoever initialized it closes it.
     """
     global _global
     if config is not None and settings:

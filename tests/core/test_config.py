@@ -128,8 +128,14 @@ def test_bad_variable_values_name_the_variable(variable: str, raw: str, fragment
 )
 def test_out_of_range_variable_values_are_refused(variable: str, raw: str) -> None:
     setting = variable.removeprefix("SAGAZ_").lower()
-    with pytest.raises(ConfigurationError, match=setting):
+    with pytest.raises(ConfigurationError, match=setting) as caught:
         SagaConfig.from_env({variable: raw})
+    assert variable in str(caught.value)
+
+
+def test_unknown_keyword_settings_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="max_retrys"):
+        SagaConfig.from_env({}, max_retrys=3)
 
 
 @pytest.mark.parametrize(
