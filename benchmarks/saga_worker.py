@@ -72,7 +72,7 @@ async def main() -> None:
         if profiler:
             profiler.enable()
         began = time.perf_counter()
-        task = asyncio.create_task(worker.run())
+        task = asyncio.create_task(worker.run_until_stopped())
         while worker.completed < args.sagas:
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - began

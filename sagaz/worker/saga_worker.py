@@ -17,7 +17,8 @@ Guarantees:
   finish, then are cancelled and their leases released for another worker.
 
 Wake-ups: a commit in this process that started sagas wakes the worker at once (the
-post-commit signal); `poll_interval` polling is the fallback across processes.
+post-commit signal); on PostgreSQL, LISTEN on `sagaz_sagas` wakes it when another process
+commits (`listen=True`); `poll_interval` polling remains the fallback.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ from sagaz.journal import (
     TransitionListener,
     utcnow,
 )
+from sagaz.outbox.listen import NotificationListener
 from sagaz.registry import SagaRegistry, registry
 from sagaz.signals import Subscription, saga_signal
+from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.store.stores import AsyncSagaStore
 from sagaz.types import SagaStatus
 from sagaz.worker import claims
@@ -72,6 +75,7 @@ class SagaWorker:
         options: RunOptions | None = None,
         listeners: Iterable[TransitionListener] = (),
         owner: str | None = None,
+        listen: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -87,6 +91,7 @@ class SagaWorker:
         self.unknown_saga_grace_seconds = unknown_saga_grace_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.owner = owner or f"saga-worker-{uuid.uuid4().hex[:12]}"
+        self.listen = listen
         self._saga_engine = SagaEngine(self.store, options or RunOptions(), tuple(listeners))
         self._running: dict[str, tuple[asyncio.Task[None], int]] = {}
         self._definitions: dict[str, tuple[object, SagaDefinition]] = {}
@@ -106,11 +111,16 @@ class SagaWorker:
         self._stopping.set()
         self._wake.set()
 
-    async def run(self) -> None:
+    async def run_until_stopped(self) -> None:
         """Claim and run sagas until `stop()`; then shut down gracefully."""
         subscription = saga_signal.subscribe()
-        forward = asyncio.create_task(self._forward_signal(subscription))
-        renewer = asyncio.create_task(self._renew_leases())
+        helpers = [
+            asyncio.create_task(self._forward_signal(subscription), name="sagaz:saga-signal"),
+            asyncio.create_task(self._renew_leases(), name="sagaz:saga-leases"),
+        ]
+        if self.listen and self.engine.dialect.name == "postgresql":
+            listener = NotificationListener(self.engine, SAGA_CHANNEL, self._wake.set)
+            helpers.append(asyncio.create_task(listener.run(), name="sagaz:saga-listen"))
         try:
             while not self._stopping.is_set():
                 claimed = await self.claim_and_start()
@@ -120,11 +130,11 @@ class SagaWorker:
                     continue  # there may be more waiting
                 await self._sleep(self.poll_interval)
         finally:
-            forward.cancel()
             subscription.close()
             await self._shutdown()
-            renewer.cancel()
-            await asyncio.gather(forward, renewer, return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def _forward_signal(self, subscription: Subscription) -> None:
         while True:

@@ -82,7 +82,7 @@ def run_counts(sync_engine: sa.Engine) -> dict[tuple[int, str], int]:
 class RunningWorker:
     def __init__(self, worker: SagaWorker) -> None:
         self.worker = worker
-        self.task = asyncio.create_task(worker.run())
+        self.task = asyncio.create_task(worker.run_until_stopped())
 
     async def stop(self) -> None:
         self.worker.stop()
@@ -317,3 +317,32 @@ def test_worker_options_are_validated(engines: tuple[AsyncEngine, sa.Engine]) ->
         make_worker(engines, concurrency=0)
     with pytest.raises(ValueError, match="lease_seconds"):
         make_worker(engines, lease_seconds=0)
+
+
+async def test_notify_from_another_connection_wakes_the_worker(
+    pg: DatabaseUrls,
+) -> None:
+    """A commit elsewhere (no in-process signal) wakes a worker polling only every 60 s."""
+    async_engine, sync_engine = pg.async_engine(), pg.sync_engine()
+    app_metadata.create_all(sync_engine)
+    running = RunningWorker(make_worker((async_engine, sync_engine), poll_interval=60))
+    try:
+        await asyncio.sleep(0.3)  # polled once, LISTENing, asleep for 60 s
+        now = utcnow()
+        with sync_engine.begin() as connection:  # a plain connection: no session events
+            connection.execute(
+                sa.insert(sagas).values(
+                    id="30000000-0000-4000-8000-000000000001",
+                    name=ThreeStepSaga.saga_name,
+                    status="pending",
+                    context={"n": 1},
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            connection.execute(sa.text("SELECT pg_notify('sagaz_sagas', current_schema())"))
+        await wait_for(lambda: all_done(sync_engine, 1), seconds=15)
+    finally:
+        await running.stop()
+        await async_engine.dispose()
+        sync_engine.dispose()
