@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -218,3 +219,23 @@ async def test_message_without_id_is_malformed(
     [message] = await stored(js, stream, 1)
     with pytest.raises(MalformedMessageError, match="no message id in the Nats-Msg-Id header"):
         message_id_of(message)
+
+
+async def test_concurrent_batches_share_one_connection(
+    make_proxy: Callable[[tuple[str, int]], Awaitable[TcpProxy]],
+    js: JetStreamContext,
+    stream: str,
+) -> None:
+    proxy = await make_proxy(NATS)
+    prefix = subjects_of(stream)
+    broker = NatsJetStreamBroker(
+        f"nats://127.0.0.1:{proxy.port}", stream=stream, subjects=[f"{prefix}.>"]
+    )
+    batches = [make_messages(f"{prefix}.b{n}", 50) for n in range(4)]
+    try:
+        results = await asyncio.gather(*(broker.publish_batch(batch) for batch in batches))
+    finally:
+        await broker.close()
+    assert all(list(outcomes) == [None] * 50 for outcomes in results)
+    assert proxy.connections == 1
+    assert (await js.stream_info(stream)).state.messages == 200

@@ -202,3 +202,20 @@ async def test_body_that_is_not_json_is_malformed(
     assert message_id_of(message) == "m-1"
     with pytest.raises(MalformedMessageError, match=r"key 'x' id m-1: the payload is not UTF-8"):
         decode(message)
+
+
+async def test_concurrent_batches_share_one_connection(
+    make_proxy: Callable[[tuple[str, int]], Awaitable[TcpProxy]],
+    exchange: str,
+    queue: AbstractQueue,
+) -> None:
+    proxy = await make_proxy(RABBITMQ)
+    broker = RabbitMQBroker(f"amqp://guest:guest@127.0.0.1:{proxy.port}/", exchange=exchange)
+    batches = [make_messages(f"b{n}.x", 50) for n in range(4)]
+    try:
+        results = await asyncio.gather(*(broker.publish_batch(batch) for batch in batches))
+    finally:
+        await broker.close()
+    assert all(list(outcomes) == [None] * 50 for outcomes in results)
+    assert proxy.connections == 1
+    assert len(await drain(queue, 200)) == 200

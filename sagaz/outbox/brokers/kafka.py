@@ -39,7 +39,7 @@ from sagaz.outbox.brokers.common import (
 
 try:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaError, KafkaTimeoutError
 except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
     raise MissingExtraError("kafka", "aiokafka", "The Kafka broker") from _missing
 
@@ -86,6 +86,7 @@ class KafkaBroker:
             "acks": "all",
         }
         self._producer: Any = None
+        self._connect_lock = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> KafkaBroker:
@@ -100,16 +101,17 @@ class KafkaBroker:
         return self._producer is not None
 
     async def connect(self) -> None:
-        if self._producer is not None:
-            return
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.options)
-        try:
-            await producer.start()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise
-        self._producer = producer
+        async with self._connect_lock:
+            if self._producer is not None:
+                return
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.options)
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
+            self._producer = producer
 
     async def publish_batch(self, messages: Sequence[OutboxMessage]) -> Outcomes:
         outcomes = BatchOutcomes(messages)
@@ -124,8 +126,14 @@ class KafkaBroker:
         producer = self._producer
         indexes: list[int] = []
         deliveries: list[asyncio.Future[Any]] = []
+        # A topic whose metadata could not be fetched fails the rest of its messages at
+        # once instead of waiting request_timeout_ms for each.
+        unavailable: dict[str, PublishError] = {}
         for index, message in enumerate(messages):
             if outcomes.blocked(index):
+                continue
+            if message.topic in unavailable:
+                outcomes.fail(index, unavailable[message.topic])
                 continue
             try:
                 headers = [(name, value.encode()) for name, value in wire_headers(message).items()]
@@ -135,8 +143,14 @@ class KafkaBroker:
                     key=None if message.key is None else message.key.encode(),
                     headers=headers,
                 )
+            except KafkaTimeoutError as error:
+                unavailable[message.topic] = BrokerConnectionError(
+                    f"kafka: no metadata for topic {message.topic!r}: {error!r}"
+                )
+                outcomes.fail(index, unavailable[message.topic])
+                continue
             except KafkaError as error:
-                # Raised before the record was queued (no metadata, too large, ...).
+                # Raised before the record was queued (too large, bad topic name, ...).
                 outcomes.fail(index, PublishError(f"kafka: cannot send {message.id}: {error!r}"))
                 continue
             except (TypeError, ValueError) as error:

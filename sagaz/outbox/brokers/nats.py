@@ -118,9 +118,8 @@ class NatsJetStreamBroker:
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
         self.connect_options = dict(connect_options or {})
-        self._client: Client | None = None
-        self._inbox = ""
-        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._link: _Link | None = None
+        self._connect_lock = asyncio.Lock()
         self._tokens = itertools.count()
         self.last_error: BaseException | None = None
 
@@ -140,12 +139,17 @@ class NatsJetStreamBroker:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and self._client.is_connected
+        return self._link is not None and self._link.client.is_connected
 
     async def connect(self) -> None:
-        if self.connected:
-            return
-        await self._drop()
+        async with self._connect_lock:
+            if self.connected:
+                return
+            await self._drop()
+            self._link = await self._open()
+
+    async def _open(self) -> _Link:
+        link = _Link()
         options: dict[str, Any] = {
             "connect_timeout": self.connect_timeout,
             "allow_reconnect": False,
@@ -154,14 +158,15 @@ class NatsJetStreamBroker:
             "max_reconnect_attempts": 1,
             "reconnect_time_wait": 0,
             "error_cb": self._on_error,
-            "disconnected_cb": self._on_disconnect,
-            "closed_cb": self._on_disconnect,
+            "disconnected_cb": link.on_disconnect,
+            "closed_cb": link.on_disconnect,
             **self.connect_options,
         }
         client = await nats.connect(self.servers, **options)
+        link.client = client
         try:
-            inbox = client.new_inbox()
-            await client.subscribe(f"{inbox}.*", cb=self._on_ack)
+            link.inbox = client.new_inbox()
+            await client.subscribe(f"{link.inbox}.*", cb=link.on_ack)
             if self.stream is not None:
                 await ensure_stream(
                     client.jetstream(),
@@ -173,7 +178,7 @@ class NatsJetStreamBroker:
             with contextlib.suppress(Exception):
                 await client.close()
             raise
-        self._client, self._inbox = client, inbox
+        return link
 
     async def publish_batch(self, messages: Sequence[OutboxMessage]) -> Outcomes:
         outcomes = BatchOutcomes(messages)
@@ -186,8 +191,8 @@ class NatsJetStreamBroker:
             lost = BrokerConnectionError(f"nats: cannot connect: {describe(error)}")
             outcomes.fail_all(range(len(messages)), lost)
             return outcomes.result()
-        client = self._client
-        assert client is not None
+        link = self._link
+        assert link is not None
         waiting: dict[int, asyncio.Future[None]] = {}
         loop = asyncio.get_running_loop()
         for index, message in enumerate(messages):
@@ -195,23 +200,23 @@ class NatsJetStreamBroker:
                 continue
             token = str(next(self._tokens))
             future: asyncio.Future[None] = loop.create_future()
-            self._pending[token] = future
+            link.pending[token] = future
             try:
                 headers = wire_headers(message)
                 headers[MSG_ID_HEADER] = message.id
-                await client.publish(
+                await link.client.publish(
                     self.subject_of(message.topic),
                     encode_payload(message.payload),
-                    reply=f"{self._inbox}.{token}",
+                    reply=f"{link.inbox}.{token}",
                     headers=headers,
                 )
             except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as e:
-                del self._pending[token]
+                link.pending.pop(token, None)
                 lost = BrokerConnectionError(f"nats: connection lost: {describe(e)}")
                 outcomes.fail_all(range(index, len(messages)), lost)
                 break
             except Exception as error:  # a bad subject or header, too large a payload, ...
-                del self._pending[token]
+                link.pending.pop(token, None)
                 outcomes.fail(index, PublishError(f"nats: cannot publish {message.id}: {error}"))
                 continue
             waiting[index] = future
@@ -226,33 +231,53 @@ class NatsJetStreamBroker:
                     outcomes.fail(index, timed_out)
                 elif (failure := future.exception()) is not None:
                     outcomes.fail(index, failure)
-            for token, future in list(self._pending.items()):
+            for token, future in list(link.pending.items()):
                 if future.done():
-                    del self._pending[token]
+                    del link.pending[token]
             if not_done or any(
                 isinstance(error, BrokerConnectionError) for error in outcomes.errors
             ):
-                await self._drop()
+                await self._drop(link)
         return outcomes.result()
 
     async def close(self) -> None:
         await self._drop()
 
-    async def _drop(self) -> None:
-        client, self._client = self._client, None
-        self._fail_pending(BrokerConnectionError("nats: connection closed"))
-        if client is not None and not client.is_closed:
+    async def _drop(self, link: _Link | None = None) -> None:
+        """Close `link` (default: the current connection) and fail what waits on it."""
+        if link is None or link is self._link:
+            link, self._link = self._link, None
+        if link is None:
+            return
+        link.fail_pending(BrokerConnectionError("nats: connection closed"))
+        if not link.client.is_closed:
             with contextlib.suppress(Exception):
-                await client.close()
+                await link.client.close()
 
-    def _fail_pending(self, error: BaseException) -> None:
-        pending, self._pending = self._pending, {}
+    async def _on_error(self, error: Exception) -> None:
+        self.last_error = error
+
+
+class _Link:
+    """One connection and the acknowledgements waiting on it (its reply subscription)."""
+
+    client: Client
+    inbox: str
+
+    def __init__(self) -> None:
+        self.pending: dict[str, asyncio.Future[None]] = {}
+
+    def fail_pending(self, error: BaseException) -> None:
+        pending, self.pending = self.pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
 
-    async def _on_ack(self, msg: Msg) -> None:
-        future = self._pending.pop(msg.subject.rsplit(".", 1)[-1], None)
+    async def on_disconnect(self) -> None:
+        self.fail_pending(BrokerConnectionError("nats: disconnected before acknowledgement"))
+
+    async def on_ack(self, msg: Msg) -> None:
+        future = self.pending.pop(msg.subject.rsplit(".", 1)[-1], None)
         if future is None or future.done():
             return
         if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
@@ -270,12 +295,6 @@ class NatsJetStreamBroker:
             future.set_exception(PublishError(f"nats: JetStream refused the message: {error}"))
         else:
             future.set_result(None)  # stored, or a duplicate JetStream already had
-
-    async def _on_disconnect(self) -> None:
-        self._fail_pending(BrokerConnectionError("nats: disconnected before acknowledgement"))
-
-    async def _on_error(self, error: Exception) -> None:
-        self.last_error = error
 
 
 async def ensure_stream(

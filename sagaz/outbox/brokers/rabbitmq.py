@@ -114,6 +114,7 @@ class RabbitMQBroker:
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._connect_lock = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RabbitMQBroker:
@@ -133,9 +134,12 @@ class RabbitMQBroker:
         )
 
     async def connect(self) -> None:
-        if self.connected:
-            return
-        await self._drop()
+        async with self._connect_lock:
+            if not self.connected:
+                await self._drop()
+                await self._open()
+
+    async def _open(self) -> None:
         connection = await aio_pika.connect(self.url, timeout=self.connect_timeout)
         try:
             channel = await connection.channel(
