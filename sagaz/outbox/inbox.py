@@ -52,7 +52,7 @@ MAX_MESSAGE_ID_LENGTH: int = inbox.c.message_id.type.length  # type: ignore[attr
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Lets a session with per-table binds pick the engine that holds sagaz's tables.
-_BIND_ARGUMENTS = {"clause": sa.select(inbox)}
+_INBOX_CLAUSE = sa.select(inbox)
 
 
 class InvalidInboxKeyError(SagazError, ValueError):
@@ -120,7 +120,7 @@ async def process_once(
     function. Raises InvalidInboxKeyError for a bad consumer or message id.
     """
     consumer, message_id = check_key(consumer, message_id)
-    connection = await session.connection(bind_arguments=_BIND_ARGUMENTS)
+    connection = await session.connection(bind_arguments={"clause": _INBOX_CLAUSE})
     # The claim comes first, outside the savepoint: on pysqlite's default settings a
     # SAVEPOINT as a transaction's first statement would commit on release.
     claim = claim_statement(connection.dialect.name, consumer, message_id)
@@ -148,7 +148,7 @@ def process_once_sync(
 ) -> bool:
     """The sync twin of `process_once` for a `Session` (same statements, same promises)."""
     consumer, message_id = check_key(consumer, message_id)
-    connection = session.connection(bind_arguments=_BIND_ARGUMENTS)
+    connection = session.connection(bind_arguments={"clause": _INBOX_CLAUSE})
     claim = claim_statement(connection.dialect.name, consumer, message_id)
     if session.execute(claim).first() is None:
         return False

@@ -12,6 +12,7 @@ from sagaz.outbox.brokers import (
     BrokerConnectionError,
     EarlierMessageFailedError,
     MalformedMessageError,
+    OutboxMessage,
     PublishError,
 )
 from sagaz.outbox.brokers.redis import (
@@ -204,3 +205,18 @@ async def test_stream_prefix_and_empty_batch(client: aioredis.Redis, stream: str
     finally:
         await broker.close()
     assert [m.id for m in await read_stream(client, f"{stream}-other")] == [message.id]
+
+
+async def test_unencodable_message_fails_and_holds_back_its_key_unsent(
+    broker: RedisStreamsBroker, client: aioredis.Redis, stream: str
+) -> None:
+    good_a, later_a, other = make_messages(stream, 3, keys=["a", "a", "b"])
+    bad_a = OutboxMessage(id="bad", topic=stream, payload={"n": {1, 2}}, key="a")
+    outcomes = await broker.publish_batch([good_a, bad_a, later_a, other])
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], PublishError)
+    assert "cannot encode bad" in str(outcomes[1])
+    assert isinstance(outcomes[2], EarlierMessageFailedError)
+    assert outcomes[3] is None
+    # The held-back message was not even sent: the stream never saw it out of order.
+    assert [m.id for m in await read_stream(client, stream)] == [good_a.id, other.id]

@@ -153,7 +153,7 @@ class KafkaBroker:
                 # Raised before the record was queued (too large, bad topic name, ...).
                 outcomes.fail(index, PublishError(f"kafka: cannot send {message.id}: {error!r}"))
                 continue
-            except (TypeError, ValueError) as error:
+            except Exception as error:  # a message that cannot be encoded
                 outcomes.fail(index, PublishError(f"kafka: cannot encode {message.id}: {error}"))
                 continue
             indexes.append(index)

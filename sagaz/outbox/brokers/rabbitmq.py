@@ -182,7 +182,7 @@ class RabbitMQBroker:
                 continue
             try:
                 amqp_message = _amqp_message(message)
-            except (TypeError, ValueError) as error:
+            except Exception as error:  # a message that cannot be encoded
                 outcomes.fail(index, PublishError(f"rabbitmq: cannot encode {message.id}: {error}"))
                 continue
             # Tasks start in creation order and take the channel's (FIFO) lock in that

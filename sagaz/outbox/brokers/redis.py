@@ -128,7 +128,7 @@ class RedisStreamsBroker:
                 continue
             try:
                 fields = _fields(message)
-            except (TypeError, ValueError) as error:
+            except Exception as error:  # a message that cannot be encoded
                 outcomes.fail(index, PublishError(f"redis: cannot encode {message.id}: {error}"))
                 continue
             pipeline.xadd(self.stream_of(message.topic), fields, maxlen=self.maxlen)
