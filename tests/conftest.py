@@ -69,6 +69,19 @@ class DatabaseUrls:
     schema: str | None = None
     application_name: str | None = None
 
+    @property
+    def url(self) -> str:
+        """A single URL that reaches this database (and schema) on its own: for
+        subprocesses such as `sagaz worker --url`."""
+        if self.dialect != "postgresql":
+            return self.sync
+        options = f"-csearch_path={self.schema} -capplication_name={self.application_name}"
+        return (
+            make_url(self.sync)
+            .update_query_dict({"options": options})
+            .render_as_string(hide_password=False)
+        )
+
     def sync_engine(self, **kwargs: object) -> sa.Engine:
         """An engine as sagaz builds them (see sagaz.store.engines), on this database."""
         return create_engine(self.sync, **_connect_args(self, asynchronous=False), **kwargs)
