@@ -12,11 +12,11 @@ It creates and drops its own schema (sagaz_bench_<random>) in that database.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import pstats
 import asyncio
+import cProfile
 import os
 import platform
+import pstats
 import time
 import uuid
 from typing import Any
@@ -49,8 +49,12 @@ class BenchSaga(Saga):
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--url", default=os.environ.get(
-        "SAGAZ_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(
+            "SAGAZ_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
     parser.add_argument("--sagas", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=200)
     args = parser.parse_args()
@@ -73,7 +77,7 @@ async def main() -> None:
             profiler.enable()
         began = time.perf_counter()
         task = asyncio.create_task(worker.run_until_stopped())
-        while worker.completed < args.sagas:
+        while worker.completed < args.sagas:  # noqa: ASYNC110 - sampling progress
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - began
         if profiler:
@@ -85,11 +89,15 @@ async def main() -> None:
             done = connection.scalar(
                 sa.select(sa.func.count()).select_from(sagas).where(sagas.c.status == "completed")
             )
-        print(f"python {platform.python_version()}, {os.cpu_count()} cores, "
-              f"{sync_engine.dialect.name} {sync_engine.dialect.server_version_info}")
+        print(
+            f"python {platform.python_version()}, {os.cpu_count()} cores, "
+            f"{sync_engine.dialect.name} {sync_engine.dialect.server_version_info}"
+        )
         print(f"sagas={args.sagas} concurrency={args.concurrency} completed={done}")
-        print(f"durable 3-step sagas/s through one worker: {args.sagas / elapsed:,.0f} "
-              f"({elapsed:.2f} s; 6 transitions per saga persisted and fenced)")
+        print(
+            f"durable 3-step sagas/s through one worker: {args.sagas / elapsed:,.0f} "
+            f"({elapsed:.2f} s; 6 transitions per saga persisted and fenced)"
+        )
     finally:
         await engine.dispose()
         sync_engine.dispose()
