@@ -62,10 +62,15 @@ async def main() -> None:
     admin = create_engine(args.url)
     with admin.begin() as connection:
         connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(args.url).update_query_dict({"options": f"-csearch_path={schema}"})
-    sync_engine = create_engine(url)
+    sync_engine = create_engine(
+        make_url(args.url).update_query_dict({"options": f"-csearch_path={schema}"})
+    )
     metadata.create_all(sync_engine)
-    engine = create_async_engine(url, pool_size=20)
+    if make_url(args.url).drivername == "postgresql+asyncpg":
+        connect_args: dict[str, Any] = {"server_settings": {"search_path": schema}}
+    else:
+        connect_args = {"options": f"-csearch_path={schema}"}
+    engine = create_async_engine(args.url, pool_size=20, connect_args=connect_args)
     try:
         async with AsyncSession(engine) as session:
             for n in range(args.sagas):

@@ -31,6 +31,9 @@ from sagaz.signals import WakeSignal
 from sagaz.store.statements import insert_rows_and_notify
 
 _INFO_KEY = "sagaz.unit_of_work"
+#: Rows per INSERT statement: 1,000 rows of the widest sagaz table stay far below every
+#: driver's parameter limit.
+ROWS_PER_INSERT = 1000
 
 
 @dataclass(slots=True)
@@ -85,10 +88,14 @@ def _write_queued(session: Session) -> None:
     for item in queued:
         by_table.setdefault(item.table, []).append(item)
     for table, items in by_table.items():
-        statement = insert_rows_and_notify(
-            table, [item.row for item in items], dialect, items[0].channel
-        )
-        connection.execute(statement)
+        # One INSERT per table per flush, unless a unit of work queued more rows than
+        # fit one statement's parameters (asyncpg allows 32,767 per statement).
+        for start in range(0, len(items), ROWS_PER_INSERT):
+            chunk = items[start : start + ROWS_PER_INSERT]
+            statement = insert_rows_and_notify(
+                table, [item.row for item in chunk], dialect, chunk[0].channel
+            )
+            connection.execute(statement)
         buffer.signals.add(items[0].signal)
 
 

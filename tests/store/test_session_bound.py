@@ -364,3 +364,18 @@ def test_postgres_notify_is_delivered_only_on_commit(pg: DatabaseUrls) -> None:
     finally:
         engine.dispose()
     assert sorted(channels) == ["sagaz_outbox", "sagaz_sagas"]
+
+
+async def test_a_unit_of_work_larger_than_one_statement_is_chunked(
+    aengine: AsyncEngine, db: DatabaseUrls
+) -> None:
+    """3,000 sagas in one transaction exceed asyncpg's 32,767 parameters per statement."""
+    async with AsyncSession(aengine) as session:
+        for n in range(3000):
+            start_saga(session, OrderSaga, {"n": n})
+        await session.commit()
+    sync = db.sync_engine()
+    try:
+        assert counts(sync) == (0, 3000, 0)
+    finally:
+        sync.dispose()
