@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +27,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 from sagaz.outbox.brokers.base import OutboxMessage
-from sagaz.store.operations import as_utc
 from sagaz.store.schema import Timestamp, outbox
 
 PENDING = "pending"
@@ -40,7 +39,7 @@ _MAX_SEQ = 2**63 - 1
 MAX_ERROR_LENGTH = 2000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimedEvent:
     """An event this relay claimed: what to publish, and what a retry needs to know."""
 
@@ -122,6 +121,9 @@ def claim_statement(dialect: str) -> sa.Update:
         heads_query = heads_query.with_for_update(skip_locked=True, of=head)
     heads = heads_query.cte("heads")
 
+    # Followers only fill the room the heads left: with many distinct keys the batch is
+    # full of heads and no follower is looked for.
+    room = (limit - sa.select(sa.func.count()).select_from(heads).scalar_subquery()).label("room")
     nxt = outbox.alias("nxt")
     if dialect == "postgresql":
         # The next `limit` pending events of each head's key, in order, kept up to the
@@ -132,7 +134,7 @@ def claim_statement(dialect: str) -> sa.Update:
             .where(nxt.c.key == heads.c.key)
             .where(nxt.c.seq > heads.c.seq)
             .order_by(nxt.c.seq)
-            .limit(limit)
+            .limit(room)
             .lateral("upcoming")
         )
         run = (
@@ -164,6 +166,7 @@ def claim_statement(dialect: str) -> sa.Update:
             )
             .where(nxt.c.status == PENDING)
             .where(nxt.c.seq < sa.func.coalesce(first_blocker, _MAX_SEQ))
+            .where(room > 0)
         )
     candidates = sa.union_all(sa.select(heads.c.seq), followers).subquery("candidates")
     # Cut by seq: a kept follower always keeps its (lower) head and the events between.
@@ -209,24 +212,24 @@ def claim_batch(
         statement = _CLAIM_STATEMENTS[dialect] = claim_statement(dialect)
     rows = connection.execute(
         statement, {"now": now, "owner": owner, "expires": expires, "limit": limit}
-    ).all()
-    events = [
-        ClaimedEvent(
-            seq=row.seq,
-            attempts=row.attempts,
-            next_attempt_at=as_utc(row.next_attempt_at) or now,
-            message=OutboxMessage(
-                id=str(row.id),
-                topic=row.topic,
-                payload=row.payload,
-                key=row.key,
-                headers=dict(row.headers or {}),
-                created_at=as_utc(row.created_at),
-                saga_id=None if row.saga_id is None else str(row.saga_id),
-            ),
+    ).tuples()
+    events = []
+    for seq, event_id, topic, key, payload, headers, attempts, next_at, created, saga in rows:
+        # SQLite returns naive timestamps; every timestamp sagaz writes is UTC.
+        if next_at.tzinfo is None:
+            next_at = next_at.replace(tzinfo=UTC)
+        if created is not None and created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        message = OutboxMessage(
+            str(event_id),
+            topic,
+            payload,
+            key,
+            headers if isinstance(headers, dict) else dict(headers or {}),
+            created,
+            None if saga is None else str(saga),
         )
-        for row in rows
-    ]
+        events.append(ClaimedEvent(seq, attempts, next_at, message))
     events.sort(key=lambda event: event.seq)
     return events
 
