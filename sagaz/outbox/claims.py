@@ -212,7 +212,7 @@ def claim_batch(
         statement = _CLAIM_STATEMENTS[dialect] = claim_statement(dialect)
     rows = connection.execute(
         statement, {"now": now, "owner": owner, "expires": expires, "limit": limit}
-    ).tuples()
+    )
     events = []
     for seq, event_id, topic, key, payload, headers, attempts, next_at, created, saga in rows:
         # SQLite returns naive timestamps; every timestamp sagaz writes is UTC.

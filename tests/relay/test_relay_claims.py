@@ -63,10 +63,15 @@ def test_followers_stop_at_the_first_event_that_is_not_ready(engine: sa.Engine) 
     assert claim(engine, "three") == []
 
 
-def test_the_batch_limit_keeps_heads_before_their_followers(engine: sa.Engine) -> None:
+def test_heads_fill_the_batch_before_followers(engine: sa.Engine) -> None:
+    # seq:              1    2    3    4    5
     add_events(engine, [("t", i, key) for i, key in enumerate(["a", "a", "a", "b", "b"])])
-    assert claim(engine, "one", limit=2) == [1, 2]
-    assert claim(engine, "two") == [4, 5]
+    assert claim(engine, "one", limit=2) == [1, 4]
+    assert claim(engine, "two") == []
+    with engine.begin() as connection:
+        claims.mark_published(connection, owner="one", seqs=[1, 4], now=datetime.now(UTC))
+    # Room left after the heads (2 and 5) goes to followers, cut in seq order.
+    assert claim(engine, "two", limit=3) == [2, 3, 5]
 
 
 async def test_claims_of_a_crashed_relay_expire_and_are_reclaimed(
