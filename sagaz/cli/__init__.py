@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from sagaz.cli.db import db
 from sagaz.cli.dlq import dlq
 from sagaz.cli.listing import list_sagas
 from sagaz.cli.worker import worker
@@ -19,6 +20,7 @@ def main() -> None:
     """sagaz: sagas and a transactional outbox on your own database."""
 
 
+main.add_command(db)
 main.add_command(worker)
 main.add_command(list_sagas)
 main.add_command(dlq)
