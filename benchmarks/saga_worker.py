@@ -82,7 +82,7 @@ async def main() -> None:
             profiler.enable()
         began = time.perf_counter()
         task = asyncio.create_task(worker.run_until_stopped())
-        while worker.completed < args.sagas:  # noqa: ASYNC110 - sampling progress
+        while worker.completed < args.sagas:
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - began
         if profiler:

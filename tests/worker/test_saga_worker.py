@@ -55,7 +55,7 @@ async def wait_for(check: Callable[[], bool], seconds: float = 20) -> None:
     read on the event loop's thread would wait for a write lock that only the loop can
     release) until it holds."""
     async with asyncio.timeout(seconds):
-        while not await asyncio.to_thread(check):  # noqa: ASYNC110 - polling the database
+        while not await asyncio.to_thread(check):
             await asyncio.sleep(0.02)
 
 
@@ -273,7 +273,7 @@ async def test_graceful_stop_releases_unfinished_sagas_for_another_worker(
     (saga_id,) = await start(async_engine, SlowSaga, [{"sleep": 0.5}])
     first = RunningWorker(make_worker(engines, shutdown_grace_seconds=0.05, lease_seconds=30))
     async with asyncio.timeout(10):
-        while slow_calls != ["slow"]:  # noqa: ASYNC110 - waiting for the step to start
+        while slow_calls != ["slow"]:
             await asyncio.sleep(0.01)
     await first.stop()
     snapshot = SagaStore(sync_engine).get(saga_id)
