@@ -11,7 +11,7 @@ a delivered message into.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -150,6 +150,24 @@ class BatchOutcomes:
         if key is None or key not in self._failed_keys:
             return False
         self.errors[index] = EarlierMessageFailedError(key, self._failed_keys[key])
+        return True
+
+    async def connected(
+        self,
+        broker: str,
+        connect: Callable[[], Awaitable[None]],
+        drop: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Connect before sending; when that fails, drop what is half-open, mark every
+        message of the batch failed (the relay retries them) and return False."""
+        try:
+            await connect()
+        except Exception as error:
+            if drop is not None:
+                await drop()
+            lost = BrokerConnectionError(f"{broker}: cannot connect: {describe(error)}")
+            self.fail_all(range(len(self.messages)), lost)
+            return False
         return True
 
     def result(self) -> Outcomes:

@@ -30,7 +30,6 @@ from sagaz.outbox.brokers.common import (
     PublishError,
     ReceivedMessage,
     decode_payload,
-    describe,
     encode_payload,
     require_id,
     split_url_options,
@@ -117,11 +116,7 @@ class KafkaBroker:
         outcomes = BatchOutcomes(messages)
         if not messages:
             return outcomes.result()
-        try:
-            await self.connect()
-        except Exception as error:
-            lost = BrokerConnectionError(f"kafka: cannot connect: {describe(error)}")
-            outcomes.fail_all(range(len(messages)), lost)
+        if not await outcomes.connected("kafka", self.connect):
             return outcomes.result()
         producer = self._producer
         indexes: list[int] = []

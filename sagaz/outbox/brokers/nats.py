@@ -184,12 +184,7 @@ class NatsJetStreamBroker:
         outcomes = BatchOutcomes(messages)
         if not messages:
             return outcomes.result()
-        try:
-            await self.connect()
-        except Exception as error:
-            await self._drop()
-            lost = BrokerConnectionError(f"nats: cannot connect: {describe(error)}")
-            outcomes.fail_all(range(len(messages)), lost)
+        if not await outcomes.connected("nats", self.connect, self._drop):
             return outcomes.result()
         link = self._link
         assert link is not None

@@ -166,12 +166,7 @@ class RabbitMQBroker:
         outcomes = BatchOutcomes(messages)
         if not messages:
             return outcomes.result()
-        try:
-            await self.connect()
-        except Exception as error:
-            await self._drop()
-            lost = BrokerConnectionError(f"rabbitmq: cannot connect: {describe(error)}")
-            outcomes.fail_all(range(len(messages)), lost)
+        if not await outcomes.connected("rabbitmq", self.connect, self._drop):
             return outcomes.result()
         exchange = self._exchange
         assert exchange is not None

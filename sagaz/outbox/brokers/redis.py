@@ -112,14 +112,10 @@ class RedisStreamsBroker:
         outcomes = BatchOutcomes(messages)
         if not messages:
             return outcomes.result()
-        if self._client is None:
-            try:
-                await self.connect()
-            except Exception as error:
-                await self._drop_connections()
-                lost = BrokerConnectionError(f"redis: cannot connect: {describe(error)}")
-                outcomes.fail_all(range(len(messages)), lost)
-                return outcomes.result()
+        if self._client is None and not await outcomes.connected(
+            "redis", self.connect, self._drop_connections
+        ):
+            return outcomes.result()
         assert self._client is not None
         pipeline = self._client.pipeline(transaction=False)
         sent: list[int] = []
