@@ -308,6 +308,7 @@ class _SagaRun:
             )
             self.fail(message)
             await self._cancel(running, message)
+            await self._fail_interrupted(message)
         except BaseException:
             await _abandon(running)
             raise
@@ -318,11 +319,23 @@ class _SagaRun:
         started = {n for n, o in self.outcomes.items() if o.status is StepStatus.COMPLETED}
         stop_starting = False
         while True:
-            if not stop_starting:
-                for step in self._ready(started):
-                    started.add(step.name)
-                    task = asyncio.create_task(self._run_step(step), name=f"sagaz:{step.name}")
-                    running[task] = step.name
+            ready = [] if stop_starting else self._ready(started)
+            if len(ready) == 1 and not running:
+                # The common case of a chain: one step and nothing else in flight. Await it
+                # here rather than as a task (no task, no wait round); failure handling is
+                # the same, and a saga timeout that interrupts it is recorded by forward().
+                (step,) = ready
+                started.add(step.name)
+                try:
+                    self.context.update(await self._run_step(step))
+                except _StepFailed:
+                    if strategy is not ParallelFailureStrategy.WAIT_ALL:
+                        stop_starting = True
+                continue
+            for step in ready:
+                started.add(step.name)
+                task = asyncio.create_task(self._run_step(step), name=f"sagaz:{step.name}")
+                running[task] = step.name
             if not running:
                 return
             done, _pending = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -348,6 +361,18 @@ class _SagaRun:
                 await self._cancel(running, f"cancelled: step '{failed}' failed (fail fast)")
             elif strategy is ParallelFailureStrategy.FAIL_FAST_WITH_GRACE:
                 stop_starting = True
+
+    async def _fail_interrupted(self, reason: str) -> None:
+        """Record as failed a step the saga timeout interrupted while it ran inline."""
+        for name, step in self.outcomes.items():
+            if step.status is StepStatus.RUNNING:
+                step.status = StepStatus.FAILED
+                step.error = reason
+                step.finished_at = utcnow()
+                self.errors.append(f"step '{name}': {reason}")
+                await self.record(
+                    TransitionKind.STEP_FAILED, step=name, attempt=step.attempts, error=reason
+                )
 
     def _ready(self, started: set[str]) -> list[StepDefinition]:
         completed = {n for n, o in self.outcomes.items() if o.status is StepStatus.COMPLETED}
