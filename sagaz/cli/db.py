@@ -1,44 +1,102 @@
-"""`sagaz db upgrade|downgrade|current`: sagaz's own migrations (shipped in the package)."""
+"""`sagaz db upgrade|downgrade|current`: sagaz's own migrations (shipped in the package,
+recorded in their own version table, `sagaz_alembic_version`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
 import click
+import sqlalchemy as sa
+from alembic.util import CommandError
 
 from sagaz.cli.options import database_url_option
+from sagaz.errors import ConfigurationError
 from sagaz.store import migrations
-from sagaz.store.engines import create_engine
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def schema_option(function: F) -> F:
+    """`--schema`, defaulting to $SAGAZ_DATABASE_SCHEMA (PostgreSQL only)."""
+    return click.option(
+        "--schema",
+        envvar="SAGAZ_DATABASE_SCHEMA",
+        default=None,
+        help="PostgreSQL schema for sagaz's tables, created if missing "
+        "(env: SAGAZ_DATABASE_SCHEMA; default: the connection's search_path).",
+    )(function)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Known failures (bad URL, unknown revision) as one-line errors, not tracebacks."""
+    try:
+        yield
+    except (ConfigurationError, CommandError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _shown(url: str) -> str:
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _describe(revision: str | None) -> str:
+    if revision is None:
+        return "none (sagaz's tables are not created)"
+    return f"{revision} (head)" if revision in migrations.heads() else revision
 
 
 @click.group()
 def db() -> None:
-    """sagaz's tables: migrate them (own version table: sagaz_alembic_version)."""
+    """sagaz's tables: create, update or drop them."""
 
 
 @db.command()
 @database_url_option
-@click.option("--revision", default="head", show_default=True)
-def upgrade(database_url: str, revision: str) -> None:
-    """Create or update sagaz's tables."""
-    migrations.upgrade(database_url, revision)
-    click.echo(f"sagaz tables at {revision}")
+@schema_option
+@click.option("--revision", default="head", show_default=True, help="Revision to reach.")
+def upgrade(database_url: str, schema: str | None, revision: str) -> None:
+    """Create or update sagaz's tables (nothing to do when already at the revision)."""
+    with _reported():
+        migrations.upgrade(database_url, revision, schema=schema)
+        click.echo(f"sagaz tables at {_describe(migrations.current(database_url, schema=schema))}")
 
 
 @db.command()
 @database_url_option
-@click.option("--revision", default="base", show_default=True)
-def downgrade(database_url: str, revision: str) -> None:
-    """Undo sagaz's migrations down to --revision (base drops sagaz's tables)."""
-    migrations.downgrade(database_url, revision)
-    click.echo(f"sagaz tables at {revision}")
+@schema_option
+@click.option(
+    "--revision",
+    default="base",
+    show_default=True,
+    help="Revision to go back to; base drops sagaz's tables and their rows.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask before dropping sagaz's tables (base).")
+def downgrade(database_url: str, schema: str | None, revision: str, yes: bool) -> None:
+    """Undo sagaz's migrations down to --revision (asks first when that drops the tables)."""
+    if revision == "base" and not yes:
+        click.confirm(
+            f"Drop sagaz's tables and every saga and event in them at {_shown(database_url)}?",
+            abort=True,
+        )
+    with _reported():
+        migrations.downgrade(database_url, revision, schema=schema)
+        click.echo(f"sagaz tables at {_describe(migrations.current(database_url, schema=schema))}")
 
 
 @db.command()
 @database_url_option
-def current(database_url: str) -> None:
+@schema_option
+@click.option("--check", is_flag=True, help="Exit with status 1 unless at the head revision.")
+def current(database_url: str, schema: str | None, check: bool) -> None:
     """Print the revision sagaz's tables are at."""
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            click.echo(migrations.current(connection) or "none (sagaz's tables are not created)")
-    finally:
-        engine.dispose()
+    with _reported():
+        revision = migrations.current(database_url, schema=schema)
+    click.echo(_describe(revision))
+    if check and revision not in migrations.heads():
+        raise SystemExit(1)

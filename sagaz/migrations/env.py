@@ -1,26 +1,26 @@
 """The Alembic environment for sagaz's tables.
 
 Where the database comes from, first match wins:
-1. `config.attributes["connection"]`: a sync Connection handed over by
-   `sagaz.store.migrations` (migrate through the caller's own engine and settings);
-2. `config.attributes["url"]` or the `sqlalchemy.url` option;
-3. the `SAGAZ_DATABASE_URL` environment variable.
-An async URL (postgresql+asyncpg, sqlite+aiosqlite, ...) is run through an AsyncEngine.
+1. `config.attributes["connection"]`: an open sync Connection, handed over by
+   `sagaz.store.migrations` (upgrade/downgrade with a URL or a connection, and
+   `sagaz db ...`);
+2. the `sqlalchemy.url` option, then the `SAGAZ_DATABASE_URL` environment variable (for
+   `alembic upgrade head` run from a checkout with the root alembic.ini). A sync or async
+   URL; an async one runs through an AsyncEngine. `-x schema=NAME` or
+   `SAGAZ_DATABASE_SCHEMA` puts the tables in that PostgreSQL schema.
 
 sagaz keeps its own version table, `sagaz_alembic_version`, so its history never mixes
-with the application's, and compares only its own tables.
+with the application's, and autogenerate compares only sagaz's own tables.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from alembic import context
-from sqlalchemy import Connection, pool
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection
 
-from sagaz.store.migrations import VERSION_TABLE, include_sagaz_objects
+from sagaz.store.migrations import VERSION_TABLE, only_sagaz_objects, run_with_connection
 from sagaz.store.schema import metadata
 
 config = context.config
@@ -31,9 +31,10 @@ def configure_and_run(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         version_table=VERSION_TABLE,
-        include_object=include_sagaz_objects,
+        include_object=only_sagaz_objects,
         compare_type=True,
         compare_server_default=True,
+        # SQLite alters tables by copying them; later revisions need batch mode there.
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
@@ -41,14 +42,19 @@ def configure_and_run(connection: Connection) -> None:
 
 
 def database_url() -> str:
-    url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
-    url = url or os.environ.get("SAGAZ_DATABASE_URL")
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("SAGAZ_DATABASE_URL")
     if not url:
         raise RuntimeError(
-            "no database for sagaz's migrations: set SAGAZ_DATABASE_URL (or pass --url to "
-            "`sagaz db upgrade`)"
+            "no database for sagaz's migrations: set SAGAZ_DATABASE_URL (or use "
+            "`sagaz db upgrade --url URL`)"
         )
-    return str(url)
+    return url
+
+
+def schema() -> str | None:
+    return context.get_x_argument(as_dictionary=True).get("schema") or (
+        os.environ.get("SAGAZ_DATABASE_SCHEMA") or None
+    )
 
 
 def run_offline() -> None:
@@ -59,35 +65,19 @@ def run_offline() -> None:
         literal_binds=True,
     )
     with context.begin_transaction():
+        name = schema()
+        if name is not None:
+            quoted = name.replace('"', '""')
+            context.execute(f'SET search_path TO "{quoted}"')
         context.run_migrations()
-
-
-async def run_async(url: str) -> None:
-    from sagaz.store.engines import create_async_engine
-
-    engine = create_async_engine(url, poolclass=pool.NullPool)
-    async with engine.connect() as connection:
-        await connection.run_sync(configure_and_run)
-        await connection.commit()
-    await engine.dispose()
 
 
 def run_online() -> None:
     given = config.attributes.get("connection")
     if given is not None:
         configure_and_run(given)
-        return
-    url = database_url()
-    if make_url(url).get_dialect().is_async:
-        asyncio.run(run_async(url))
-        return
-    from sagaz.store.engines import create_engine
-
-    engine = create_engine(url, poolclass=pool.NullPool)
-    with engine.connect() as connection:
-        configure_and_run(connection)
-        connection.commit()
-    engine.dispose()
+    else:
+        run_with_connection(database_url(), configure_and_run, schema=schema())
 
 
 if context.is_offline_mode():
