@@ -131,3 +131,39 @@ def mark_unknown_sagas(
         .values(error=message)
     )
     return connection.execute(statement).rowcount
+
+
+def claim_saga(
+    connection: sa.Connection,
+    saga_id: str,
+    *,
+    owner: str,
+    lease_seconds: float,
+    now: datetime,
+) -> SagaSnapshot | None:
+    """Lease the one saga `saga_id` to `owner`, as `claim_sagas` would, and return it.
+
+    For a process that just recorded a saga and wants to run it itself (a web adapter's
+    background run): the claim succeeds only while the saga is runnable and nobody holds
+    a live lease on it, so it never runs twice at once, and it bumps `lease_token`,
+    fencing out any earlier holder. Returns None - changing nothing - when the saga does
+    not exist (not committed yet, or rolled back), is finished, or is leased to another
+    owner.
+    """
+    statement = (
+        sa.update(sagas)
+        .where(sagas.c.id == saga_id, _runnable(now))
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            lease_token=sagas.c.lease_token + 1,
+            attempts=sagas.c.attempts + 1,
+            error=sa.case(
+                (sagas.c.error.startswith(UNKNOWN_SAGA_ERROR), sa.null()), else_=sagas.c.error
+            ),
+            updated_at=now,
+        )
+        .returning(*sagas.c)
+    )
+    row = connection.execute(statement).one_or_none()
+    return None if row is None else snapshot_from_row(row)
