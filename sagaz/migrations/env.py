@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from alembic.util import CommandError
 from sqlalchemy import Connection
 
 from sagaz.store.migrations import VERSION_TABLE, only_sagaz_objects, run_with_connection
@@ -44,7 +45,7 @@ def configure_and_run(connection: Connection) -> None:
 def database_url() -> str:
     url = config.get_main_option("sqlalchemy.url") or os.environ.get("SAGAZ_DATABASE_URL")
     if not url:
-        raise RuntimeError(
+        raise CommandError(  # the alembic command prints it as one line
             "no database for sagaz's migrations: set SAGAZ_DATABASE_URL (or use "
             "`sagaz db upgrade --url URL`)"
         )
