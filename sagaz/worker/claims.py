@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -27,6 +28,21 @@ def _runnable(now: datetime) -> sa.ColumnElement[bool]:
         sagas.c.status.in_(RUNNABLE_SAGA_STATUSES),
         sa.or_(sagas.c.lease_expires_at.is_(None), sagas.c.lease_expires_at < now),
     )
+
+
+def _lease_to(owner: str, lease_seconds: float, now: datetime) -> dict[str, Any]:
+    """What every claim sets: the new owner and expiry, a new fencing token, one more
+    attempt, and no more "no worker has this saga" error."""
+    return {
+        "lease_owner": owner,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "lease_token": sagas.c.lease_token + 1,
+        "attempts": sagas.c.attempts + 1,
+        "error": sa.case(
+            (sagas.c.error.startswith(UNKNOWN_SAGA_ERROR), sa.null()), else_=sagas.c.error
+        ),
+        "updated_at": now,
+    }
 
 
 def claim_sagas(
@@ -52,16 +68,7 @@ def claim_sagas(
     statement = (
         sa.update(sagas)
         .where(sagas.c.id.in_(candidates.scalar_subquery()), _runnable(now))
-        .values(
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            lease_token=sagas.c.lease_token + 1,
-            attempts=sagas.c.attempts + 1,
-            error=sa.case(
-                (sagas.c.error.startswith(UNKNOWN_SAGA_ERROR), sa.null()), else_=sagas.c.error
-            ),
-            updated_at=now,
-        )
+        .values(_lease_to(owner, lease_seconds, now))
         .returning(*sagas.c)
     )
     return [snapshot_from_row(row) for row in connection.execute(statement)]
@@ -153,16 +160,7 @@ def claim_saga(
     statement = (
         sa.update(sagas)
         .where(sagas.c.id == saga_id, _runnable(now))
-        .values(
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            lease_token=sagas.c.lease_token + 1,
-            attempts=sagas.c.attempts + 1,
-            error=sa.case(
-                (sagas.c.error.startswith(UNKNOWN_SAGA_ERROR), sa.null()), else_=sagas.c.error
-            ),
-            updated_at=now,
-        )
+        .values(_lease_to(owner, lease_seconds, now))
         .returning(*sagas.c)
     )
     row = connection.execute(statement).one_or_none()
