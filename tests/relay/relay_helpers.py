@@ -1,4 +1,4 @@
-"""Shared helpers of the relay tests: a recording broker double, event writers, waits."""
+"""Shared helpers of the relay tests: broker set-ups, event writers, waits."""
 
 from __future__ import annotations
 
@@ -13,70 +13,24 @@ from sqlalchemy.orm import Session
 
 from sagaz import outbox
 from sagaz.outbox.brokers.base import OutboxMessage
+from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.store.schema import outbox as outbox_table
 
 
-class BrokerDown(ConnectionError):
-    pass
+def failing(refuse: Callable[[OutboxMessage], bool], *, delay: float = 0.0) -> InMemoryBroker:
+    """An in-memory broker that refuses the messages `refuse` picks (and, as every
+    broker does, the later messages of a refused message's key in the same batch)."""
+    broker = InMemoryBroker(delay=delay)
+    broker.fail_when(refuse)
+    return broker
 
 
-class RecordingBroker:
-    """A broker double that keeps every confirmed message, in order.
-
-    `fail(message)` decides per message whether the broker refuses it; like a real broker
-    under the Broker contract, once a message of a key fails, the rest of that key in the
-    batch fails too (and is not delivered).
-    """
-
-    def __init__(
-        self,
-        fail: Callable[[OutboxMessage], bool] | None = None,
-        *,
-        delay: float = 0.0,
-    ) -> None:
-        self.fail = fail
-        self.delay = delay
-        self.delivered: list[OutboxMessage] = []
-        self.batches: list[list[str]] = []
-        self.connects = 0
-        self.arrived = asyncio.Event()
-
-    async def connect(self) -> None:
-        self.connects += 1
-
-    async def publish_batch(
-        self, messages: Sequence[OutboxMessage]
-    ) -> Sequence[BaseException | None]:
-        self.batches.append([message.id for message in messages])
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        results: list[BaseException | None] = []
-        failed_keys: set[str] = set()
-        for message in messages:
-            if message.key is not None and message.key in failed_keys:
-                results.append(BrokerDown(f"held back after an earlier {message.key} failed"))
-                continue
-            if self.fail is not None and self.fail(message):
-                results.append(BrokerDown(f"refused {message.id}"))
-                if message.key is not None:
-                    failed_keys.add(message.key)
-                continue
-            self.delivered.append(message)
-            results.append(None)
-        self.arrived.set()
-        return results
-
-    async def close(self) -> None:
-        return None
-
-    def ids(self) -> list[str]:
-        return [message.id for message in self.delivered]
-
-    def by_key(self) -> dict[str | None, list[Any]]:
-        grouped: dict[str | None, list[Any]] = {}
-        for message in self.delivered:
-            grouped.setdefault(message.key, []).append(message.payload)
-        return grouped
+def by_key(broker: InMemoryBroker) -> dict[str | None, list[Any]]:
+    """The published payloads grouped by key, in publish order."""
+    grouped: dict[str | None, list[Any]] = {}
+    for message in broker.published:
+        grouped.setdefault(message.key, []).append(message.payload)
+    return grouped
 
 
 def add_events(

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.maintenance import (
     OutboxHealth,
     RetentionResult,
@@ -20,7 +21,7 @@ from sagaz.outbox.relay import OutboxRelay
 from sagaz.store.schema import inbox
 from sagaz.store.schema import outbox as outbox_table
 from tests.conftest import DatabaseUrls
-from tests.relay.relay_helpers import RecordingBroker, add_events, rows
+from tests.relay.relay_helpers import add_events, rows
 
 
 @pytest.fixture
@@ -119,7 +120,7 @@ async def test_the_relay_applies_retention(engine: sa.Engine, async_engine: Asyn
     add_events(engine, [("t", i, None) for i in range(3)])
     relay = OutboxRelay(
         async_engine,
-        RecordingBroker(),
+        InMemoryBroker(),
         published_retention=timedelta(0),
         inbox_retention=timedelta(days=1),
         listen=False,

@@ -11,10 +11,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz.outbox import claims
+from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.claims import Failure
 from sagaz.outbox.relay import OutboxRelay, PassResult
 from tests.conftest import DatabaseUrls
-from tests.relay.relay_helpers import RecordingBroker, add_events, eventually, rows
+from tests.relay.relay_helpers import add_events, eventually, rows
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ async def test_claims_of_a_crashed_relay_expire_and_are_reclaimed(
     ids = add_events(engine, [("t", {"i": i}, "k") for i in range(3)])
     # A relay claimed the batch and died before publishing or marking it.
     assert claim(engine, "crashed", seconds=1.0) == [1, 2, 3]
-    broker = RecordingBroker()
+    broker = InMemoryBroker()
     relay = OutboxRelay(async_engine, broker, claim_seconds=1.0, listen=False)
     assert await relay.relay_once() == PassResult()
 
@@ -122,11 +123,11 @@ async def test_claims_are_renewed_while_a_slow_broker_publishes(
     engine: sa.Engine, async_engine: AsyncEngine
 ) -> None:
     ids = add_events(engine, [("t", {"i": 0}, "k")])
-    slow = RecordingBroker(delay=1.5)
+    slow = InMemoryBroker(delay=1.5)
     relay = OutboxRelay(async_engine, slow, claim_seconds=0.6, listen=False)
-    rival = OutboxRelay(async_engine, RecordingBroker(), claim_seconds=0.6, listen=False)
+    rival = OutboxRelay(async_engine, InMemoryBroker(), claim_seconds=0.6, listen=False)
     publishing = asyncio.create_task(relay.relay_once())
-    await eventually(lambda: bool(slow.batches))
+    await eventually(lambda: slow.batches > 0)
     for _ in range(10):
         assert await rival.relay_once() == PassResult()
         await asyncio.sleep(0.1)

@@ -11,9 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from sagaz import SagaContextManager, outbox
+from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.relay import OutboxRelay, PassResult
 from tests.conftest import DatabaseUrls
-from tests.relay.relay_helpers import RecordingBroker, add_events, rows
+from tests.relay.relay_helpers import add_events, by_key, rows
 
 
 @pytest.fixture
@@ -35,14 +36,14 @@ async def test_committed_events_are_published_as_written(
     async with AsyncSession(async_engine) as session:
         ids.append(outbox.add(session, "orders.paid", {"n": 2}, key="o-1"))
         await session.commit()
-    broker = RecordingBroker()
+    broker = InMemoryBroker()
     relay = OutboxRelay(async_engine, broker, listen=False)
 
     result = await relay.relay_once()
 
     assert result == PassResult(claimed=3, published=3)
     assert broker.ids() == ids
-    first, second, third = broker.delivered
+    first, second, third = broker.published
     assert (first.topic, first.key, first.payload) == ("orders.created", "o-1", {"n": 1})
     assert first.headers == {"tenant": "acme", "correlation-id": "corr-1"}
     assert (second.topic, second.key, second.payload) == ("orders.audit", None, [1, "x"])
@@ -52,7 +53,7 @@ async def test_committed_events_are_published_as_written(
     assert [row.status for row in rows(engine)] == ["published"] * 3
     assert all(row.claim_owner is None and row.published_at for row in rows(engine))
     assert await relay.relay_once() == PassResult()
-    assert len(broker.delivered) == 3
+    assert len(broker.published) == 3
 
 
 async def test_rolled_back_events_are_never_published(
@@ -71,7 +72,7 @@ async def test_rolled_back_events_are_never_published(
     with Session(engine) as session:
         outbox.add(session, "t.never-committed", {"n": 4})
         session.flush()
-        broker = RecordingBroker()
+        broker = InMemoryBroker()
         # The flushed row is invisible to the relay while the transaction is open.
         assert await OutboxRelay(async_engine, broker, listen=False).relay_once() == PassResult(
             claimed=1, published=1
@@ -84,11 +85,11 @@ async def test_batches_are_bounded_and_keys_keep_their_order(
     engine: sa.Engine, async_engine: AsyncEngine
 ) -> None:
     ids = add_events(engine, [("t", i, None if i % 2 else f"k{i % 3}") for i in range(25)])
-    broker = RecordingBroker()
+    broker = InMemoryBroker()
     relay = OutboxRelay(async_engine, broker, batch_size=10, listen=False)
     claimed = [(await relay.relay_once()).claimed for _ in range(4)]
     assert claimed == [10, 10, 5, 0]
     assert sorted(broker.ids()) == sorted(ids)
-    assert [len(batch) for batch in broker.batches] == [10, 10, 5]
-    for key, payloads in broker.by_key().items():
+    assert broker.batches == 3
+    for key, payloads in by_key(broker).items():
         assert payloads == sorted(payloads), key

@@ -16,11 +16,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.relay import OutboxRelay
 from sagaz.store.schema import outbox as outbox_table
 from sagaz.store.statements import OUTBOX_CHANNEL
 from tests.conftest import DatabaseUrls
-from tests.relay.relay_helpers import RecordingBroker, add_events, eventually
+from tests.relay.relay_helpers import add_events, eventually
 
 POLL = 30.0
 WAIT = 10.0
@@ -89,7 +90,7 @@ def insert_and_notify_elsewhere(engine: sa.Engine) -> str:
 async def test_the_commit_signal_wakes_a_relay_in_the_same_process(
     engine: sa.Engine, async_engine: AsyncEngine
 ) -> None:
-    broker = RecordingBroker()
+    broker = InMemoryBroker()
     relay = OutboxRelay(async_engine, broker, poll_interval=POLL, listen=False)
     [first] = add_events(engine, [("t", 1, None)])
     task = await started(relay)
@@ -104,7 +105,7 @@ async def test_the_commit_signal_wakes_a_relay_in_the_same_process(
 async def test_notify_from_another_connection_wakes_the_relay(
     pg_engine: sa.Engine, pg_async_engine: AsyncEngine
 ) -> None:
-    broker = RecordingBroker()
+    broker = InMemoryBroker()
     relay = OutboxRelay(pg_async_engine, broker, poll_interval=POLL)
     task = await started(relay)
     try:
@@ -117,7 +118,7 @@ async def test_notify_from_another_connection_wakes_the_relay(
 async def test_the_listener_reconnects_after_its_connection_is_killed(
     pg_engine: sa.Engine, pg_async_engine: AsyncEngine
 ) -> None:
-    broker = RecordingBroker()
+    broker = InMemoryBroker()
     relay = OutboxRelay(pg_async_engine, broker, poll_interval=POLL)
     task = await started(relay)
     try:
@@ -140,7 +141,7 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(
 async def test_stop_returns_promptly_and_leaves_no_listening_connection(
     pg: DatabaseUrls, pg_engine: sa.Engine, pg_async_engine: AsyncEngine
 ) -> None:
-    relay = OutboxRelay(pg_async_engine, RecordingBroker(), poll_interval=POLL)
+    relay = OutboxRelay(pg_async_engine, InMemoryBroker(), poll_interval=POLL)
     task = await started(relay)
     await stopped(relay, task)
     assert not relay.running
@@ -157,7 +158,7 @@ async def test_stop_returns_promptly_and_leaves_no_listening_connection(
 
 
 async def test_stop_before_the_loop_runs_is_not_lost(async_engine: AsyncEngine) -> None:
-    relay = OutboxRelay(async_engine, RecordingBroker(), poll_interval=POLL, listen=False)
+    relay = OutboxRelay(async_engine, InMemoryBroker(), poll_interval=POLL, listen=False)
     relay.stop()
     await asyncio.wait_for(relay.run_until_stopped(), WAIT)
     assert not relay.running
