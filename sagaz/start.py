@@ -54,6 +54,24 @@ def start_saga(
     JSON (naming the key) or a bad idempotency key.
     """
     sync_session = sync_session_of(session, "start_saga")
+    row = build_saga_row(saga, context, idempotency_key=idempotency_key)
+    queue_row(sync_session, sagas, row, channel=SAGA_CHANNEL, signal=saga_signal)
+    return str(row["id"])
+
+
+def build_saga_row(
+    saga: type[Saga] | Saga | str,
+    context: Mapping[str, Any],
+    *,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """The PENDING row of `sagaz_sagas` that `start_saga` writes, validated; no I/O.
+
+    Its "id" is `saga_id_for(name, idempotency_key)` with a key, else a random UUID; its
+    correlation id is the current scope's. Raises as `start_saga` does (TypeError,
+    UnknownSagaError, InvalidContextError). For adapters that write the row through a
+    connection of their own framework (e.g. Django's).
+    """
     name = _registered_name(saga)
     document = ensure_json_object(context, "context")
     if idempotency_key is None:
@@ -62,7 +80,7 @@ def start_saga(
         _check_idempotency_key(idempotency_key)
         saga_id = saga_id_for(name, idempotency_key)
     now = utcnow()
-    row = {
+    return {
         "id": saga_id,
         "name": name,
         "status": SagaStatus.PENDING.value,
@@ -77,8 +95,6 @@ def start_saga(
         "created_at": now,
         "updated_at": now,
     }
-    queue_row(sync_session, sagas, row, channel=SAGA_CHANNEL, signal=saga_signal)
-    return saga_id
 
 
 def _registered_name(saga: type[Saga] | Saga | str) -> str:

@@ -54,6 +54,26 @@ def add(
     control characters. Nothing is awaited: the same call serves Session and AsyncSession.
     """
     sync_session = sync_session_of(session, "outbox.add")
+    row = build_event_row(topic, payload, key=key, headers=headers, saga_id=saga_id)
+    queue_row(sync_session, outbox, row, channel=OUTBOX_CHANNEL, signal=outbox_signal)
+    return str(row["id"])
+
+
+def build_event_row(
+    topic: str,
+    payload: Any,
+    *,
+    key: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    saga_id: str | None = None,
+) -> dict[str, Any]:
+    """The pending row of `sagaz_outbox` that `add` writes, validated; no I/O.
+
+    Its "id" is a fresh UUID; the current correlation id is added as the
+    `correlation-id` header unless `headers` sets it. Raises InvalidContextError as `add`
+    does. For adapters that write the row through a connection of their own framework
+    (e.g. Django's).
+    """
     _check_topic(topic)
     ensure_json_value(payload, "payload")
     if key is not None and (not isinstance(key, str) or len(key) > MAX_KEY_LENGTH):
@@ -64,10 +84,9 @@ def add(
     correlation_id = current_correlation_id()
     if correlation_id is not None:
         header_values.setdefault(CORRELATION_HEADER, correlation_id)
-    event_id = str(uuid.uuid4())
     now = utcnow()
-    row = {
-        "id": event_id,
+    return {
+        "id": str(uuid.uuid4()),
         "topic": topic,
         "key": key,
         "payload": payload,
@@ -82,8 +101,6 @@ def add(
         "published_at": None,
         "last_error": None,
     }
-    queue_row(sync_session, outbox, row, channel=OUTBOX_CHANNEL, signal=outbox_signal)
-    return event_id
 
 
 def _check_topic(topic: object) -> None:
