@@ -145,3 +145,18 @@ def wait_until_sync(check: Callable[[], bool], seconds: float = 15.0) -> None:
 def status_of(engine: sa.Engine, saga_id: str) -> str | None:
     row = saga_row(engine, saga_id)
     return None if row is None else str(row.status)
+
+
+def settled_pg_connections(
+    admin: sa.Engine, application_name: str, at_most: int, seconds: float = 5.0
+) -> int:
+    """The connection count once it dropped to `at_most` or `seconds` passed: a closed
+    connection's backend leaves pg_stat_activity a moment after the client hung up."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        count = pg_connections(admin, application_name)
+        if count <= at_most or time.monotonic() > deadline:
+            return count
+        time.sleep(0.02)
