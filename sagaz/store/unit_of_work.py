@@ -14,11 +14,16 @@ flush or commit, on the session's own connection:
   wakes nobody;
 * `after_transaction_end` of the outermost transaction forgets whatever is left.
 
+The rows go on `session.connection()` - the session's default bind - unless the session
+says otherwise through ``session.info[BIND_ARGUMENTS_KEY]`` (for sessions with several
+binds; see `BIND_ARGUMENTS_KEY`).
+
 Nothing here commits, flushes on its own, or opens a connection of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +39,20 @@ _INFO_KEY = "sagaz.unit_of_work"
 #: Rows per INSERT statement: 1,000 rows of the widest sagaz table stay far below every
 #: driver's parameter limit.
 ROWS_PER_INSERT = 1000
+
+BIND_ARGUMENTS_KEY = "sagaz.bind_arguments"
+"""`Session.info` key choosing the connection sagaz's rows are written on.
+
+Absent (the default): `session.connection()`, the session's default bind. Otherwise the
+value is a mapping of bind arguments for ``session.connection(bind_arguments=...)`` -
+``{"mapper": Order}``, ``{"clause": orders_table}`` or ``{"bind": engine}`` - or a
+callable that receives the sync `Session` at write time (inside its flush or commit) and
+returns such a mapping; it may raise to refuse the unit of work, and the error then
+propagates from the flush or commit before anything is committed. Either way the rows
+stay on a connection of the session's own transaction.
+"""
+
+BindArguments = Mapping[str, Any] | Callable[[Session], Mapping[str, Any]]
 
 
 @dataclass(slots=True)
@@ -81,8 +100,8 @@ def _write_queued(session: Session) -> None:
     buffer: _Buffer | None = session.info.get(_INFO_KEY)
     if buffer is None or not buffer.queued:
         return
+    connection = _connection_for_rows(session)  # may refuse: the rows stay queued
     queued, buffer.queued = buffer.queued, []
-    connection = session.connection()
     dialect = connection.dialect.name
     by_table: dict[sa.Table, list[_QueuedRow]] = {}
     for item in queued:
@@ -97,6 +116,15 @@ def _write_queued(session: Session) -> None:
             )
             connection.execute(statement)
         buffer.signals.add(items[0].signal)
+
+
+def _connection_for_rows(session: Session) -> sa.Connection:
+    choice: BindArguments | None = session.info.get(BIND_ARGUMENTS_KEY)
+    if choice is None:
+        return session.connection()
+    arguments = choice(session) if callable(choice) else choice
+    # a copy: Session.connection() pops "bind" from the mapping it is given
+    return session.connection(bind_arguments=dict(arguments))
 
 
 def _after_flush(session: Session, _flush_context: Any) -> None:
