@@ -138,7 +138,13 @@ async def throughput(
         return f"{url.split('?')[0]:<28} skipped: {type(error).__name__}: {error}"
     seed(sync_engine, args.events, args.keys)
     broker.target = args.events
-    relay = relay_for(engine, broker, batch_size=args.batch_size, poll_interval=1.0)
+    relay = relay_for(
+        engine,
+        broker,
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        poll_interval=1.0,
+    )
     began = time.perf_counter()
     task = asyncio.create_task(relay.run_until_stopped())
     await asyncio.wait_for(broker.done.wait(), 600)
@@ -319,7 +325,8 @@ async def main(args: argparse.Namespace) -> None:
         f"PostgreSQL {server}  driver {args.driver}"
     )
     print(
-        f"# events={args.events} batch_size={args.batch_size} keys={args.keys or 'none'} "
+        f"# events={args.events} batch_size={args.batch_size} concurrency={args.concurrency} "
+        f"keys={args.keys or 'none'} "
         f"latency_samples={args.latency_samples}"
     )
     try:
@@ -356,6 +363,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--driver", choices=["asyncpg", "psycopg"], default="asyncpg")
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=2, help="relay passes in flight at once")
     parser.add_argument("--keys", type=int, default=1000, help="distinct keys (0: no keys)")
     parser.add_argument("--brokers", default=DEFAULT_BROKERS)
     parser.add_argument("--latency-samples", type=int, default=500)

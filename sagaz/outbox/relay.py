@@ -96,6 +96,7 @@ class OutboxRelay:
         base_backoff: float = 1.0,
         max_backoff: float = 300.0,
         poll_interval: float = 1.0,
+        concurrency: int = 1,
         owner: str | None = None,
         listen: bool = True,
         published_retention: timedelta | None = timedelta(days=7),
@@ -107,6 +108,8 @@ class OutboxRelay:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if claim_seconds <= 0 or poll_interval <= 0 or retention_interval <= 0:
             raise ValueError("claim_seconds, poll_interval and retention_interval must be > 0")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if base_backoff < 0 or max_backoff < base_backoff:
@@ -119,6 +122,7 @@ class OutboxRelay:
         self.base_backoff = base_backoff
         self.max_backoff = max_backoff
         self.poll_interval = poll_interval
+        self.concurrency = concurrency
         self.owner = owner or default_owner()
         self.listen = listen and engine.dialect.name == "postgresql"
         self.published_retention = published_retention
@@ -128,7 +132,8 @@ class OutboxRelay:
         self.listener: NotificationListener | None = None
         """The LISTEN connection while running on PostgreSQL with `listen=True`."""
         self.idle = asyncio.Event()
-        """Set while the running relay waits for a wake-up or its next poll."""
+        """Set while the running relay (all its passes) waits for a wake-up or a poll."""
+        self._waiting = 0
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._running = False
@@ -143,12 +148,15 @@ class OutboxRelay:
         retries. If recording fails after publishing, the claims expire and the events
         are published again (at-least-once).
         """
+        return await self._pass(self.owner)
+
+    async def _pass(self, owner: str) -> PassResult:
         now = utcnow()
         async with self.engine.begin() as connection:
             events = await connection.run_sync(
                 lambda sync: claims.claim_batch(
                     sync,
-                    owner=self.owner,
+                    owner=owner,
                     limit=self.batch_size,
                     now=now,
                     expires=now + timedelta(seconds=self.claim_seconds),
@@ -156,9 +164,9 @@ class OutboxRelay:
             )
         if not events:
             return PassResult()
-        results = await self._publish(events)
+        results = await self._publish(owner, events)
         published, failures = self._outcomes(events, results)
-        marked, settled = await self._record(published, failures)
+        marked, settled = await self._record(owner, published, failures)
         retry_times = [
             f.next_attempt_at for f in failures if f.counted and f.seq in settled.retried
         ]
@@ -192,9 +200,11 @@ class OutboxRelay:
             fenced=len(events) - recorded,
         )
 
-    async def _publish(self, events: Sequence[ClaimedEvent]) -> list[BaseException | None]:
+    async def _publish(
+        self, owner: str, events: Sequence[ClaimedEvent]
+    ) -> list[BaseException | None]:
         messages = [event.message for event in events]
-        renewer = asyncio.create_task(self._renew_claims(events), name="sagaz:outbox-renew")
+        renewer = asyncio.create_task(self._renew_claims(owner, events), name="sagaz:outbox-renew")
         try:
             results = list(await self.broker.publish_batch(messages))
         except Exception as error:
@@ -213,7 +223,7 @@ class OutboxRelay:
             return [mismatch] * len(events)
         return results
 
-    async def _renew_claims(self, events: Sequence[ClaimedEvent]) -> None:
+    async def _renew_claims(self, owner: str, events: Sequence[ClaimedEvent]) -> None:
         """Keep the claim alive while a slow broker is still publishing the batch."""
         seqs = [event.seq for event in events]
         while True:
@@ -222,7 +232,7 @@ class OutboxRelay:
                 async with self.engine.begin() as connection:
                     held = await connection.run_sync(
                         claims.renew_claims,
-                        owner=self.owner,
+                        owner=owner,
                         seqs=seqs,
                         expires=utcnow() + timedelta(seconds=self.claim_seconds),
                     )
@@ -270,14 +280,14 @@ class OutboxRelay:
         return published, failures
 
     async def _record(
-        self, published: Sequence[int], failures: Sequence[Failure]
+        self, owner: str, published: Sequence[int], failures: Sequence[Failure]
     ) -> tuple[set[int], Settled]:
         now = utcnow()
 
         def record(connection: sa.Connection) -> tuple[set[int], Settled]:
-            marked = claims.mark_published(connection, owner=self.owner, seqs=published, now=now)
+            marked = claims.mark_published(connection, owner=owner, seqs=published, now=now)
             settled = claims.settle_failures(
-                connection, owner=self.owner, failures=failures, max_attempts=self.max_attempts
+                connection, owner=owner, failures=failures, max_attempts=self.max_attempts
             )
             return marked, settled
 
@@ -344,16 +354,21 @@ class OutboxRelay:
             )
 
     async def _loop(self, wake: asyncio.Event) -> None:
+        # Each pass in flight claims under an owner of its own, so fencing tells them apart.
+        owners = [self.owner] + [f"{self.owner}#{n}" for n in range(1, self.concurrency)]
+        await asyncio.gather(*(self._lane(wake, owner) for owner in owners))
+
+    async def _lane(self, wake: asyncio.Event, owner: str) -> None:
         error_delay = 0.0
         while not self._stopping:
             wake.clear()
             try:
-                result = await self.relay_once()
+                result = await self._pass(owner)
             except Exception as error:
                 error_delay = min(max(error_delay * 2, 0.05), self.poll_interval)
                 logger.error(
                     "outbox relay %s: pass failed: %s; retrying in %.2fs",
-                    self.owner,
+                    owner,
                     describe(error),
                     error_delay,
                 )
@@ -361,7 +376,9 @@ class OutboxRelay:
                 continue
             error_delay = 0.0
             if result.claimed >= self.batch_size or result.dead:
-                # More may be due at once (a dead-lettered event unblocks its key).
+                # More may be due at once (a dead-lettered event unblocks its key): go on,
+                # and get the other passes going too.
+                wake.set()
                 await asyncio.sleep(0)
                 continue
             await self._wait(wake, self._idle_timeout())
@@ -379,12 +396,15 @@ class OutboxRelay:
     async def _wait(self, wake: asyncio.Event, seconds: float) -> None:
         if seconds <= 0:
             return
-        self.idle.set()
+        self._waiting += 1
+        if self._waiting == self.concurrency:
+            self.idle.set()
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):
                     await wake.wait()
         finally:
+            self._waiting -= 1
             self.idle.clear()
 
     async def _forward_signal(self, subscription: Subscription) -> None:

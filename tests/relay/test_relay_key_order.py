@@ -1,5 +1,5 @@
-"""Per-key order holds at the consumer with three relays sharing one database, while
-events keep arriving and the broker refuses some publishes."""
+"""Per-key order holds at the consumer with three relays (two passes in flight each)
+sharing one database, while events keep arriving and the broker refuses some publishes."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ async def test_three_relays_keep_per_key_order_with_failures(db: DatabaseUrls) -
             engine,
             flaky,
             batch_size=25,
+            concurrency=2,
             claim_seconds=2.0,
             base_backoff=0.002,
             max_backoff=0.02,

@@ -93,3 +93,20 @@ async def test_batches_are_bounded_and_keys_keep_their_order(
     assert broker.batches == 3
     for key, payloads in by_key(broker).items():
         assert payloads == sorted(payloads), key
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("batch_size", 0),
+        ("concurrency", 0),
+        ("max_attempts", 0),
+        ("claim_seconds", 0),
+        ("poll_interval", -1),
+        ("base_backoff", -1),
+        ("max_backoff", 0.5),
+    ],
+)
+def test_bad_options_are_refused(async_engine: AsyncEngine, option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=option.split("_")[0]):
+        OutboxRelay(async_engine, InMemoryBroker(), **{option: value})  # type: ignore[arg-type]

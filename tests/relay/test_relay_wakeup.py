@@ -87,11 +87,14 @@ def insert_and_notify_elsewhere(engine: sa.Engine) -> str:
     return event_id
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
 async def test_the_commit_signal_wakes_a_relay_in_the_same_process(
-    engine: sa.Engine, async_engine: AsyncEngine
+    engine: sa.Engine, async_engine: AsyncEngine, concurrency: int
 ) -> None:
     broker = InMemoryBroker()
-    relay = OutboxRelay(async_engine, broker, poll_interval=POLL, listen=False)
+    relay = OutboxRelay(
+        async_engine, broker, poll_interval=POLL, listen=False, concurrency=concurrency
+    )
     [first] = add_events(engine, [("t", 1, None)])
     task = await started(relay)
     try:
