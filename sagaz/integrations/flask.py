@@ -102,6 +102,7 @@ _EXTENSION_DEFAULTS: dict[str, Any] = {
     "shutdown_grace_seconds": 10.0,
 }
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
+_ENV_NOTE = re.compile(r"\s*\(env: [^)]*\)")
 _TOKEN_KEY = "_sagaz_context_token"
 _WRITTEN_BINDS_KEY = "sagaz.flask.written_binds"
 
@@ -583,7 +584,7 @@ def _app_param(param: click.Parameter) -> click.Parameter:
     option.envvar = None
     option.default = _from_app_config(param.name)
     option.show_default = f"the app's {_APP_DEFAULTS[param.name]}"
-    option.help = (option.help or "").split(" (env:")[0]
+    option.help = _ENV_NOTE.sub("", option.help or "")
     return option
 
 

@@ -1,0 +1,181 @@
+"""SagazExtension as a Flask extension: registration, the app-factory pattern, settings
+from app.config and keyword arguments, and the missing-extra error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from sagaz import ConfigurationError, ParallelFailureStrategy
+from sagaz.integrations.flask import EXTENSION_KEY, SagazExtension
+from tests.conftest import DatabaseUrls
+from tests.integrations.flask_apps import build_app, db, dispose_db_engines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def flask_app(database_url: str | None = None, **config: object) -> Flask:
+    app = Flask(__name__)
+    app.config.update(config)
+    if database_url is not None:
+        app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+        db.init_app(app)
+    return app
+
+
+def test_the_extension_is_stored_in_app_extensions(sqlite: DatabaseUrls) -> None:
+    app = flask_app(sqlite.sync)
+    extension = SagazExtension(app, db)
+    assert app.extensions[EXTENSION_KEY] is extension
+    assert extension.config(app).database_url == sqlite.sync  # taken from the db's bind
+    dispose_db_engines(app)
+
+
+def test_registering_twice_is_an_error(sqlite: DatabaseUrls) -> None:
+    app = flask_app(sqlite.sync)
+    extension = SagazExtension(app, db)
+    with pytest.raises(RuntimeError, match="already been registered"):
+        extension.init_app(app, db)
+    with pytest.raises(RuntimeError, match="already been registered"):
+        SagazExtension(app)
+    dispose_db_engines(app)
+
+
+def test_the_db_must_be_initialised_on_the_app_first(sqlite: DatabaseUrls) -> None:
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = sqlite.sync
+    with pytest.raises(RuntimeError, match=r"db.init_app\(app\) before"):
+        SagazExtension(app, db)
+    assert EXTENSION_KEY not in app.extensions
+
+
+def test_one_extension_serves_several_apps_from_a_factory(
+    sqlite: DatabaseUrls, tmp_path: Path
+) -> None:
+    extension = SagazExtension(lease_seconds=7.0)  # defaults for every app
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    first = flask_app(sqlite.sync)
+    second = flask_app(other, SAGAZ_LEASE_SECONDS=3.0)
+    extension.init_app(first, db)  # db passed late
+    extension.init_app(second, db)
+    assert extension.config(first).database_url == sqlite.sync
+    assert extension.config(first).lease_seconds == 7.0
+    assert extension.config(second).database_url == other
+    assert extension.config(second).lease_seconds == 3.0  # app.config wins over kwargs
+    with second.app_context():
+        assert extension.config() is extension.config(second)  # the current app
+    for app in (first, second):
+        dispose_db_engines(app)
+
+
+def test_settings_from_app_config_strings_are_converted(sqlite: DatabaseUrls) -> None:
+    app = flask_app(
+        sqlite.sync,
+        SAGAZ_MAX_RETRIES="4",
+        SAGAZ_FAILURE_STRATEGY="wait_all",
+        SAGAZ_LOG_TRANSITIONS="yes",
+        SAGAZ_BROKER_URL="redis://localhost:6379/0",
+    )
+    config = SagazExtension(app, db).config(app)
+    assert config.max_retries == 4
+    assert config.failure_strategy is ParallelFailureStrategy.WAIT_ALL
+    assert config.log_transitions is True
+    assert config.broker_url == "redis://localhost:6379/0"
+    dispose_db_engines(app)
+
+
+def test_an_explicit_database_url_and_url_objects(sqlite: DatabaseUrls, tmp_path: Path) -> None:
+    elsewhere = sa.make_url(f"sqlite:///{tmp_path / 'sagaz.db'}")
+    app = flask_app(sqlite.sync, SAGAZ_DATABASE_URL=elsewhere)
+    assert SagazExtension(app, db).config(app).database_url == str(elsewhere)
+    dispose_db_engines(app)
+
+
+def test_without_a_db_or_url_sagas_run_in_memory() -> None:
+    app = flask_app()
+    extension = SagazExtension(app)
+    assert extension.config(app).database_url is None
+    assert extension.health(app).as_dict() == {"status": "ok", "database": "not configured"}
+    extension.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"SAGAZ_DATABSE_URL": "sqlite://"}, "unknown sagaz setting.*SAGAZ_DATABSE_URL"),
+        ({"SAGAZ_LEASE_SECONDS": "0"}, r"SAGAZ_LEASE_SECONDS \(SagaConfig.lease_seconds\)"),
+        ({"SAGAZ_MAX_RETRIES": "many"}, "SAGAZ_MAX_RETRIES must be an integer"),
+        ({"SAGAZ_CORRELATION_HEADER": "X-Bad Header"}, "SAGAZ_CORRELATION_HEADER"),
+    ],
+)
+def test_invalid_settings_are_refused_naming_them(
+    sqlite: DatabaseUrls, config: dict[str, object], message: str
+) -> None:
+    app = flask_app(sqlite.sync, **config)
+    with pytest.raises(ConfigurationError, match=message):
+        SagazExtension(app, db)
+    assert EXTENSION_KEY not in app.extensions
+    dispose_db_engines(app)
+
+
+def test_unknown_keyword_settings_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown sagaz setting.*lease_secs"):
+        SagazExtension(lease_secs=3)
+
+
+def test_an_in_memory_sqlite_db_cannot_be_shared() -> None:
+    app = flask_app("sqlite://")
+    with pytest.raises(ConfigurationError, match="in-memory SQLite"):
+        SagazExtension(app, db)
+    app.config["SAGAZ_DATABASE_URL"] = None  # explicitly: sagas in memory only
+    assert SagazExtension(app, db).config(app).database_url is None
+    dispose_db_engines(app)
+
+
+def test_a_sqlite_bind_gets_sagaz_sqlite_settings(sqlite: DatabaseUrls) -> None:
+    """sagaz's worker writes the same file concurrently: WAL and a busy timeout."""
+    app, extension = build_app(sqlite.sync)
+    with app.app_context():
+        connection = db.session.connection()
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    extension.close()
+    dispose_db_engines(app)
+
+
+def test_missing_flask_names_the_extra_to_install() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("flask", "flask_sqlalchemy"):
+                    raise ImportError(f"{name} is blocked", name=name)
+                return None
+
+        sys.meta_path.insert(0, Blocker())
+        import sagaz
+        try:
+            import sagaz.integrations.flask
+        except sagaz.MissingExtraError as error:
+            print("extra:", error.extra, "|", error)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "extra: flask |" in done.stdout
+    assert "pip install 'sagaz[flask]'" in done.stdout
