@@ -1,0 +1,116 @@
+"""Management commands that run the `sagaz` CLI's own click commands.
+
+`ClickCommand` mirrors a click command's options as Django command arguments and, on
+`handle`, calls that click command with the options given plus what the Django settings
+decide: the database URL derived from ``DATABASES[--database]`` (default:
+``settings.SAGAZ["DATABASE"]``) and the SAGAZ defaults. So ``manage.py sagaz_worker``
+runs exactly the code of ``sagaz worker`` - same options, same validation, same graceful
+shutdown - and only the configuration comes from Django.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import click
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from sagaz.integrations.django.conf import database_url, get_settings
+
+__all__ = ["ClickCommand"]
+
+
+class ClickCommand(BaseCommand):
+    """A Django command running `click_command` (see the module docstring)."""
+
+    click_command: ClassVar[click.Command]
+    #: click options the Django command does not offer (they come from the settings).
+    derived: ClassVar[frozenset[str]] = frozenset({"database_url"})
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--database",
+            default=None,
+            help="The DATABASES alias of sagaz's tables "
+            '(default: settings.SAGAZ["DATABASE"], else "default").',
+        )
+        for option in self._options():
+            help_text = (option.help or "").replace("%", "%%")
+            if option.show_default and not option.is_flag and option.default is not None:
+                help_text += f" (default: {option.default})"
+            kwargs: dict[str, Any] = {"dest": option.name, "default": argparse.SUPPRESS}
+            names = [name for name in option.opts if name.startswith("--")]
+            if option.is_flag and option.secondary_opts:
+                kwargs["action"] = argparse.BooleanOptionalAction
+                names = names[:1]
+            elif option.is_flag:
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["action"] = "append" if option.multiple else "store"
+                kwargs["metavar"] = option.name.upper() if option.name else None
+                if isinstance(option.type, click.Choice):
+                    kwargs["choices"] = list(option.type.choices)
+            parser.add_argument(*names, help=help_text, **kwargs)
+
+    def _options(self) -> Iterable[click.Option]:
+        for param in self.click_command.params:
+            if isinstance(param, click.Option) and param.name not in self.derived:
+                yield param
+
+    def defaults(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Click option values from the Django settings, used unless given on the
+        command line (click option name -> value)."""
+        return {"database_url": database_url(options.get("database"))}
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        values = self.defaults(options)
+        values.update(
+            {
+                option.name: options[option.name]
+                for option in self._options()
+                if option.name in options
+            }
+        )
+        try:
+            self.click_command.main(
+                args=self._argv(values),
+                prog_name=f"manage.py {self._command_name()}",
+                standalone_mode=False,
+            )
+        except click.ClickException as error:
+            raise CommandError(error.format_message()) from error
+        except click.Abort as error:
+            raise CommandError("aborted") from error
+
+    def _argv(self, values: dict[str, Any]) -> list[str]:
+        argv: list[str] = []
+        for param in self.click_command.params:
+            if not isinstance(param, click.Option) or param.name not in values:
+                continue
+            value = values[param.name]
+            long_name = next(name for name in param.opts if name.startswith("--"))
+            if param.is_flag and param.secondary_opts:
+                argv.append(long_name if value else param.secondary_opts[0])
+            elif param.is_flag:
+                if value:
+                    argv.append(long_name)
+            elif param.multiple:
+                for item in value:
+                    argv += [long_name, str(item)]
+            else:
+                argv += [long_name, str(value)]
+        return argv
+
+    def _command_name(self) -> str:
+        return self.__module__.rsplit(".", 1)[-1]
+
+
+def settings_defaults() -> dict[str, Any]:
+    """Worker option defaults from ``settings.SAGAZ``."""
+    loaded = get_settings()
+    values: dict[str, Any] = {"lease_seconds": loaded.lease_seconds}
+    if loaded.broker_url is not None:
+        values["broker_url"] = loaded.broker_url
+    return values
