@@ -2,7 +2,8 @@
 
 1. Throughput: N events are written with `outbox.add` (not timed), then one OutboxRelay
    publishes them; the figure is N / (time from the relay's start to the last
-   confirmation). Once per broker URL (`memory://`, Redis Streams, NATS JetStream).
+   confirmation), best and median of `--repeat` runs, per broker URL (`memory://`,
+   Redis Streams, NATS JetStream).
 2. Latency, same process: an async producer on the relay's event loop commits one event
    at a time through an AsyncSession; the relay is woken by the post-commit signal. The
    figure is the time from `commit()` returning to the broker's `publish_batch` seeing
@@ -15,9 +16,9 @@
 The relays poll every 30 s in 2 and 3, so the latencies are the wake-ups' own.
 
 Run:  .venv/bin/python benchmarks/outbox_relay.py
-        [--url postgresql://postgres@127.0.0.1:5432/postgres] [--events 10000]
-        [--batch-size 1000] [--keys 1000] [--latency-samples 500]
-        [--brokers memory://,redis://127.0.0.1:6379,nats://127.0.0.1:4222?...]
+        [--url postgresql://postgres@127.0.0.1:5432/postgres] [--events 10000] [--repeat 3]
+        [--batch-size 1000] [--concurrency 2] [--keys 1000] [--latency-samples 500]
+        [--brokers memory://,redis://127.0.0.1:6379,nats://127.0.0.1:4222?...] [--explain]
 It creates and drops its own schema (sagaz_bench_relay_<random>) in that database.
 """
 
@@ -131,30 +132,35 @@ def relay_for(engine: AsyncEngine, broker: Broker, **options: Any) -> OutboxRela
 async def throughput(
     sync_engine: sa.Engine, engine: AsyncEngine, url: str, args: argparse.Namespace
 ) -> str:
-    try:
-        broker = Timed(make_broker(url))
-        await broker.connect()
-    except Exception as error:
-        return f"{url.split('?')[0]:<28} skipped: {type(error).__name__}: {error}"
-    seed(sync_engine, args.events, args.keys)
-    broker.target = args.events
-    relay = relay_for(
-        engine,
-        broker,
-        batch_size=args.batch_size,
-        concurrency=args.concurrency,
-        poll_interval=1.0,
-    )
-    began = time.perf_counter()
-    task = asyncio.create_task(relay.run_until_stopped())
-    await asyncio.wait_for(broker.done.wait(), 600)
-    elapsed = time.perf_counter() - began
-    relay.stop()
-    await task
-    await broker.close()
-    rate = args.events / elapsed
+    name = url.split("?")[0]
+    rates = []
+    for _ in range(args.repeat):
+        try:
+            broker = Timed(make_broker(url))
+            await broker.connect()
+        except Exception as error:
+            return f"{name:<28} skipped: {type(error).__name__}: {error}"
+        seed(sync_engine, args.events, args.keys)
+        broker.target = args.events
+        relay = relay_for(
+            engine,
+            broker,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            poll_interval=1.0,
+        )
+        began = time.perf_counter()
+        task = asyncio.create_task(relay.run_until_stopped())
+        await asyncio.wait_for(broker.done.wait(), 600)
+        elapsed = time.perf_counter() - began
+        relay.stop()
+        await task
+        await broker.close()
+        rates.append(args.events / elapsed)
+    runs = " ".join(f"{rate:.0f}" for rate in rates)
     return (
-        f"{url.split('?')[0]:<28} {args.events:>7} events  {elapsed:7.2f} s  {rate:9.0f} events/s"
+        f"{name:<28} best {max(rates):7.0f}  median {statistics.median(rates):7.0f} events/s"
+        f"   (runs: {runs})"
     )
 
 
@@ -298,8 +304,11 @@ def explain(sync_engine: sa.Engine) -> None:
 
 
 async def idle_cost(engine: AsyncEngine, seconds: float) -> str:
+    import gc
+
     from sagaz.outbox.brokers.memory import InMemoryBroker
 
+    gc.collect()  # not the earlier runs' garbage
     relay = relay_for(engine, InMemoryBroker(), poll_interval=1.0, listen=True)
     task = asyncio.create_task(relay.run_until_stopped())
     await asyncio.sleep(1.0)
@@ -325,7 +334,8 @@ async def main(args: argparse.Namespace) -> None:
         f"PostgreSQL {server}  driver {args.driver}"
     )
     print(
-        f"# events={args.events} batch_size={args.batch_size} concurrency={args.concurrency} "
+        f"# events={args.events} x{args.repeat} batch_size={args.batch_size} "
+        f"concurrency={args.concurrency} "
         f"keys={args.keys or 'none'} "
         f"latency_samples={args.latency_samples}"
     )
@@ -334,7 +344,7 @@ async def main(args: argparse.Namespace) -> None:
             print("\n## EXPLAIN ANALYZE of a claim (100k published + 10k pending events)")
             explain(sync_engine)
             return
-        print("\n## throughput (relay start to last confirmation)")
+        print("\n## throughput: events / (relay start to last confirmation)")
         for url in args.brokers.split(","):
             print(await throughput(sync_engine, engine, url, args), flush=True)
         print("\n## commit-to-publish latency")
@@ -366,6 +376,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2, help="relay passes in flight at once")
     parser.add_argument("--keys", type=int, default=1000, help="distinct keys (0: no keys)")
     parser.add_argument("--brokers", default=DEFAULT_BROKERS)
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per broker")
     parser.add_argument("--latency-samples", type=int, default=500)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument(
