@@ -11,7 +11,9 @@ Databases, set up once per session (`django_db_setup`, overridden: no test datab
 created, the tables come from `migrate` itself):
 * "default": the test PostgreSQL server, in a schema of its own (search_path and
   application_name in OPTIONS), ATOMIC_REQUESTS on, as in the example;
-* "sqlite": a SQLite file in a temporary directory.
+* "sqlite": a SQLite file in a temporary directory;
+* "scratch": another SQLite file, left empty for the tests of `migrate` itself;
+* "unreachable": a PostgreSQL address where nothing listens (the health view's 503).
 Tests use `@pytest.mark.django_db(transaction=True, ...)`: real commits, tables flushed
 after each test (sagaz's tables are emptied by `_empty_sagaz_tables`).
 """
@@ -65,6 +67,17 @@ def pytest_configure(config: pytest.Config) -> None:
                     "init_command": "PRAGMA journal_mode=WAL;",
                     "timeout": 30,
                 },
+            },
+            # Not migrated by the session: for tests of `migrate` itself.
+            "scratch": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(_TEMP / "scratch.db")},
+            "memory": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+            # Nothing listens there: for the health view's 503.
+            "unreachable": {
+                "ENGINE": "django.db.backends.postgresql",
+                "NAME": "nothing",
+                "HOST": "127.0.0.1",
+                "PORT": "9",
+                "OPTIONS": {"connect_timeout": 2},
             },
         },
         SAGAZ={"LEASE_SECONDS": 2},
@@ -138,6 +151,8 @@ def _empty_sagaz_tables(request: pytest.FixtureRequest) -> Iterator[None]:
 
     aliases = marker.kwargs.get("databases") or ["default"]
     for alias in aliases:
+        if alias == "scratch":
+            continue
         with connections[alias].cursor() as cursor:
             for table in reversed(metadata.sorted_tables):
                 cursor.execute(f"DELETE FROM {table.name}")

@@ -1,0 +1,127 @@
+"""`manage.py sagaz_worker` runs sagas a view started (and stops gracefully);
+`manage.py sagaz_list` prints the registered sagas and recent instances; both take their
+database from DATABASES and their options from the `sagaz` CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import transaction
+from django.test import Client
+from orders.models import Order
+
+from sagaz.integrations.django import atomic_saga_start
+from sagaz.integrations.django.conf import database_url
+from tests.integrations.django.conftest import APPLICATION_NAME, EXAMPLE, SCHEMA
+from tests.integrations.django.django_sagas import NoteSaga
+from tests.integrations.django.helpers import committed
+
+
+def wait_for(check: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not done within {seconds}s")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def worker() -> Iterator[subprocess.Popen[str]]:
+    """`python manage.py sagaz_worker` of the example project, on this test's schema
+    (DATABASE_URL, as its README says)."""
+    url = database_url("default")
+    assert f"search_path%3D{SCHEMA}" in url
+    assert APPLICATION_NAME in url
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "sagaz_worker", "--poll-interval", "0.2"],
+        cwd=EXAMPLE,
+        env={**os.environ, "DATABASE_URL": url, "SAGAZ_LEASE_SECONDS": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sagaz_worker_completes_a_saga_a_view_started(worker: subprocess.Popen[str]) -> None:
+    client = Client()
+    placed = client.post(
+        "/orders", {"item": "lamp", "amount": "20"}, content_type="application/json"
+    )
+    declined = client.post(
+        "/orders", {"item": "tv", "amount": "5000"}, content_type="application/json"
+    )
+    assert (placed.status_code, declined.status_code) == (201, 201)
+
+    def finished() -> bool:
+        return {row.status for row in committed()["sagas"]} <= {"completed", "compensated"}
+
+    wait_for(finished)
+    statuses = {str(row.id): row.status for row in committed()["sagas"]}
+    assert statuses == {
+        placed.json()["saga_id"]: "completed",
+        declined.json()["saga_id"]: "compensated",
+    }
+    # the steps ran in the worker process, through the ORM
+    assert Order.objects.get(pk=placed.json()["id"]).status == "shipped"
+    assert Order.objects.get(pk=declined.json()["id"]).status == "cancelled"
+    wait_for(lambda: all(row.status == "published" for row in committed()["events"]))
+
+    worker.send_signal(signal.SIGTERM)
+    output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 0, output
+    assert "sagaz worker stopped" in output
+
+
+def test_sagaz_worker_takes_the_options_of_sagaz_worker() -> None:
+    with pytest.raises(CommandError, match="nothing to run"):
+        call_command("sagaz_worker", "--no-sagas", "--no-outbox", database="sqlite")
+    help_text = subprocess.run(
+        [sys.executable, "manage.py", "sagaz_worker", "--help"],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for option in (
+        "--database",
+        "--concurrency",
+        "--broker-url",
+        "--shutdown-grace",
+        "--no-outbox",
+    ):
+        assert option in help_text
+    assert "--url" not in help_text  # the database comes from DATABASES
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sagaz_list_prints_the_registered_sagas_and_instances(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    call_command("sagaz_list")
+    registered = capsys.readouterr().out
+    assert "django-order" in registered
+    assert "reserve -> charge -> ship" in registered
+    assert "django-test-note" in registered
+
+    with transaction.atomic():
+        saga_id = atomic_saga_start(NoteSaga, {"n": 1})
+    call_command("sagaz_list", "--status", "pending")
+    listed = capsys.readouterr().out
+    assert saga_id[:8] in listed
+    assert "pending" in listed
