@@ -43,6 +43,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         "init_command": "PRAGMA journal_mode=WAL;",
         "timeout": 30,
     }
+    # `manage.py test` uses a database file too (not Django's in-memory default), so
+    # the health view and a worker can open it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"sagaz-django-orders-test-{os.getpid()}.sqlite3")
+    }
 
 SAGAZ = {
     "LEASE_SECONDS": float(os.environ.get("SAGAZ_LEASE_SECONDS", "30")),
