@@ -5,11 +5,10 @@ import json
 from django.db import connection
 from django.test import Client, TransactionTestCase
 
-from sagaz import SagaStatus
-from sagaz.integrations.django import run_saga
-
 from orders.models import Order
 from orders.sagas import OrderSaga
+from sagaz import SagaStatus
+from sagaz.integrations.django import run_saga
 
 
 def count(table: str) -> int:
@@ -31,33 +30,33 @@ class OrderServiceTests(TransactionTestCase):
 
     def test_order_saga_and_event_commit_together(self) -> None:
         response = self.post(Client(), item="book", amount="12.50")
-        self.assertEqual(response.status_code, 201)
-        self.assertEqual(Order.objects.count(), 1)
-        self.assertEqual((count("sagaz_sagas"), count("sagaz_outbox")), (1, 1))
-        self.assertIn("X-Correlation-ID", response)
+        assert response.status_code == 201
+        assert Order.objects.count() == 1
+        assert (count("sagaz_sagas"), count("sagaz_outbox")) == (1, 1)
+        assert "X-Correlation-ID" in response
 
     def test_a_failing_view_leaves_nothing(self) -> None:
         client = Client(raise_request_exception=False)
         response = self.post(client, item="book", amount="1", fail_after_start=True)
-        self.assertEqual(response.status_code, 500)
-        self.assertEqual(Order.objects.count(), 0)
-        self.assertEqual((count("sagaz_sagas"), count("sagaz_outbox")), (0, 0))
+        assert response.status_code == 500
+        assert Order.objects.count() == 0
+        assert (count("sagaz_sagas"), count("sagaz_outbox")) == (0, 0)
 
     def test_bad_input_is_a_400(self) -> None:
-        self.assertEqual(self.post(Client(), item="book").status_code, 400)
+        assert self.post(Client(), item="book").status_code == 400
 
     def test_the_saga_ships_or_compensates(self) -> None:
         cheap = Order.objects.create(item="book", amount=10)
         dear = Order.objects.create(item="tv", amount=5000)
         shipped = run_saga(OrderSaga, {"order_id": cheap.pk, "amount": "10"})
         declined = run_saga(OrderSaga, {"order_id": dear.pk, "amount": "5000"})
-        self.assertEqual(shipped.status, SagaStatus.COMPLETED)
-        self.assertEqual(declined.status, SagaStatus.COMPENSATED)
+        assert shipped.status == SagaStatus.COMPLETED
+        assert declined.status == SagaStatus.COMPENSATED
         cheap.refresh_from_db()
         dear.refresh_from_db()
-        self.assertEqual((cheap.status, dear.status), ("shipped", "cancelled"))
+        assert (cheap.status, dear.status) == ("shipped", "cancelled")
 
     def test_health(self) -> None:
         response = Client().get("/sagaz/health")
-        self.assertEqual(response.status_code, 200)
-        self.assertEqual(response.json()["database"], "ok")
+        assert response.status_code == 200
+        assert response.json()["database"] == "ok"
