@@ -160,3 +160,8 @@ def settled_pg_connections(
         if count <= at_most or time.monotonic() > deadline:
             return count
         time.sleep(0.02)
+
+
+def reached(engine: sa.Engine, saga_id: str, status: str = "completed") -> Callable[[], bool]:
+    """A check for wait_until: the saga has `status`."""
+    return lambda: status_of(engine, saga_id) == status

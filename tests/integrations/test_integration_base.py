@@ -138,26 +138,28 @@ async def test_a_failed_commit_is_rolled_back_and_raised_with_a_note(
 
 
 @pytest.mark.postgres
-def test_the_sync_policy_is_the_same(sync_db: sa.Engine) -> None:
-    session = Session(sync_db)
+def test_the_sync_policy_is_the_same(app_db: DatabaseUrls, sync_db: sa.Engine) -> None:
+    pooled = app_db.sync_engine()
+    session = Session(pooled)
     session.execute(sa.insert(orders).values(item="x"))
     unit_of_work(session)
     finish_session_sync(session)
     assert counts(sync_db) == (1, 1, 1)
 
-    session = Session(sync_db)
+    session = Session(pooled)
     unit_of_work(session)
     finish_session_sync(session, ValueError("handler failed"))
     assert counts(sync_db) == (1, 1, 1)
 
-    session = Session(sync_db)
+    session = Session(pooled)
     session.execute(sa.insert(order_lines).values(order_id=123456))
     unit_of_work(session)
     with pytest.raises(sa.exc.IntegrityError) as raised:
         finish_session_sync(session)
     assert COMMIT_FAILED_NOTE in raised.value.__notes__
     assert counts(sync_db) == (1, 1, 1)
-    assert sync_db.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert pooled.pool.checkedout() == 0  # type: ignore[attr-defined]
+    pooled.dispose()
 
 
 class BrokenClose(Session):
