@@ -74,7 +74,6 @@ from sagaz.integrations._base import (
 )
 from sagaz.saga import Saga
 from sagaz.start import start_saga
-from sagaz.store.engines import configure_sqlite
 from sagaz.store.unit_of_work import BIND_ARGUMENTS_KEY
 from sagaz.types import SagaResult
 
@@ -311,9 +310,6 @@ class _AppState:
         grace = settings.pop("shutdown_grace_seconds")
         if db is not None:
             engine = _bind_engine(app, db, bind_key)
-            if engine.dialect.name == "sqlite":
-                # sagaz's worker writes the same file concurrently (see configure_sqlite)
-                configure_sqlite(engine)
             if "database_url" not in settings:
                 settings["database_url"] = _url_of(engine, bind_key)
             _hook_session_factory(db)

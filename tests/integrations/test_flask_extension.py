@@ -12,10 +12,11 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from sagaz import ConfigurationError, ParallelFailureStrategy
+from sagaz import ConfigurationError, ParallelFailureStrategy, SagaStatus
 from sagaz.integrations.flask import EXTENSION_KEY, SagazExtension
 from tests.conftest import DatabaseUrls
-from tests.integrations.flask_apps import build_app, db, dispose_db_engines
+from tests.integrations.flask_apps import Order, build_app, db, dispose_db_engines
+from tests.integrations.integration_helpers import IntegrationOrderSaga
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,15 +139,20 @@ def test_an_in_memory_sqlite_db_cannot_be_shared() -> None:
     dispose_db_engines(app)
 
 
-def test_a_sqlite_bind_gets_sagaz_sqlite_settings(sqlite: DatabaseUrls) -> None:
-    """sagaz's worker writes the same file concurrently: WAL and a busy timeout."""
+def test_the_apps_sqlite_engine_is_left_as_configured(sqlite: DatabaseUrls) -> None:
+    """The db's engine is not switched to sagaz's BEGIN IMMEDIATE: a request that read
+    through db.session (an open transaction) can still run_sync, whose journal writes
+    through sagaz's own engine on the same file."""
     app, extension = build_app(sqlite.sync)
-    with app.app_context():
-        connection = db.session.connection()
-        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
-    extension.close()
-    dispose_db_engines(app)
+    try:
+        with app.app_context():
+            assert db.session.scalars(sa.select(Order)).all() == []  # a read: a transaction
+            assert db.session().in_transaction()
+            result = extension.run_sync(IntegrationOrderSaga, {"n": "after-a-read"})
+            assert result.status is SagaStatus.COMPLETED
+    finally:
+        extension.close()
+        dispose_db_engines(app)
 
 
 def test_missing_flask_names_the_extra_to_install() -> None:
