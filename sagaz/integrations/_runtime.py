@@ -95,13 +95,9 @@ def _runs_after_commit(session: Session) -> None:
         run.mark_committed()
 
 
-def _runs_after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
-    if previous.parent is None:
-        for run in session.info.pop(_RUNS_KEY, None) or ():
-            run.discard()
-
-
 def _runs_after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended without committing (rolled back, or the session
+    # closed): its runs never start. After a commit, `_runs_after_commit` took them.
     if transaction.parent is None:
         for run in session.info.pop(_RUNS_KEY, None) or ():
             run.discard()
@@ -110,7 +106,6 @@ def _runs_after_transaction_end(session: Session, transaction: SessionTransactio
 # Registered once, on the sync Session class (reaching every AsyncSession too); each
 # returns at once for a session with no background run.
 event.listen(Session, "after_commit", _runs_after_commit)
-event.listen(Session, "after_soft_rollback", _runs_after_soft_rollback)
 event.listen(Session, "after_transaction_end", _runs_after_transaction_end)
 
 
@@ -431,13 +426,11 @@ class SagaRuntime:
             if runner is not None:
                 runner.stop()
         tasks, self._tasks = self._tasks, []
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace_seconds + 5)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.close()
+        # The worker, the relay and the background runs wind down at the same time.
+        await asyncio.gather(
+            self._wait_for(tasks),
+            self._runner.close() if self._runner is not None else asyncio.sleep(0),
+        )
         if self.broker is not None:
             try:
                 await self.broker.close()
@@ -449,6 +442,14 @@ class SagaRuntime:
         self._sync_engine = None
         if self._owns_config:
             await self.config.close()
+
+    async def _wait_for(self, tasks: list[asyncio.Task[None]]) -> None:
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace_seconds + 5)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- what adapters hand out -----------------------------------------------------------
 
