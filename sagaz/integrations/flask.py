@@ -462,34 +462,40 @@ def _hook_session_factory(db: SQLAlchemy) -> None:
         factory.configure(info=info)
 
 
-def _is_hooked(session: Session) -> bool:
-    return session.info.get(BIND_ARGUMENTS_KEY) is _choose_bind
+def _binds_of(session: Session) -> tuple[_AppState, Mapping[str | None, sa.Engine]] | None:
+    """The current app's sagaz state and its db's engines, when `session` is one of the
+    extension's ``db.session`` sessions in an app context; else None."""
+    if session.info.get(BIND_ARGUMENTS_KEY) is not _choose_bind or not has_app_context():
+        return None
+    extension = current_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(extension, SagazExtension):
+        return None
+    state = extension._states.get(current_app._get_current_object())  # type: ignore[attr-defined]
+    if state is None or state.db is None:
+        return None
+    return state, state.db.engines
 
 
 def _choose_bind(session: Session) -> Mapping[str, Any]:
     """Bind arguments for sagaz's rows in `session`: the sagaz bind of the current app,
     refused (CrossBindError) when the unit of work writes application rows elsewhere."""
-    if not has_app_context():
+    found = _binds_of(session)
+    if found is None:
         return {}
-    extension = current_app.extensions.get(EXTENSION_KEY)
-    if not isinstance(extension, SagazExtension):
-        return {}
-    state = extension._states.get(current_app._get_current_object())  # type: ignore[attr-defined]
-    if state is None or state.db is None:
-        return {}
-    engines = state.db.engines
+    state, engines = found
     target = engines[state.bind_key]
-    if len(engines) > 1:
-        stray = [bind for bind in _written_binds(session) if bind is not target]
-        if stray:
-            names = {id(engine): key for key, engine in engines.items()}
-            others = ", ".join(sorted({_bind_name(names.get(id(bind))) for bind in stray}))
-            raise CrossBindError(
-                f"sagaz's rows go to bind {_bind_name(state.bind_key)} (SAGAZ_BIND_KEY) but "
-                f"this unit of work also writes application rows on bind {others}: they "
-                "would commit in different transactions. Write them in separate units of "
-                "work, or keep the models that travel with sagas on the sagaz bind."
-            )
+    if len(engines) == 1:
+        return {"bind": target}
+    stray = [bind for bind in _written_binds(session) if bind is not target]
+    if stray:
+        names = {id(engine): key for key, engine in engines.items()}
+        others = ", ".join(sorted({_bind_name(names.get(id(bind))) for bind in stray}))
+        raise CrossBindError(
+            f"sagaz's rows go to bind {_bind_name(state.bind_key)} (SAGAZ_BIND_KEY) but "
+            f"this unit of work also writes application rows on bind {others}: they "
+            "would commit in different transactions. Write them in separate units of "
+            "work, or keep the models that travel with sagas on the sagaz bind."
+        )
     return {"bind": target}
 
 
@@ -499,7 +505,7 @@ def _bind_name(key: str | None) -> str:
 
 def _written_binds(session: Session) -> set[Any]:
     """Binds of application rows written in the session's transaction: those flushed
-    earlier (recorded) and those pending now."""
+    or executed earlier (recorded) and those pending now."""
     binds: set[Any] = set(session.info.get(_WRITTEN_BINDS_KEY, ()))
     binds.update(_pending_binds(session))
     return binds
@@ -511,8 +517,14 @@ def _pending_binds(session: Session) -> set[Any]:
     return {session.get_bind(mapper=mapper) for mapper in mappers}
 
 
+def _recording(session: Session) -> bool:
+    """Record written binds only where there is more than one to tell apart."""
+    found = _binds_of(session)
+    return found is not None and len(found[1]) > 1
+
+
 def _record_flushed_binds(session: Session, _flush_context: Any) -> None:
-    if _is_hooked(session) and has_app_context():
+    if _recording(session):
         # after_flush still shows the pre-flush new/dirty/deleted collections
         binds = _pending_binds(session)
         if binds:
@@ -520,12 +532,9 @@ def _record_flushed_binds(session: Session, _flush_context: Any) -> None:
 
 
 def _record_executed_binds(state: ORMExecuteState) -> None:
-    session = state.session
-    if not (state.is_insert or state.is_update or state.is_delete) or not _is_hooked(session):
-        return
-    if has_app_context():
-        bind = session.get_bind(**state.bind_arguments)
-        session.info.setdefault(_WRITTEN_BINDS_KEY, set()).add(bind)
+    if (state.is_insert or state.is_update or state.is_delete) and _recording(state.session):
+        bind = state.session.get_bind(**state.bind_arguments)
+        state.session.info.setdefault(_WRITTEN_BINDS_KEY, set()).add(bind)
 
 
 def _forget_binds(session: Session, transaction: SessionTransaction) -> None:
