@@ -168,3 +168,35 @@ def test_the_example_runs_as_its_readme_says(processes: Processes) -> None:
     assert worker_code == 0, worker_log
     assert "sagaz worker stopped" in worker_log
     assert sorted(p.name for p in EXAMPLE.rglob("*")) == before
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_single_process_demo_mode(processes: Processes) -> None:
+    """`ORDERS_IN_PROCESS_WORKER=1 uvicorn fastapi_orders.app:app`: no `sagaz worker`."""
+    assert processes.run("-m", "sagaz", "db", "upgrade").returncode == 0
+    processes.env["ORDERS_IN_PROCESS_WORKER"] = "1"
+    port = free_port()
+    server = processes.start(
+        "-m", "uvicorn", "fastapi_orders.app:app", "--port", str(port), "--log-level", "warning"
+    )
+    with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+        def ready() -> bool:
+            assert server.poll() is None, server.communicate()[0]
+            try:
+                return client.get("/sagaz/health").status_code == 200
+            except httpx2.TransportError:
+                return False
+
+        wait_for(ready)
+        placed = order(client, "book", 1, 500)
+
+        def shipped() -> bool:
+            body = client.get(f"/orders/{placed['order_id']}").json()
+            return bool(body["status"] == "shipped" and body["saga"]["status"] == "completed")
+
+        wait_for(shipped)
+        wait_for(lambda: client.get("/sagaz/health").json()["outbox"]["pending"] == 0)
+    [(code, log)] = processes.stop_all()
+    assert code in (0, -signal.SIGTERM), log
+    assert "Traceback" not in log
