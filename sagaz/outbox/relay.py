@@ -204,16 +204,19 @@ class OutboxRelay:
         self, owner: str, events: Sequence[ClaimedEvent]
     ) -> list[BaseException | None]:
         messages = [event.message for event in events]
-        renewer = asyncio.create_task(self._renew_claims(owner, events), name="sagaz:outbox-renew")
+        published = asyncio.Event()
+        renewer = asyncio.create_task(
+            self._renew_claims(owner, events, published), name="sagaz:outbox-renew"
+        )
         try:
             results = list(await self.broker.publish_batch(messages))
         except Exception as error:
             logger.warning("outbox relay %s: publish_batch raised %s", self.owner, describe(error))
             return [error] * len(events)
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            # Not cancelled mid-statement: a renewal in flight finishes first.
+            published.set()
+            await renewer
         if len(results) != len(events):
             mismatch = RuntimeError(
                 f"broker {type(self.broker).__name__} returned {len(results)} results "
@@ -223,11 +226,12 @@ class OutboxRelay:
             return [mismatch] * len(events)
         return results
 
-    async def _renew_claims(self, owner: str, events: Sequence[ClaimedEvent]) -> None:
+    async def _renew_claims(
+        self, owner: str, events: Sequence[ClaimedEvent], done: asyncio.Event
+    ) -> None:
         """Keep the claim alive while a slow broker is still publishing the batch."""
         seqs = [event.seq for event in events]
-        while True:
-            await asyncio.sleep(self.claim_seconds / 3)
+        while seqs and not await _wait_for(done, self.claim_seconds / 3):
             try:
                 async with self.engine.begin() as connection:
                     held = await connection.run_sync(
@@ -310,9 +314,12 @@ class OutboxRelay:
         if self._stopping:
             wake.set()
         subscription = outbox_signal.subscribe()
+        stopped = asyncio.Event()
+        retention = asyncio.create_task(
+            self._retention_loop(stopped), name="sagaz:outbox-retention"
+        )
         helpers = [
-            asyncio.create_task(self._forward_signal(subscription), name="sagaz:outbox-signal"),
-            asyncio.create_task(self._retention_loop(), name="sagaz:outbox-retention"),
+            asyncio.create_task(self._forward_signal(subscription), name="sagaz:outbox-signal")
         ]
         if self.listen:
             self.listener = NotificationListener(self.engine, OUTBOX_CHANNEL, wake.set)
@@ -326,6 +333,9 @@ class OutboxRelay:
             for helper in helpers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
+            # Retention is not cancelled mid-statement: it stops after its current batch.
+            stopped.set()
+            await retention
             subscription.close()
             self.listener = None
             self._wake = None
@@ -413,10 +423,10 @@ class OutboxRelay:
             if self._wake is not None:
                 self._wake.set()
 
-    async def _retention_loop(self) -> None:
+    async def _retention_loop(self, stopped: asyncio.Event) -> None:
         if self.published_retention is None and self.inbox_retention is None:
             return
-        while True:
+        while not stopped.is_set():
             try:
                 result = await self.apply_retention()
                 if result.published or result.inbox:
@@ -429,18 +439,37 @@ class OutboxRelay:
                     )
             except Exception as error:
                 logger.warning("outbox relay %s: retention failed: %s", self.owner, describe(error))
-            await asyncio.sleep(self.retention_interval)
+            await _wait_for(stopped, self.retention_interval)
 
     async def apply_retention(self) -> RetentionResult:
         """Delete published events and inbox rows past their retention, one committed
-        batch of `retention_batch_size` rows at a time."""
-        async with self.engine.connect() as connection:
-            return await connection.run_sync(
-                lambda sync: retain(
-                    sync,
-                    published_retention=self.published_retention,
-                    inbox_retention=self.inbox_retention,
+        batch of `retention_batch_size` rows per table at a time; a stopping relay stops
+        between batches."""
+        published_retention, inbox_retention = self.published_retention, self.inbox_retention
+        totals = RetentionResult(published=0, inbox=0)
+        while published_retention is not None or inbox_retention is not None:
+            async with self.engine.connect() as connection:
+                batch = await connection.run_sync(
+                    retain,
+                    published_retention=published_retention,
+                    inbox_retention=inbox_retention,
                     batch_size=self.retention_batch_size,
+                    max_batches=1,
                     commit_each_batch=True,
                 )
-            )
+            totals = RetentionResult(totals.published + batch.published, totals.inbox + batch.inbox)
+            if batch.published < self.retention_batch_size:
+                published_retention = None
+            if batch.inbox < self.retention_batch_size:
+                inbox_retention = None
+            if self._stopping:
+                break
+        return totals
+
+
+async def _wait_for(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until `event` is set or `seconds` pass; True if it was set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()

@@ -123,6 +123,7 @@ async def test_the_relay_applies_retention(engine: sa.Engine, async_engine: Asyn
         InMemoryBroker(),
         published_retention=timedelta(0),
         inbox_retention=timedelta(days=1),
+        retention_batch_size=2,
         listen=False,
     )
     assert (await relay.relay_once()).published == 3

@@ -14,12 +14,14 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.relay import OutboxRelay
 from sagaz.store.schema import outbox as outbox_table
 from sagaz.store.statements import OUTBOX_CHANNEL
+from tests.brokers.broker_helpers import TcpProxy
 from tests.conftest import DatabaseUrls
 from tests.relay.relay_helpers import add_events, eventually
 
@@ -165,3 +167,42 @@ async def test_stop_before_the_loop_runs_is_not_lost(async_engine: AsyncEngine) 
     relay.stop()
     await asyncio.wait_for(relay.run_until_stopped(), WAIT)
     assert not relay.running
+
+
+async def test_a_relay_rides_out_a_database_outage(
+    pg: DatabaseUrls, pg_engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay's connections (pool and LISTEN) go through a proxy that drops them."""
+    server = make_url(pg.async_)
+    proxy = TcpProxy((server.host or "127.0.0.1", server.port or 5432))
+    await proxy.start()
+    through_proxy = dataclasses.replace(
+        pg, async_=server.set(port=proxy.port).render_as_string(hide_password=False)
+    )
+    engine = through_proxy.async_engine()
+    broker = InMemoryBroker()
+    relay = OutboxRelay(engine, broker, poll_interval=0.2, claim_seconds=1.0)
+
+    def published() -> int:
+        with pg_engine.connect() as connection:
+            return connection.scalar(
+                sa.select(sa.func.count()).where(outbox_table.c.status == "published")
+            )
+
+    try:
+        task = await started(relay)
+        [before] = add_events(pg_engine, [("t", 1, "k")])
+        await eventually(lambda: published() == 1, within=WAIT)
+        proxy.drop()
+        [during] = add_events(pg_engine, [("t", 2, "k")])
+        await eventually(lambda: "pass failed" in caplog.text, within=WAIT)
+        assert relay.listener is not None
+        await eventually(lambda: not relay.listener.listening.is_set(), within=WAIT)
+        proxy.restore()
+        await eventually(lambda: published() == 2, within=WAIT)
+        assert broker.ids() == [before, during]
+        await eventually(relay.listener.listening.is_set, within=WAIT)
+        await stopped(relay, task)
+    finally:
+        await engine.dispose()
+        await proxy.close()
