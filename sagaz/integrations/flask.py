@@ -9,21 +9,23 @@ with ``db.session``.
     db = SQLAlchemy()
     sagaz = SagazExtension()
 
-    def create_app():
-        app = Flask(__name__)
-        app.config["SQLALCHEMY_DATABASE_URI"] = "postgresql+psycopg://app@db/app"
-        db.init_app(app)
-        sagaz.init_app(app, db)            # sagaz's tables live in the same database
-        app.register_blueprint(health_blueprint)   # optional: GET /sagaz/health
-        return app
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = "postgresql+psycopg://app@db/app"
+    db.init_app(app)
+    sagaz.init_app(app, db)                     # sagaz's tables live in the same database
+    app.register_blueprint(health_blueprint)    # optional: GET /sagaz/health
 
     @app.post("/orders")
     def create_order():
         order = Order(total=42); db.session.add(order); db.session.flush()
-        saga_id = sagaz.start_saga(OrderSaga, {"order_id": order.id})
-        outbox.add(db.session, "orders.created", {"order_id": order.id})
-        db.session.commit()                # the order, the saga and the event - or none
+        saga_id = sagaz.start_saga(OrderSaga, {"order_id": order.id})   # for a worker
+        outbox.add(db.session(), "orders.created", {"order_id": order.id})
+        db.session.commit()             # the order, the saga and the event - or none
         return {"saga_id": saga_id}, 201
+
+    @app.post("/quotes")
+    def quote():                        # runs the saga here; the request waits for it
+        return {"status": sagaz.run_sync(QuoteSaga, request.json).status.value}
 
 Flask and Flask-SQLAlchemy are imported only here. See docs/flask.md.
 """
@@ -307,22 +309,23 @@ class _AppState:
                 f"SAGAZ_CORRELATION_HEADER must be a header name like X-Request-ID, got {header!r}"
             )
         bind_key = settings.pop("bind_key")
-        grace = settings.pop("shutdown_grace_seconds")
+        grace = _grace_seconds(settings.pop("shutdown_grace_seconds"))
         if db is not None:
             engine = _bind_engine(app, db, bind_key)
             if "database_url" not in settings:
                 settings["database_url"] = _url_of(engine, bind_key)
-            _hook_session_factory(db)
         environ = {f"SAGAZ_{k.upper()}": v for k, v in settings.items() if isinstance(v, str)}
         typed = {k: v for k, v in settings.items() if not isinstance(v, str)}
         config = SagaConfig.from_env(environ, **typed)
+        if db is not None:
+            _hook_session_factory(db)
         return cls(
             app.name,
             config,
             db,
             bind_key=bind_key,
             correlation_header=header,
-            shutdown_grace_seconds=float(grace),
+            shutdown_grace_seconds=grace,
         )
 
     def call(self, function: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -380,6 +383,18 @@ def _settings(app: Flask, options: Mapping[str, Any]) -> dict[str, Any]:
     if settings.get("database_url") == "":
         settings["database_url"] = None
     return settings
+
+
+def _grace_seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if isinstance(value, bool) or not seconds >= 0:
+        raise ConfigurationError(
+            f"SAGAZ_SHUTDOWN_GRACE_SECONDS must be a number >= 0, got {value!r}"
+        )
+    return seconds
 
 
 def _bind_engine(app: Flask, db: SQLAlchemy, bind_key: str | None) -> sa.Engine:

@@ -113,6 +113,8 @@ def test_without_a_db_or_url_sagas_run_in_memory() -> None:
         ({"SAGAZ_LEASE_SECONDS": "0"}, r"SAGAZ_LEASE_SECONDS \(SagaConfig.lease_seconds\)"),
         ({"SAGAZ_MAX_RETRIES": "many"}, "SAGAZ_MAX_RETRIES must be an integer"),
         ({"SAGAZ_CORRELATION_HEADER": "X-Bad Header"}, "SAGAZ_CORRELATION_HEADER"),
+        ({"SAGAZ_SHUTDOWN_GRACE_SECONDS": "soon"}, "SAGAZ_SHUTDOWN_GRACE_SECONDS"),
+        ({"SAGAZ_BIND_KEY": "missing"}, "SAGAZ_BIND_KEY 'missing' is not a bind"),
     ],
 )
 def test_invalid_settings_are_refused_naming_them(

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def sagaz_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("sagaz-")]
+    return [t for t in threading.enumerate() if t.name.startswith("sagaz-flask-")]
 
 
 @pytest.fixture
