@@ -7,6 +7,7 @@ and blocks until it finished. There is no `asyncio.run` per request.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,10 +16,30 @@ from sagaz.integrations.django.conf import get_settings
 from sagaz.saga import Saga
 from sagaz.types import SagaResult
 
-__all__ = ["portal", "run_saga"]
+__all__ = ["close", "portal", "run_saga"]
 
-portal = EventLoopPortal("sagaz-django")
-"""The loop `run_saga` runs sagas on (started by the first call, closed at exit)."""
+_lock = threading.Lock()
+_portal: EventLoopPortal | None = None
+
+
+def portal() -> EventLoopPortal:
+    """The portal `run_saga` runs sagas on: its loop and thread start with the first call
+    and stop at `close()` or at interpreter exit."""
+    global _portal
+    with _lock:
+        if _portal is None:
+            _portal = EventLoopPortal("sagaz-django")
+        return _portal
+
+
+def close() -> None:
+    """Stop `run_saga`'s event loop and thread (runs still in progress are cancelled);
+    the next `run_saga` starts a new one. Idempotent; for tests and orderly shutdowns."""
+    global _portal
+    with _lock:
+        closing, _portal = _portal, None
+    if closing is not None:
+        closing.close()
 
 
 def run_saga(
@@ -45,4 +66,4 @@ def run_saga(
         instance = saga
     else:
         raise TypeError(f"run_saga needs a Saga class or instance, got {saga!r}")
-    return portal.call(instance.run, dict(context or {}), saga_id=saga_id)
+    return portal().call(instance.run, dict(context or {}), saga_id=saga_id)

@@ -158,6 +158,15 @@ def _empty_sagaz_tables(request: pytest.FixtureRequest) -> Iterator[None]:
                 cursor.execute(f"DELETE FROM {table.name}")
 
 
+@pytest.fixture(autouse=True)
+def _stop_run_saga_loop() -> Iterator[None]:
+    """run_saga's loop and thread do not outlive the test (other tests count threads)."""
+    yield
+    from sagaz.integrations.django import runner
+
+    runner.close()
+
+
 @pytest.fixture
 def step_log() -> Iterator[list[str]]:
     from tests.integrations.django import django_sagas

@@ -90,6 +90,10 @@ def test_sagaz_worker_completes_a_saga_a_view_started(worker: subprocess.Popen[s
 def test_sagaz_worker_takes_the_options_of_sagaz_worker() -> None:
     with pytest.raises(CommandError, match="nothing to run"):
         call_command("sagaz_worker", "--no-sagas", "--no-outbox", database="sqlite")
+    with pytest.raises(CommandError, match="nope"):
+        call_command("sagaz_worker", database="nope")
+    with pytest.raises(CommandError, match="in-memory SQLite"):
+        call_command("sagaz_worker", database="memory")
     help_text = subprocess.run(
         [sys.executable, "manage.py", "sagaz_worker", "--help"],
         cwd=EXAMPLE,

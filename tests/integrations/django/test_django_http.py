@@ -138,3 +138,17 @@ def test_an_async_step_using_the_orm_is_refused_and_compensated(step_log: list[s
     assert result.status is SagaStatus.COMPENSATED
     assert "SynchronousOnlyOperation" in str(result.error)
     assert step_log == ["first", "undo first"]
+
+
+def test_run_saga_loop_stops_on_close_and_restarts_on_next_use() -> None:
+    from sagaz.integrations.django import runner
+    from tests.integrations.django.django_sagas import NoteSaga
+
+    def loops() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "sagaz-django"]
+
+    assert run_saga(NoteSaga, {"n": 1}).status is SagaStatus.COMPLETED
+    assert loops() == ["sagaz-django"]
+    runner.close()
+    assert loops() == []
+    assert run_saga(NoteSaga, {"n": 2}).status is SagaStatus.COMPLETED

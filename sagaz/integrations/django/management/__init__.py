@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import click
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.connection import ConnectionDoesNotExist
 
 from sagaz.integrations.django.conf import database_url, get_settings
 
@@ -65,7 +67,10 @@ class ClickCommand(BaseCommand):
         return {"database_url": database_url(options.get("database"))}
 
     def handle(self, *args: Any, **options: Any) -> None:
-        values = self.defaults(options)
+        try:
+            values = self.defaults(options)
+        except (ImproperlyConfigured, ConnectionDoesNotExist) as error:
+            raise CommandError(str(error)) from error
         values.update(
             {
                 option.name: options[option.name]
