@@ -3,9 +3,6 @@ from app.config and keyword arguments, and the missing-extra error."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,10 +12,9 @@ from flask import Flask
 from sagaz import ConfigurationError, ParallelFailureStrategy, SagaStatus
 from sagaz.integrations.flask import EXTENSION_KEY, SagazExtension
 from tests.conftest import DatabaseUrls
+from tests.core.test_optional_imports import run_blocked
 from tests.integrations.flask_apps import Order, build_app, db, dispose_db_engines
 from tests.integrations.integration_helpers import IntegrationOrderSaga
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def flask_app(database_url: str | None = None, **config: object) -> Flask:
@@ -157,32 +153,20 @@ def test_the_apps_sqlite_engine_is_left_as_configured(sqlite: DatabaseUrls) -> N
         dispose_db_engines(app)
 
 
-def test_missing_flask_names_the_extra_to_install() -> None:
-    script = textwrap.dedent(
-        """
-        import sys
-
-        class Blocker:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("flask", "flask_sqlalchemy"):
-                    raise ImportError(f"{name} is blocked", name=name)
-                return None
-
-        sys.meta_path.insert(0, Blocker())
+@pytest.mark.parametrize("installed", [(), ("flask",)])
+def test_a_missing_flask_or_flask_sqlalchemy_names_the_extra(installed: tuple[str, ...]) -> None:
+    done = run_blocked(
+        f"""
+        for name in {installed!r}:
+            BLOCKED.remove(name)
         import sagaz
         try:
             import sagaz.integrations.flask
         except sagaz.MissingExtraError as error:
             print("extra:", error.extra, "|", error)
+        else:
+            raise SystemExit("no MissingExtraError")
         """
-    )
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "extra: flask |" in done.stdout
