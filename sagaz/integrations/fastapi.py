@@ -23,7 +23,6 @@ FastAPI is imported only here (this module deliberately has no ``from __future__
 annotations``: FastAPI reads the dependency annotations at runtime). See docs/fastapi.md.
 """
 
-import logging
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -91,7 +90,6 @@ if _version_tuple(fastapi.__version__) < MIN_FASTAPI_VERSION:
         "install it with: pip install 'sagaz[fastapi]'"
     )
 
-log = logging.getLogger("sagaz.integrations.fastapi")
 STATE_KEY = "sagaz"
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 S = TypeVar("S", bound=Saga)
