@@ -99,7 +99,12 @@ def test_without_a_db_or_url_sagas_run_in_memory() -> None:
     extension = SagazExtension(app)
     assert extension.config(app).database_url is None
     assert extension.health(app).as_dict() == {"status": "ok", "database": "not configured"}
-    extension.close()
+    try:
+        with app.app_context():
+            result = extension.run_sync(IntegrationOrderSaga, {"n": "in-memory"})
+        assert result.status is SagaStatus.COMPLETED
+    finally:
+        extension.close()
 
 
 @pytest.mark.parametrize(
