@@ -1,7 +1,7 @@
 """Cross-process wake-ups through PostgreSQL LISTEN/NOTIFY.
 
-`outbox.add` issues `pg_notify('sagaz_outbox', '')` inside the writing transaction, and
-PostgreSQL delivers it when (and only if) that transaction commits. A
+`outbox.add` issues `pg_notify('sagaz_outbox', current_schema())` inside the writing
+transaction, and PostgreSQL delivers it when (and only if) that transaction commits. A
 `NotificationListener` keeps one connection of the engine's pool LISTENing on a channel
 and calls back on each notification, so a relay in another process starts publishing
 within milliseconds instead of at its next poll.
@@ -11,7 +11,9 @@ connect arguments, e.g. `application_name`), kept in autocommit, and invalidated
 returned to the pool still LISTENing - when the listener stops. A dropped connection is
 noticed (asyncpg's termination callback, psycopg's read error, or a periodic `SELECT 1`)
 and replaced with growing delays; every (re)connect calls back once, since notifications
-sent while nobody listened are lost. Works with the asyncpg and psycopg async drivers.
+sent while nobody listened are lost. A notification whose payload names another schema
+(sagaz's tables of another tenant or test in the same database) is ignored; an empty
+payload wakes every listener. Works with the asyncpg and psycopg async drivers.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class NotificationListener:
         """Set while the LISTEN is in effect (cleared while reconnecting)."""
         self.backend_pid: int | None = None
         """The server process id of the listening connection (for tests and diagnostics)."""
+        self.schema: str | None = None
+        """The listening connection's current schema: notifications for others are ignored."""
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting whenever the connection drops."""
@@ -87,7 +91,10 @@ class NotificationListener:
         connection = await self.engine.connect()
         try:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
-            self.backend_pid = await connection.scalar(text("SELECT pg_backend_pid()"))
+            row = (
+                await connection.execute(text("SELECT pg_backend_pid(), current_schema()"))
+            ).one()
+            self.backend_pid, self.schema = row[0], row[1]
             await connection.exec_driver_sql(f"LISTEN {self.channel}")
         except BaseException:
             await _discard(connection)
@@ -107,8 +114,8 @@ class NotificationListener:
     async def _receive_asyncpg(self, connection: AsyncConnection, driver: Any) -> None:
         lost = asyncio.Event()
 
-        def notified(*_args: object) -> None:
-            self.on_notify()
+        def notified(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+            self._notified(payload)
 
         def terminated(*_args: object) -> None:
             lost.set()
@@ -126,9 +133,13 @@ class NotificationListener:
 
     async def _receive_psycopg(self, connection: AsyncConnection, driver: Any) -> None:
         while True:
-            async for _notify in driver.notifies(timeout=self.keepalive):
-                self.on_notify()
+            async for notify in driver.notifies(timeout=self.keepalive):
+                self._notified(notify.payload)
             await self._ping(connection)
+
+    def _notified(self, payload: str) -> None:
+        if not payload or payload == self.schema:
+            self.on_notify()
 
     async def _ping(self, connection: AsyncConnection) -> None:
         async with asyncio.timeout(max(self.keepalive, 5.0)):

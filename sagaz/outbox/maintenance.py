@@ -220,7 +220,7 @@ def requeue(
     count = result.rowcount
     if count and connection.dialect.name == "postgresql":
         # Delivered at commit: relays in every process wake up at once.
-        connection.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
+        connection.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, sa.func.current_schema())))
     return count
 
 

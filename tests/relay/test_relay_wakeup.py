@@ -7,6 +7,7 @@ proves the wake-up; nothing else about timing is asserted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz.outbox.brokers.memory import InMemoryBroker
+from sagaz.outbox.listen import NotificationListener
 from sagaz.outbox.relay import OutboxRelay
 from sagaz.store.schema import outbox as outbox_table
 from sagaz.store.statements import OUTBOX_CHANNEL
@@ -206,3 +208,30 @@ async def test_a_relay_rides_out_a_database_outage(
     finally:
         await engine.dispose()
         await proxy.close()
+
+
+async def test_the_listener_ignores_notifications_for_another_schema(
+    pg: DatabaseUrls, pg_engine: sa.Engine, pg_async_engine: AsyncEngine
+) -> None:
+    calls: list[int] = []
+    listener = NotificationListener(pg_async_engine, OUTBOX_CHANNEL, lambda: calls.append(1))
+    task = asyncio.create_task(listener.run())
+
+    def notify(payload: sa.ColumnElement[str] | str) -> None:
+        with pg_engine.begin() as connection:
+            connection.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, payload)))
+
+    try:
+        await eventually(listener.listening.is_set)
+        assert calls == [1]  # every (re)connect calls back once: notifications may be lost
+        assert listener.schema == pg.schema
+        notify("some_other_schema")
+        notify(sa.func.current_schema())  # what outbox.add sends
+        await eventually(lambda: len(calls) == 2, within=WAIT)
+        notify("")  # no schema: everyone
+        await eventually(lambda: len(calls) == 3, within=WAIT)
+        assert len(calls) == 3
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
