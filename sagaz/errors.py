@@ -48,6 +48,16 @@ class ConfigurationError(SagazError, ValueError):
     """A configuration value is missing or invalid; the message names the setting."""
 
 
+class CrossBindError(SagazError, RuntimeError):
+    """A unit of work would write sagaz's rows on one bind and the application's rows on
+    another - two databases, two transactions - so they could not commit together.
+
+    Raised by the Flask integration from the flush or commit, before anything is
+    committed; the message names both binds. Also importable from
+    `sagaz.integrations.flask`.
+    """
+
+
 class MissingExtraError(SagazError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 

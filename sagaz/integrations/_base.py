@@ -2,7 +2,7 @@
 
 * **Correlation ids** - `correlation_id_from(raw_header)`: the client's value when it is
   at most 128 characters of ``[A-Za-z0-9._:-]``, otherwise a fresh id. A rejected value is
-  never reflected anywhere.
+  never reflected anywhere. `validate_header_name` checks the configured header name.
 * **The commit/rollback policy** - `finish_session` / `finish_session_sync`: commit when
   the handler returned, roll back when it raised, close either way; a commit that fails is
   rolled back and re-raised, so the adapter answers with an error, never with the
@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from sagaz.context import generate_correlation_id
+from sagaz.errors import ConfigurationError
 from sagaz.integrations._runtime import (
     BackgroundRun,
     BackgroundSagaRunner,
@@ -58,6 +59,7 @@ __all__ = [
     "finish_session_sync",
     "generate_correlation_id",
     "is_valid_correlation_id",
+    "validate_header_name",
 ]
 
 log = logging.getLogger("sagaz.integrations")
@@ -91,6 +93,20 @@ def correlation_id_from(raw: str | bytes | None) -> str:
     if raw is not None and is_valid_correlation_id(raw):
         return raw
     return generate_correlation_id()
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
+
+
+def validate_header_name(
+    value: object, *, setting: str, error: Callable[[str], Exception] = ConfigurationError
+) -> str:
+    """`value` when it is a header name an adapter may read and echo (a str of ASCII
+    letters, digits and ``-``, such as ``X-Request-ID``); otherwise raise `error` (default
+    ConfigurationError, a ValueError) with a message naming `setting`."""
+    if not isinstance(value, str) or _HEADER_NAME.fullmatch(value) is None:
+        raise error(f"{setting} must be a header name such as X-Request-ID, got {value!r}")
+    return value
 
 
 # -- the commit/rollback policy ------------------------------------------------------------

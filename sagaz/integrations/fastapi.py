@@ -23,7 +23,6 @@ FastAPI is imported only here (this module deliberately has no ``from __future__
 annotations``: FastAPI reads the dependency annotations at runtime). See docs/fastapi.md.
 """
 
-import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, Generic, TypeVar, overload
@@ -55,6 +54,7 @@ from sagaz.integrations._base import (
     find_runtime,
     finish_session,
     finish_session_sync,
+    validate_header_name,
 )
 from sagaz.saga import Saga
 
@@ -91,7 +91,6 @@ if _version_tuple(fastapi.__version__) < MIN_FASTAPI_VERSION:
     )
 
 STATE_KEY = "sagaz"
-_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 S = TypeVar("S", bound=Saga)
 
 
@@ -353,12 +352,8 @@ class SagaContextMiddleware:
     """
 
     def __init__(self, app: ASGIApp, header_name: str = CORRELATION_ID_HEADER) -> None:
-        if not isinstance(header_name, str) or not _HEADER_NAME.fullmatch(header_name):
-            raise ValueError(
-                f"header_name must be a header name like X-Request-ID, got {header_name!r}"
-            )
         self.app = app
-        self.header_name = header_name
+        self.header_name = validate_header_name(header_name, setting="header_name")
         self._header = header_name.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -63,7 +63,7 @@ from sagaz.cli.listing import list_sagas as list_command
 from sagaz.cli.worker import worker as worker_command
 from sagaz.config import SagaConfig
 from sagaz.context import RequestContext, SagaContextManager
-from sagaz.errors import ConfigurationError, SagazError
+from sagaz.errors import ConfigurationError, CrossBindError
 from sagaz.integrations._base import (
     CORRELATION_ID_HEADER,
     EventLoopPortal,
@@ -73,6 +73,7 @@ from sagaz.integrations._base import (
     check_health_sync,
     correlation_id_from,
     finish_session_sync,
+    validate_header_name,
 )
 from sagaz.saga import Saga
 from sagaz.start import start_saga
@@ -102,17 +103,9 @@ _EXTENSION_DEFAULTS: dict[str, Any] = {
     "correlation_header": CORRELATION_ID_HEADER,
     "shutdown_grace_seconds": 10.0,
 }
-_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 _ENV_NOTE = re.compile(r"\s*\(env: [^)]*\)")
 _TOKEN_KEY = "_sagaz_context_token"
 _WRITTEN_BINDS_KEY = "sagaz.flask.written_binds"
-
-
-class CrossBindError(SagazError, RuntimeError):
-    """A unit of work would write sagaz's rows on one bind and the application's rows on
-    another - two databases, two transactions - so they could not commit together.
-    Raised from the flush or commit, before anything is committed; the message names
-    both binds."""
 
 
 # -- the extension ---------------------------------------------------------------------
@@ -303,11 +296,9 @@ class _AppState:
     @classmethod
     def from_app(cls, app: Flask, db: SQLAlchemy | None, options: Mapping[str, Any]) -> _AppState:
         settings = _settings(app, options)
-        header = settings.pop("correlation_header")
-        if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
-            raise ConfigurationError(
-                f"SAGAZ_CORRELATION_HEADER must be a header name like X-Request-ID, got {header!r}"
-            )
+        header = validate_header_name(
+            settings.pop("correlation_header"), setting="SAGAZ_CORRELATION_HEADER"
+        )
         bind_key = settings.pop("bind_key")
         grace = _grace_seconds(settings.pop("shutdown_grace_seconds"))
         if db is not None:

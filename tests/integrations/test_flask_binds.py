@@ -227,3 +227,13 @@ def test_a_callable_hook_may_refuse_and_the_rows_stay_queued(default_engine: sa.
         refuse[0] = False
         session.commit()  # the refused rows were not dropped on the floor
     assert sagaz_rows(default_engine) == (0, 1)
+
+
+def test_cross_bind_error_is_a_sagaz_error_also_importable_from_the_adapter() -> None:
+    from sagaz import errors
+    from sagaz.integrations import flask as flask_integration
+
+    assert flask_integration.CrossBindError is errors.CrossBindError
+    assert "CrossBindError" in flask_integration.__all__
+    assert issubclass(CrossBindError, errors.SagazError)
+    assert issubclass(CrossBindError, RuntimeError)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from sagaz import SagaContextManager, outbox, start_saga
 from sagaz.context import current_correlation_id
+from sagaz.errors import ConfigurationError
 from sagaz.integrations._base import (
     COMMIT_FAILED_NOTE,
     MAX_CORRELATION_ID_LENGTH,
@@ -32,6 +33,7 @@ from sagaz.integrations._base import (
     finish_session,
     finish_session_sync,
     is_valid_correlation_id,
+    validate_header_name,
 )
 from sagaz.store.engines import create_async_engine, create_engine
 from tests.conftest import DatabaseUrls
@@ -81,6 +83,44 @@ def test_anything_else_is_replaced_by_a_fresh_id(value: str | bytes | None) -> N
     fresh = correlation_id_from(value)
     assert FRESH.fullmatch(fresh)
     assert fresh != correlation_id_from(value)  # fresh every time
+
+
+@pytest.mark.parametrize("value", ["X-Correlation-ID", "x-request-id", "Trace-1", "A"])
+def test_a_header_name_of_letters_digits_and_dashes_is_accepted(value: str) -> None:
+    assert validate_header_name(value, setting="header") == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"X-Request-ID",  # bytes are not a setting's str
+        "",
+        "X Request",
+        "X-Request-ID\r\nSet-Cookie: a=b",
+        "X-Request-ID\n",
+        "x:y",
+        "X_Request",
+        "X-K\u00fcrzel",
+        "\uff38-Id",  # a fullwidth letter
+        42,
+    ],
+)
+def test_anything_else_is_refused_naming_the_setting(value: object) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        validate_header_name(value, setting="SAGAZ_CORRELATION_HEADER")
+    assert str(refused.value) == (
+        f"SAGAZ_CORRELATION_HEADER must be a header name such as X-Request-ID, got {value!r}"
+    )
+    assert isinstance(refused.value, ValueError)
+
+
+def test_a_refused_header_name_raises_the_callers_error_type() -> None:
+    class SettingsError(Exception):
+        pass
+
+    with pytest.raises(SettingsError, match=r"^settings\['H'\] must be a header name"):
+        validate_header_name("a b", setting="settings['H']", error=SettingsError)
 
 
 # -- the commit/rollback policy -------------------------------------------------------------

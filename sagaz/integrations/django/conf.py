@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL, make_url
 
 from sagaz.config import SagaConfig
 from sagaz.errors import ConfigurationError
-from sagaz.integrations._base import CORRELATION_ID_HEADER
+from sagaz.integrations._base import CORRELATION_ID_HEADER, validate_header_name
 
 __all__ = [
     "SETTING_NAME",
@@ -45,7 +45,6 @@ SETTING_NAME = "SAGAZ"
 _DJANGO_ONLY_OPTIONS = frozenset(
     {"isolation_level", "server_side_binding", "assume_role", "pool", "init_command"}
 )
-_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -183,10 +182,11 @@ def load_settings(raw: object, databases: Mapping[str, Any] | None = None) -> Sa
             "STEP_TIMEOUT_SECONDS", raw["STEP_TIMEOUT_SECONDS"], optional=True
         )
     if "CORRELATION_ID_HEADER" in raw:
-        header = raw["CORRELATION_ID_HEADER"]
-        if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
-            raise _bad("CORRELATION_ID_HEADER", "a header name such as X-Request-ID", header)
-        values["correlation_id_header"] = header
+        values["correlation_id_header"] = validate_header_name(
+            raw["CORRELATION_ID_HEADER"],
+            setting=f"settings.{SETTING_NAME}['CORRELATION_ID_HEADER']",
+            error=ImproperlyConfigured,
+        )
     loaded = SagazSettings(**values)
     try:
         loaded.saga_config()  # SagaConfig's own checks, for good measure
