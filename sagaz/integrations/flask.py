@@ -19,7 +19,7 @@ with ``db.session``.
     def create_order():
         order = Order(total=42); db.session.add(order); db.session.flush()
         saga_id = sagaz.start_saga(OrderSaga, {"order_id": order.id})   # for a worker
-        outbox.add(db.session(), "orders.created", {"order_id": order.id})
+        outbox.add(db.session, "orders.created", {"order_id": order.id})
         db.session.commit()             # the order, the saga and the event - or none
         return {"saga_id": saga_id}, 201
 

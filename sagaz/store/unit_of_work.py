@@ -29,8 +29,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
+from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 
 from sagaz.signals import WakeSignal
 from sagaz.store.statements import insert_rows_and_notify
@@ -70,14 +70,24 @@ class _Buffer:
     signals: set[WakeSignal] = field(default_factory=set)
 
 
-def sync_session_of(session: Session | AsyncSession, caller: str) -> Session:
-    """The sync `Session` behind `session`; TypeError naming `caller` for anything else."""
+def sync_session_of(
+    session: Session | AsyncSession | scoped_session[Any] | async_scoped_session[Any],
+    caller: str,
+) -> Session:
+    """The sync `Session` behind `session`: the `Session` itself, an `AsyncSession`'s
+    `sync_session`, or for a `scoped_session` (such as Flask-SQLAlchemy's ``db.session``)
+    or an `async_scoped_session` the session current in its scope - created if there is
+    none yet, just as calling the proxy does. TypeError naming `caller` for anything else.
+    """
+    if isinstance(session, scoped_session | async_scoped_session):
+        session = session()
     if isinstance(session, AsyncSession):
         return session.sync_session
     if isinstance(session, Session):
         return session
     raise TypeError(
-        f"{caller} needs a SQLAlchemy Session or AsyncSession, got {type(session).__name__}"
+        f"{caller} needs a SQLAlchemy Session or AsyncSession (or a scoped_session of one), "
+        f"got {type(session).__name__}"
     )
 
 

@@ -88,7 +88,7 @@ def build_app(
             idempotency_key=request.args.get("key"),
         )
         event_id = outbox.add(
-            db.session(), "orders.created", {"order_id": order.id}, key=str(order.id)
+            db.session, "orders.created", {"order_id": order.id}, key=str(order.id)
         )
         if mode == "raise":
             raise RuntimeError("the view failed after starting its saga")
@@ -117,7 +117,7 @@ def build_app(
             db.session.add(Order(item="with-invoice"))
         db.session.flush()
         saga_id = extension.start_saga(IntegrationOrderSaga, {"n": invoice.id})
-        outbox.add(db.session(), "invoices.created", {"invoice_id": invoice.id})
+        outbox.add(db.session, "invoices.created", {"invoice_id": invoice.id})
         db.session.commit()
         return {"invoice_id": invoice.id, "saga_id": saga_id}, 201
 

@@ -106,7 +106,7 @@ def test_splitting_a_unit_of_work_across_binds_is_refused_naming_both(
         db.session.add(Invoice(amount=5))
         db.session.flush()
         extension.start_saga(IntegrationOrderSaga, {"n": 1})
-        outbox.add(db.session(), "invoices.created", {})
+        outbox.add(db.session, "invoices.created", {})
         with pytest.raises(CrossBindError) as refused:
             db.session.commit()
         message = str(refused.value)
@@ -139,7 +139,7 @@ def test_bulk_statements_on_another_bind_are_seen_too(
     with running(app, extension), app.app_context():
         target = Invoice if statement == "orm" else Invoice.__table__
         db.session.execute(sa.insert(target).values(amount=3))
-        outbox.add(db.session(), "invoices.created", {})
+        outbox.add(db.session, "invoices.created", {})
         with pytest.raises(CrossBindError, match="'billing'"):
             db.session.commit()
         db.session.rollback()
@@ -164,7 +164,7 @@ def test_a_unit_of_work_with_only_sagaz_rows_goes_to_the_sagaz_bind(
 ) -> None:
     app, extension = build_app(pg.url, binds={"billing": billing.url}, bind_key="billing")
     with running(app, extension), app.app_context():
-        outbox.add(db.session(), "alone", {})
+        outbox.add(db.session, "alone", {})
         db.session.commit()
     assert sagaz_rows(billing_engine) == (0, 1)
     assert sagaz_rows(default_engine) == (0, 0)
