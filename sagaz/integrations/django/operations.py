@@ -1,8 +1,10 @@
 """`AlembicRevision`: a Django migration operation that applies one of sagaz's own Alembic
 revisions through Django's schema editor.
 
-The SQL is what ``sagaz db upgrade --sql`` would print for the connection's vendor
-(Alembic's offline mode, rendered from the revision shipped in `sagaz/migrations`), so
+The SQL is what Alembic's offline mode (``alembic upgrade --sql``) renders for the
+connection's vendor: the public ``alembic.command`` upgrade/downgrade, run - as
+`sagaz.store.migrations` runs them - through sagaz's own environment and the revisions
+shipped in `sagaz/migrations`, so
 ``manage.py migrate`` and ``sagaz db upgrade`` build the very same tables, and the
 Django migration history advances in step with sagaz's Alembic history. The revision is
 also recorded in sagaz's version table (``sagaz_alembic_version``), so ``sagaz db
@@ -13,9 +15,10 @@ revision that ``sagaz db upgrade`` already applied is skipped by ``migrate``.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
-from alembic.runtime.environment import EnvironmentContext
+from alembic import command
 from alembic.script import ScriptDirectory
 from django.db.migrations.operations.base import Operation
 
@@ -28,18 +31,28 @@ log = logging.getLogger("sagaz.integrations.django")
 #: A URL per Django vendor: offline mode only needs the dialect, never connects.
 _OFFLINE_URLS = {"postgresql": "postgresql+psycopg://", "sqlite": "sqlite://"}
 
+#: What sagaz's environment renders around the revisions in offline mode and Django must
+#: not run: transaction control (Django's migration executor owns the transaction) and
+#: the ``SET search_path`` of ``SAGAZ_DATABASE_SCHEMA`` (the Django connection's own
+#: settings say where its tables live).
+_NOT_FOR_DJANGO = re.compile(r"(BEGIN|COMMIT|SET search_path TO .*)", re.IGNORECASE | re.DOTALL)
+
 
 class _Statements:
     """An Alembic output buffer that keeps each statement it is given, without the
-    comments and the terminator."""
+    comments, the terminator and what Django must not run (`_NOT_FOR_DJANGO`)."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
 
     def write(self, text: str) -> int:
-        statement = text.strip()
-        if statement and not statement.startswith("--"):
-            self.statements.append(statement.removesuffix(";").rstrip())
+        statement = text.strip().removesuffix(";").rstrip()
+        if (
+            statement
+            and not statement.startswith("--")
+            and not _NOT_FOR_DJANGO.fullmatch(statement)
+        ):
+            self.statements.append(statement)
         return len(text)
 
     def flush(self) -> None:
@@ -48,41 +61,25 @@ class _Statements:
 
 def revision_sql(vendor: str, *, start: str | None, end: str) -> list[str]:
     """The SQL statements that take sagaz's tables from revision `start` (None: nothing)
-    to `end` ("base" for a downgrade to nothing) on `vendor`, as Alembic's offline mode
-    renders them - including the version table's bookkeeping, excluding transaction
-    control (Django's migration executor owns the transaction)."""
+    to `end` ("base" for a downgrade to nothing) on `vendor`: what ``alembic upgrade
+    --sql`` (or ``downgrade --sql``) renders through sagaz's own Alembic environment -
+    including the version table's bookkeeping, excluding transaction control (Django's
+    migration executor owns the transaction). Raises ValueError for a vendor sagaz does
+    not support and Alembic's CommandError for an unknown revision."""
     if vendor not in _OFFLINE_URLS:
         raise ValueError(f"sagaz supports PostgreSQL and SQLite, not Django's {vendor!r}")
-    config = alembic_config()
-    config.set_main_option("sqlalchemy.url", _OFFLINE_URLS[vendor])
-    script = ScriptDirectory.from_config(config)
+    if start == end:
+        return []
     buffer = _Statements()
-    downgrade = end == "base" or (
-        start is not None and end in _ancestors(script, start) and end != start
-    )
-
-    def steps(revision: Any, _context: Any) -> Any:
-        if downgrade:
-            return script._downgrade_revs(end, revision)
-        return script._upgrade_revs(end, revision)
-
-    with EnvironmentContext(
-        config,
-        script,
-        fn=steps,
-        as_sql=True,
-        starting_rev=start,
-        destination_rev=end,
-    ) as environment:
-        environment.configure(
-            url=_OFFLINE_URLS[vendor],
-            output_buffer=buffer,  # type: ignore[arg-type]
-            version_table=VERSION_TABLE,
-            literal_binds=True,
-            transactional_ddl=False,
-        )
-        with environment.begin_transaction():
-            environment.run_migrations()
+    config = alembic_config()
+    config.output_buffer = buffer  # type: ignore[assignment]
+    config.set_main_option("sqlalchemy.url", _OFFLINE_URLS[vendor])
+    if start is None:
+        command.upgrade(config, end, sql=True)
+    elif end == "base" or end in _ancestors(ScriptDirectory.from_config(config), start):
+        command.downgrade(config, f"{start}:{end}", sql=True)
+    else:
+        command.upgrade(config, f"{start}:{end}", sql=True)
     return buffer.statements
 
 

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic.util import CommandError
 from click.testing import CliRunner
 from django.core.management import call_command
 from django.db import connections
 
 from sagaz.cli import main as sagaz_cli
 from sagaz.integrations.django.conf import database_url
+from sagaz.integrations.django.operations import revision_sql
 from sagaz.store import migrations
 from sagaz.store.engines import create_engine
 from sagaz.store.schema import TABLE_NAMES
@@ -118,3 +120,32 @@ def test_sqlmigrate_shows_the_alembic_revisions_sql(scratch: str) -> None:
     assert "CREATE TABLE sagaz_sagas" in sql
     assert "WHERE status = 'pending' AND key IS NOT NULL" in sql
     assert "INSERT INTO sagaz_alembic_version" in sql
+
+
+@pytest.mark.parametrize("vendor", ["postgresql", "sqlite"])
+def test_revision_sql_leaves_the_transaction_and_search_path_to_django(
+    vendor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sagaz's environment honours SAGAZ_DATABASE_SCHEMA with a SET search_path in
+    # offline mode; inside Django's migration it would move the connection elsewhere.
+    monkeypatch.setenv("SAGAZ_DATABASE_SCHEMA", "elsewhere")
+    up = revision_sql(vendor, start=None, end="0001_initial")
+    down = revision_sql(vendor, start="0001_initial", end="base")
+    for statement in (*up, *down):
+        assert statement.split()[0].upper() in {"CREATE", "INSERT", "DROP", "DELETE"}
+        assert not statement.endswith(";")
+        assert "elsewhere" not in statement
+    created = [s.split()[2] for s in up if s.startswith("CREATE TABLE ")]
+    assert created[0] == migrations.VERSION_TABLE
+    assert set(created[1:]) == TABLE_NAMES
+    assert up[-1].startswith(f"INSERT INTO {migrations.VERSION_TABLE} ")
+    assert {s.removeprefix("DROP TABLE ") for s in down[:-1]} == TABLE_NAMES
+    assert down[-1].startswith(f"DELETE FROM {migrations.VERSION_TABLE} ")
+    assert revision_sql(vendor, start="0001_initial", end="0001_initial") == []
+
+
+def test_revision_sql_refuses_other_vendors_and_unknown_revisions() -> None:
+    with pytest.raises(ValueError, match="not Django's 'mysql'"):
+        revision_sql("mysql", start=None, end="0001_initial")
+    with pytest.raises(CommandError, match="no_such_revision"):
+        revision_sql("sqlite", start=None, end="no_such_revision")
