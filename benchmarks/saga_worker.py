@@ -6,7 +6,10 @@ and completed, saga finished) is persisted and fenced by the worker's lease.
 
 Run:  .venv/bin/python benchmarks/saga_worker.py [--url postgresql://postgres@127.0.0.1/postgres]
       [--sagas 3000] [--concurrency 200]
-It creates and drops its own schema (sagaz_bench_<random>) in that database.
+It creates and drops its own schema (sagaz_bench_<random>) in that database, and prints
+sagas/s next to the worker process's CPU (share of one core, microseconds per saga): on a
+shared 2-core machine the CPU per saga is the steadier figure.
+Profile with SAGAZ_BENCH_PROFILE=1 (see `report_profile`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,16 @@ class BenchSaga(Saga):
         return None
 
 
+def report_profile(profiler: cProfile.Profile) -> None:
+    """SAGAZ_BENCH_PROFILE=1: print the top 40 functions (SAGAZ_BENCH_SORT, default
+    tottime), or save the whole profile to the file SAGAZ_BENCH_PROFILE_OUT names."""
+    out = os.environ.get("SAGAZ_BENCH_PROFILE_OUT")
+    if out:
+        profiler.dump_stats(out)
+        return
+    pstats.Stats(profiler).sort_stats(os.environ.get("SAGAZ_BENCH_SORT", "tottime")).print_stats(40)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
@@ -80,14 +93,15 @@ async def main() -> None:
         profiler = cProfile.Profile() if os.environ.get("SAGAZ_BENCH_PROFILE") else None
         if profiler:
             profiler.enable()
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         task = asyncio.create_task(worker.run_until_stopped())
         while worker.completed < args.sagas:
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - began
+        cpu = time.process_time() - cpu_began
         if profiler:
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(40)
+            report_profile(profiler)
         worker.stop()
         await task
         with sync_engine.connect() as connection:
@@ -102,6 +116,10 @@ async def main() -> None:
         print(
             f"durable 3-step sagas/s through one worker: {args.sagas / elapsed:,.0f} "
             f"({elapsed:.2f} s; 6 transitions per saga persisted and fenced)"
+        )
+        print(
+            f"worker process CPU: {cpu / elapsed:.0%} of one core, "
+            f"{cpu / args.sagas * 1e6:,.0f} us per saga"
         )
     finally:
         await engine.dispose()

@@ -493,6 +493,7 @@ class _SagaRun:
             )
 
         call = TransactionalStepCall(
+            saga_id=self.saga_id,
             function=step.action,
             context=MappingProxyType(dict(self.context)),
             is_async=step.is_async,

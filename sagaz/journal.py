@@ -162,6 +162,10 @@ def apply_transition(snapshot: SagaSnapshot, transition: Transition) -> None:
         step.finished_at = transition.at
 
 
+WRITE_BEHIND = frozenset({TransitionKind.STEP_STARTED})
+"""Transitions a journal may persist after `record` returns (see `SagaJournal.record`)."""
+
+
 @runtime_checkable
 class SagaJournal(Protocol):
     """Where the engine records transitions and reads a saga back to resume it."""
@@ -170,6 +174,13 @@ class SagaJournal(Protocol):
         """Persist `transition`; return only once it is durable.
 
         Raises LeaseLostError when the transition's fence is no longer the saga's lease.
+
+        One exception, which a journal may take: a STEP_STARTED transition (see
+        `WRITE_BEHIND`) may be written behind, returning before it is durable, provided it
+        becomes durable no later than the next transition of the same saga and before a
+        transactional step of that saga opens its transaction. A crash can then lose only
+        the start record of a step whose outcome was never recorded: the resumed run
+        starts that step again either way.
         """
 
     async def load(self, saga_id: str) -> SagaSnapshot | None:
@@ -187,6 +198,7 @@ class TransactionalStepCall:
     its completion record commit together or not at all.
     """
 
+    saga_id: str
     function: Callable[..., Any]
     context: Mapping[str, Any]
     is_async: bool

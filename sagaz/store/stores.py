@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -20,10 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from sagaz.errors import LeaseLostError
-from sagaz.journal import SagaSnapshot, TransactionalStepCall, Transition
+from sagaz.journal import WRITE_BEHIND, SagaSnapshot, TransactionalStepCall, Transition
 from sagaz.store import operations
 from sagaz.store.engines import create_engine
 from sagaz.types import JSONDict, SagaStatus
+
+log = logging.getLogger("sagaz.store")
 
 
 def _lease_lost(transition: Transition) -> LeaseLostError:
@@ -82,14 +85,31 @@ class AsyncSagaStore:
         self._owns_sync_engine = False
         self.max_batch = max_batch
         self._queue: list[tuple[Transition, asyncio.Future[None]]] = []
+        self._behind: dict[str, asyncio.Future[None]] = {}
         self._writer: asyncio.Task[None] | None = None
 
     async def record(self, transition: Transition) -> None:
+        """Queue `transition` for the next group commit and wait until it committed.
+
+        A STEP_STARTED transition is written behind (`sagaz.journal.WRITE_BEHIND`): it
+        returns at once, and the single writer's FIFO order commits it no later than the
+        saga's next transition. A failure to write it is logged; the saga's next awaited
+        transition reports a lost lease.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((transition, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued(), name="sagaz:group-commit")
+        if transition.kind in WRITE_BEHIND:
+            self._behind[transition.saga_id] = future
+            return
         await future
+
+    async def _written_behind(self, saga_id: str) -> None:
+        """Wait until the saga's written-behind transitions are committed (or failed)."""
+        future = self._behind.get(saga_id)
+        if future is not None:
+            await asyncio.wait([future])
 
     async def _write_queued(self) -> None:
         while self._queue:
@@ -100,19 +120,39 @@ class AsyncSagaStore:
                 async with self.engine.begin() as connection:
                     refused = await connection.run_sync(operations.write_transitions, transitions)
             except BaseException as error:
-                for _transition, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
+                for transition, future in batch:
+                    self._settle(transition, future, error)
                 if not isinstance(error, Exception):
                     raise
                 continue
             for index, (transition, future) in enumerate(batch):
-                if future.done():
-                    continue
-                if index in refused:
-                    future.set_exception(_lease_lost(transition))
-                else:
-                    future.set_result(None)
+                self._settle(
+                    transition, future, _lease_lost(transition) if index in refused else None
+                )
+
+    def _settle(
+        self, transition: Transition, future: asyncio.Future[None], error: BaseException | None
+    ) -> None:
+        if transition.kind in WRITE_BEHIND:
+            # Nobody awaits it: resolve it (a waiting transactional step goes on) and log.
+            if self._behind.get(transition.saga_id) is future:
+                del self._behind[transition.saga_id]
+            if error is not None:
+                log.warning(
+                    "saga %s: %s was not written: %s",
+                    transition.saga_id,
+                    transition.kind.value,
+                    error,
+                )
+            if not future.done():
+                future.set_result(None)
+            return
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
     @property
     def sync_engine(self) -> sa.Engine:
@@ -131,7 +171,11 @@ class AsyncSagaStore:
             self._owns_sync_engine = False
 
     async def run_step_transaction(self, call: TransactionalStepCall) -> JSONDict:
-        """Run a transactional step; its writes and its completion commit together."""
+        """Run a transactional step; its writes and its completion commit together.
+
+        The step's written-behind start record commits first, so that it cannot land after
+        (and overwrite) the completion this transaction commits."""
+        await self._written_behind(call.saga_id)
         if call.is_async:
             async with AsyncSession(self.engine) as session, session.begin():
                 result = call.check_result(await call.function(call.context, session=session))

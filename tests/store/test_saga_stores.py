@@ -4,6 +4,7 @@ reads - on PostgreSQL (asyncpg) and SQLite (aiosqlite), through one shared imple
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -151,6 +152,18 @@ def set_lease(engine: sa.Engine, saga_id: str, owner: str | None, token: int) ->
         )
 
 
+def wait_for_step_row(engine: sa.Engine, saga_id: str, step: str) -> None:
+    query = sa.select(saga_steps.c.status).where(
+        saga_steps.c.saga_id == saga_id, saga_steps.c.name == step
+    )
+    for _ in range(500):
+        with engine.connect() as connection:
+            if connection.scalar(query) is not None:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} of saga {saga_id} was never recorded as started")
+
+
 async def test_a_worker_that_lost_its_lease_can_write_nothing(
     async_engine: AsyncEngine, sync_engine: sa.Engine
 ) -> None:
@@ -169,7 +182,9 @@ async def test_a_worker_that_lost_its_lease_can_write_nothing(
 
         @action("b", depends_on=["a"])
         def b(self, ctx: Any) -> None:
-            # Another worker takes the lease while this step runs.
+            # b's start record is written behind: once it is in, another worker takes the
+            # lease while this step runs.
+            wait_for_step_row(sync_engine, saga_id, "b")
             set_lease(sync_engine, saga_id, "worker-b", 2)
             stolen.set()
 

@@ -143,15 +143,22 @@ def test_sigkilled_worker_is_taken_over_and_every_step_runs_once(
 
 
 def test_three_worker_processes_share_a_thousand_sagas(
-    engine: sa.Engine, workers: WorkerProcesses
+    engine: sa.Engine, workers: WorkerProcesses, pg: DatabaseUrls
 ) -> None:
     total = 1000
+    for _ in range(3):
+        workers.start("--concurrency", "20", "--lease-seconds", "2")
+    # All three are up (each LISTENs on the sagas channel) before the sagas are committed,
+    # so that the first one up cannot run all of them alone.
+    listening = sa.text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE query ILIKE 'LISTEN%sagaz_sagas%' AND application_name = :name"
+    ).bindparams(name=pg.application_name)
+    wait_until(lambda: scalar(engine, listening) == 3)
     with Session(engine) as session:
         for n in range(total):
             start_saga(session, ThreeStepSaga, {"n": n})
         session.commit()
-    for _ in range(3):
-        workers.start("--concurrency", "20", "--lease-seconds", "2")
     done = sa.select(sa.func.count()).select_from(sagas).where(sagas.c.status == "completed")
     wait_until(lambda: scalar(engine, done) == total, seconds=240)
     workers.stop_all()
