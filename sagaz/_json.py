@@ -14,8 +14,8 @@ def ensure_json_object(value: Any, what: str) -> dict[str, Any]:
     """Return `value` as a plain dict after checking it is a JSON object.
 
     Raises InvalidContextError naming the path of the first value that is not plain JSON
-    (str keys; str, int, float, bool, None, list, tuple, dict values; no NaN/infinity,
-    which PostgreSQL's JSONB refuses).
+    (str keys; str, int, float, bool, None, list, tuple, dict values; no NaN/infinity and
+    no NUL character, which PostgreSQL's JSONB refuses).
     """
     if not isinstance(value, Mapping):
         raise InvalidContextError(f"{what} must be a mapping, got {type(value).__name__}")
@@ -30,7 +30,11 @@ def ensure_json_value(value: Any, what: str) -> Any:
 
 
 def _check(value: Any, path: str) -> None:
-    if value is None or isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidContextError(f"{path} contains a NUL character, which JSON cannot store")
+        return
+    if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -42,6 +46,8 @@ def _check(value: Any, path: str) -> None:
                 raise InvalidContextError(
                     f"{path} has a key {key!r} of type {type(key).__name__}; JSON keys must be str"
                 )
+            if "\x00" in key:
+                raise InvalidContextError(f"{path} has a key {key!r} with a NUL character")
             _check(item, f"{path}[{key!r}]")
         return
     if isinstance(value, list | tuple):

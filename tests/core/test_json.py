@@ -29,6 +29,8 @@ def test_plain_json_passes_and_is_copied() -> None:
         ({"a": float("-inf")}, "context['a'] is -inf"),
         ({"a": {("t",): 1}}, "context['a'] has a key ('t',) of type tuple"),
         ({1: "x"}, "context has a key 1 of type int; JSON keys must be str"),
+        ({"a": ["ok", "nul\x00"]}, "context['a'][1] contains a NUL character"),
+        ({"a": {"k\x00": 1}}, "context['a'] has a key 'k\\x00' with a NUL character"),
     ],
 )
 def test_first_offending_path_is_named(value: Any, message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -141,6 +142,50 @@ async def test_concurrent_sagas_are_group_committed(
         )
         steps = connection.scalar(sa.select(sa.func.count()).select_from(saga_steps))
     assert (done, steps) == (40, 80)
+
+
+class NulSaga(Saga):
+    """Hostile text: a NUL character, which PostgreSQL's text and JSONB columns refuse."""
+
+    saga_name = "stored-saga-nul"
+
+    @action("a")
+    async def a(self, ctx: Any) -> dict[str, Any]:
+        return {"a": 1}
+
+    @compensate("a")
+    async def undo_a(self, ctx: Any) -> None:
+        return None
+
+    @action("b", depends_on=["a"])
+    async def b(self, ctx: Any) -> dict[str, Any]:
+        if ctx["mode"] == "raise":
+            raise ValueError("bad\x00byte")
+        return {"b": "nul\x00"}
+
+
+async def test_nul_characters_fail_their_saga_not_the_batch(
+    async_engine: AsyncEngine, sync_engine: sa.Engine
+) -> None:
+    """A step raising an error with a NUL character, and one returning one, are compensated
+    with the cause stored; sagas group-committed in the same batches complete."""
+    engine = SagaEngine(AsyncSagaStore(async_engine))
+    raising, returning, *others = await asyncio.gather(
+        engine.run(NulSaga().definition, {"mode": "raise"}, saga_id=str(uuid.uuid4())),
+        engine.run(NulSaga().definition, {"mode": "return"}, saga_id=str(uuid.uuid4())),
+        *(
+            engine.run(StoredSaga().definition, {"n": n}, saga_id=str(uuid.uuid4()))
+            for n in range(10)
+        ),
+    )
+    assert [r.status for r in others] == [SagaStatus.COMPLETED] * 10
+    assert raising.status is SagaStatus.COMPENSATED
+    assert returning.status is SagaStatus.COMPENSATED
+    stored = step_rows(sync_engine, raising.saga_id)
+    assert stored["b"].error == "ValueError: bad\\x00byte"
+    stored = step_rows(sync_engine, returning.saga_id)
+    assert "result of step 'b'['b'] contains a NUL character" in stored["b"].error
+    assert stored["a"].status == "compensated"
 
 
 def set_lease(engine: sa.Engine, saga_id: str, owner: str | None, token: int) -> None:
