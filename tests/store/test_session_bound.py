@@ -5,19 +5,23 @@ sync, asyncpg async) and SQLite."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_scoped_session
+from sqlalchemy.ext.asyncio import async_sessionmaker as make_async_sessions
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scoped_session
+from sqlalchemy.orm import sessionmaker as make_sessions
 
 from sagaz import Saga, SagaContextManager, action, outbox, start_saga
 from sagaz.errors import InvalidContextError, UnknownSagaError
 from sagaz.signals import outbox_signal, saga_signal
 from sagaz.store.schema import outbox as outbox_table
 from sagaz.store.schema import sagas
-from sagaz.store.unit_of_work import pending_rows
+from sagaz.store.unit_of_work import pending_rows, sync_session_of
 from tests.conftest import DatabaseUrls
 
 
@@ -61,7 +65,9 @@ def counts(engine: sa.Engine) -> tuple[int, int, int]:
         )
 
 
-def unit_of_work(session: Session | AsyncSession, order_id: int, key: str | None = None) -> str:
+def unit_of_work(session: Any, order_id: int, key: str | None = None) -> str:
+    """An order, its saga and two events, through `session`: a Session, an AsyncSession,
+    or a scoped_session / async_scoped_session proxy."""
     session.add(Order(id=order_id, total=42))
     saga_id = start_saga(session, OrderSaga, {"order_id": order_id}, idempotency_key=key)
     outbox.add(session, "orders.created", {"order_id": order_id}, key=str(order_id))
@@ -379,3 +385,121 @@ async def test_a_unit_of_work_larger_than_one_statement_is_chunked(
         assert counts(sync) == (0, 3000, 0)
     finally:
         sync.dispose()
+
+
+# -- scoped sessions: Flask-SQLAlchemy's db.session is a scoped_session --------------------
+
+
+@pytest.fixture
+def scoped(engine: sa.Engine) -> Iterator[scoped_session[Session]]:
+    registry = scoped_session(make_sessions(engine))
+    yield registry
+    registry.remove()
+
+
+def test_a_scoped_session_resolves_to_the_session_current_in_its_scope(
+    scoped: scoped_session[Session],
+) -> None:
+    assert not scoped.registry.has()
+    session = sync_session_of(scoped, "test")
+    assert scoped.registry.has()  # created on first use, as calling the proxy does
+    assert session is scoped()
+    assert sync_session_of(scoped, "test") is session  # and the same one afterwards
+
+
+def test_commit_through_a_scoped_session_writes_every_row(
+    scoped: scoped_session[Session], engine: sa.Engine
+) -> None:
+    saga_id = unit_of_work(scoped, 1)  # the proxy itself, never scoped()
+    assert [row["id"] for row in pending_rows(scoped(), sagas)] == [saga_id]
+    scoped.commit()
+    assert counts(engine) == (1, 1, 2)
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(sagas).where(sagas.c.id == saga_id)).one()
+    assert row.name == "session-bound-order"
+    assert row.context == {"order_id": 1}
+
+
+def test_rollback_through_a_scoped_session_leaves_nothing_even_when_reused(
+    scoped: scoped_session[Session], engine: sa.Engine
+) -> None:
+    unit_of_work(scoped, 1)
+    scoped.flush()  # written inside the transaction...
+    scoped.rollback()  # ...and undone with it
+    unit_of_work(scoped, 2)
+    scoped.rollback()  # queued, never written
+    scoped.add(Order(id=3, total=1))
+    scoped.commit()  # the reused session commits only its own new work
+    assert counts(engine) == (1, 0, 0)
+
+
+def test_removing_the_scope_discards_what_was_not_committed(
+    scoped: scoped_session[Session], engine: sa.Engine
+) -> None:
+    unit_of_work(scoped, 1)
+    scoped.flush()
+    scoped.remove()  # what Flask-SQLAlchemy does when the app context ends
+    unit_of_work(scoped, 2)  # a new session in the same scope
+    scoped.commit()
+    assert counts(engine) == (1, 1, 2)
+
+
+def test_each_thread_writes_through_its_own_scoped_session(
+    scoped: scoped_session[Session], engine: sa.Engine
+) -> None:
+    sessions: dict[int, Session] = {}
+    errors: list[BaseException] = []
+
+    def request(order_id: int, commit: bool) -> None:
+        try:
+            unit_of_work(scoped, order_id)
+            sessions[order_id] = scoped()
+            if commit:
+                scoped.commit()
+            else:
+                scoped.rollback()
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+        finally:
+            scoped.remove()
+
+    # one after another: SQLite allows a single writer at a time
+    for order_id, commit in ((1, True), (2, False), (3, True)):
+        thread = threading.Thread(target=request, args=(order_id, commit))
+        thread.start()
+        thread.join()
+    assert errors == []
+    assert len({id(session) for session in sessions.values()}) == 3
+    assert counts(engine) == (2, 2, 4)
+
+
+async def test_an_async_scoped_session_commits_and_rolls_back(
+    aengine: AsyncEngine, db: DatabaseUrls
+) -> None:
+    scoped = async_scoped_session(make_async_sessions(aengine), scopefunc=asyncio.current_task)
+    try:
+        unit_of_work(scoped, 1)
+        assert isinstance(scoped(), AsyncSession)
+        await scoped.commit()
+        unit_of_work(scoped, 2)
+        await scoped.flush()
+        await scoped.rollback()
+    finally:
+        await scoped.remove()
+    sync = db.sync_engine()
+    try:
+        assert counts(sync) == (1, 1, 2)
+    finally:
+        sync.dispose()
+
+
+def test_a_session_factory_or_an_engine_is_refused(engine: sa.Engine) -> None:
+    for wrong, name in ((make_sessions(engine), "sessionmaker"), (engine, "Engine")):
+        with pytest.raises(
+            TypeError, match=rf"^start_saga needs a SQLAlchemy Session.*got {name}$"
+        ):
+            start_saga(wrong, OrderSaga, {})  # type: ignore[arg-type]
+        with pytest.raises(
+            TypeError, match=rf"^outbox\.add needs a SQLAlchemy Session.*got {name}$"
+        ):
+            outbox.add(wrong, "t", {})  # type: ignore[arg-type]
