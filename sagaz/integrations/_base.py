@@ -10,6 +10,8 @@
 * **The event-loop portal** - `EventLoopPortal`: one long-lived event loop in a
   background thread that sync code (threaded servers, sync views) hands coroutines to,
   so async connection pools stay bound to one loop for the application's lifetime.
+  `LazyPortal` starts one on first use - with a `SagaRuntime` on it, when asked - and
+  starts a new one after `close()` (Flask's extension, Django's `run_saga`).
 * **The health payload** - `check_health` / `check_health_sync` -> `HealthReport`.
 * **The runtime** - `SagaRuntime` (in `sagaz.integrations._runtime`, re-exported here):
   what an adapter starts with the application and stops with it (the config's engines
@@ -50,6 +52,7 @@ __all__ = [
     "BackgroundSagaRunner",
     "EventLoopPortal",
     "HealthReport",
+    "LazyPortal",
     "SagaRuntime",
     "check_health",
     "check_health_sync",
@@ -274,6 +277,68 @@ class EventLoopPortal:
         thread.join(timeout)
         if not thread.is_alive():
             loop.close()
+
+
+class LazyPortal:
+    """An `EventLoopPortal` started on first use, with an optional `SagaRuntime` started on
+    its loop first; `close()` stops both, and the next use starts anew.
+
+    For adapters whose application has no event loop of its own (Flask, Django's sync
+    views): nothing starts - no thread, no connection - until the first `call()`, so
+    servers that fork after loading the application start nothing in the parent.
+    `runtime` makes the runtime; if it fails to start, the portal is closed again and the
+    error propagates (the next call tries again). Thread-safe; `close()` also runs at
+    interpreter exit.
+    """
+
+    def __init__(self, name: str, runtime: Callable[[], SagaRuntime] | None = None) -> None:
+        self.name = name
+        self._make_runtime = runtime
+        self._lock = threading.Lock()
+        self._portal: EventLoopPortal | None = None
+        self._runtime: SagaRuntime | None = None
+
+    @property
+    def portal(self) -> EventLoopPortal:
+        """The current portal (started, with its runtime, if needed)."""
+        with self._lock:
+            if self._portal is None:
+                runtime = self._make_runtime() if self._make_runtime is not None else None
+                portal = EventLoopPortal(self.name)
+                if runtime is not None:
+                    try:
+                        portal.call(runtime.start)
+                    except BaseException:
+                        portal.close()
+                        raise
+                self._portal, self._runtime = portal, runtime
+                atexit.register(self.close)
+            return self._portal
+
+    def call(
+        self,
+        function: Callable[P, Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """`EventLoopPortal.call` on the current portal."""
+        return self.portal.call(function, *args, **kwargs)
+
+    def close(self) -> None:
+        """Stop the runtime (within its grace period), then the portal's loop and thread.
+        Idempotent."""
+        with self._lock:
+            portal, runtime = self._portal, self._runtime
+            self._portal = self._runtime = None
+        if portal is None:
+            return
+        atexit.unregister(self.close)
+        try:
+            if runtime is not None:
+                portal.call(runtime.stop)
+        finally:
+            portal.close()
 
 
 async def _invoke(

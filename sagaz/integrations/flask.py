@@ -32,11 +32,9 @@ Flask and Flask-SQLAlchemy are imported only here. See docs/flask.md.
 
 from __future__ import annotations
 
-import atexit
 import copy
 import logging
 import re
-import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import fields
 from itertools import chain
@@ -66,8 +64,8 @@ from sagaz.context import RequestContext, SagaContextManager
 from sagaz.errors import ConfigurationError, CrossBindError
 from sagaz.integrations._base import (
     CORRELATION_ID_HEADER,
-    EventLoopPortal,
     HealthReport,
+    LazyPortal,
     SagaRuntime,
     check_health,
     check_health_sync,
@@ -289,9 +287,10 @@ class _AppState:
         self.bind_key = bind_key
         self.correlation_header = correlation_header
         self.shutdown_grace_seconds = shutdown_grace_seconds
-        self._lock = threading.Lock()
-        self._portal: EventLoopPortal | None = None
-        self._runtime: SagaRuntime | None = None
+        self._portal = LazyPortal(f"sagaz-flask-{name}", self._runtime)
+
+    def _runtime(self) -> SagaRuntime:
+        return SagaRuntime(self.config, shutdown_grace_seconds=self.shutdown_grace_seconds)
 
     @classmethod
     def from_app(cls, app: Flask, db: SQLAlchemy | None, options: Mapping[str, Any]) -> _AppState:
@@ -321,36 +320,10 @@ class _AppState:
 
     def call(self, function: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `function` on this app's portal (started with the runtime on first use)."""
-        return self._started().call(function, *args, **kwargs)
-
-    def _started(self) -> EventLoopPortal:
-        with self._lock:
-            if self._portal is None:
-                portal = EventLoopPortal(f"sagaz-flask-{self.name}")
-                runtime = SagaRuntime(
-                    self.config, shutdown_grace_seconds=self.shutdown_grace_seconds
-                )
-                try:
-                    portal.call(runtime.start)
-                except BaseException:
-                    portal.close()
-                    raise
-                self._portal, self._runtime = portal, runtime
-                atexit.register(self.close)
-            return self._portal
+        return self._portal.call(function, *args, **kwargs)
 
     def close(self) -> None:
-        with self._lock:
-            portal, runtime = self._portal, self._runtime
-            self._portal = self._runtime = None
-        if portal is None:
-            return
-        atexit.unregister(self.close)
-        try:
-            if runtime is not None:
-                portal.call(runtime.stop)
-        finally:
-            portal.close()
+        self._portal.close()
 
 
 def _settings(app: Flask, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from sagaz import SagaContextManager, outbox, start_saga
+from sagaz.config import SagaConfig
 from sagaz.context import current_correlation_id
 from sagaz.errors import ConfigurationError
 from sagaz.integrations._base import (
@@ -27,6 +28,8 @@ from sagaz.integrations._base import (
     MAX_CORRELATION_ID_LENGTH,
     EventLoopPortal,
     HealthReport,
+    LazyPortal,
+    SagaRuntime,
     check_health,
     check_health_sync,
     correlation_id_from,
@@ -387,6 +390,71 @@ def test_the_portal_copies_the_callers_context_not_shares_it(portal: EventLoopPo
     variable.set(10)
     assert portal.call(bump) == 11
     assert variable.get() == 10  # the caller's context is untouched
+
+
+def named_threads(name: str) -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == name]
+
+
+def test_a_lazy_portal_starts_on_first_use_and_anew_after_close() -> None:
+    lazy = LazyPortal("sagaz-test-lazy")
+    assert named_threads("sagaz-test-lazy") == []  # nothing before the first call
+    assert lazy.call(double, 2) == 4
+    first = lazy.portal
+    assert lazy.portal is first  # one portal until closed
+    assert len(named_threads("sagaz-test-lazy")) == 1
+    lazy.close()
+    lazy.close()  # idempotent
+    assert named_threads("sagaz-test-lazy") == []
+    assert not first.running
+    assert lazy.call(double, 3) == 6  # a new portal, a new thread
+    assert lazy.portal is not first
+    assert len(named_threads("sagaz-test-lazy")) == 1
+    lazy.close()
+    assert named_threads("sagaz-test-lazy") == []
+    LazyPortal("sagaz-test-never-used").close()  # nothing to do
+
+
+def test_a_lazy_portal_runs_its_runtime_from_first_use_to_close(db: DatabaseUrls) -> None:
+    made: list[SagaRuntime] = []
+
+    def runtime() -> SagaRuntime:
+        made.append(SagaRuntime(SagaConfig(database_url=db.url)))
+        return made[-1]
+
+    lazy = LazyPortal("sagaz-test-lazy-runtime", runtime)
+    assert made == []  # not even made before the first call
+
+    async def runtime_is_up() -> bool:
+        return made[-1].started and made[-1].config.initialized
+
+    assert lazy.call(runtime_is_up)
+    lazy.close()
+    assert not made[0].started
+    assert not made[0].config.initialized  # the runtime initialised it, so closed it
+    assert named_threads("sagaz-test-lazy-runtime") == []
+    assert lazy.call(runtime_is_up)  # a new runtime on a new portal
+    assert len(made) == 2
+    lazy.close()
+    assert not made[1].started
+
+
+def test_a_runtime_that_fails_to_start_leaves_no_thread_and_is_retried() -> None:
+    made: list[SagaRuntime] = []
+
+    def runtime() -> SagaRuntime:
+        # an in-process relay needs a database: start() refuses, and cleans up after itself
+        made.append(SagaRuntime(SagaConfig(database_url=None), run_relay=True))
+        return made[-1]
+
+    lazy = LazyPortal("sagaz-test-lazy-failing", runtime)
+    for attempt in (1, 2):
+        with pytest.raises(ConfigurationError, match="no database engine"):
+            lazy.call(double, 1)
+        assert len(made) == attempt
+        assert not made[-1].started
+        assert named_threads("sagaz-test-lazy-failing") == []
+    lazy.close()  # nothing was started: nothing to do
 
 
 # -- the health payload ---------------------------------------------------------------------

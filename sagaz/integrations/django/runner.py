@@ -7,39 +7,29 @@ and blocks until it finished. There is no `asyncio.run` per request.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any
 
-from sagaz.integrations._base import EventLoopPortal
+from sagaz.integrations._base import EventLoopPortal, LazyPortal
 from sagaz.integrations.django.conf import get_settings
 from sagaz.saga import Saga
 from sagaz.types import SagaResult
 
 __all__ = ["close", "portal", "run_saga"]
 
-_lock = threading.Lock()
-_portal: EventLoopPortal | None = None
+_portal = LazyPortal("sagaz-django")
 
 
 def portal() -> EventLoopPortal:
     """The portal `run_saga` runs sagas on: its loop and thread start with the first call
     and stop at `close()` or at interpreter exit."""
-    global _portal
-    with _lock:
-        if _portal is None:
-            _portal = EventLoopPortal("sagaz-django")
-        return _portal
+    return _portal.portal
 
 
 def close() -> None:
     """Stop `run_saga`'s event loop and thread (runs still in progress are cancelled);
     the next `run_saga` starts a new one. Idempotent; for tests and orderly shutdowns."""
-    global _portal
-    with _lock:
-        closing, _portal = _portal, None
-    if closing is not None:
-        closing.close()
+    _portal.close()
 
 
 def run_saga(
@@ -66,4 +56,4 @@ def run_saga(
         instance = saga
     else:
         raise TypeError(f"run_saga needs a Saga class or instance, got {saga!r}")
-    return portal().call(instance.run, dict(context or {}), saga_id=saga_id)
+    return _portal.call(instance.run, dict(context or {}), saga_id=saga_id)
