@@ -38,6 +38,16 @@ WORKER_OPTIONS = {"poll_interval": 0.05}
 RELAY_OPTIONS = {"poll_interval": 0.05}
 
 
+def app_with_worker_and_relay(config: SagaConfig) -> FastAPI:
+    return build_app(
+        config,
+        run_worker=True,
+        run_relay=True,
+        worker_options=WORKER_OPTIONS,
+        relay_options=RELAY_OPTIONS,
+    )
+
+
 def settled_thread_count(at_most: int, seconds: float = 5.0) -> int:
     deadline = time.monotonic() + seconds
     while threading.active_count() > at_most and time.monotonic() < deadline:
@@ -50,13 +60,7 @@ def test_ten_starts_and_stops_leave_no_connection_or_thread(
     config: SagaConfig, app_db: DatabaseUrls, admin: sa.Engine, sync_db: sa.Engine
 ) -> None:
     name = str(app_db.application_name)
-    app = build_app(
-        config,
-        run_worker=True,
-        run_relay=True,
-        worker_options=WORKER_OPTIONS,
-        relay_options=RELAY_OPTIONS,
-    )
+    app = app_with_worker_and_relay(config)
     threads_before = threading.active_count()
     for _ in range(10):
         with TestClient(app) as client:
@@ -77,13 +81,7 @@ async def test_ten_starts_and_stops_leave_no_task_behind(
     config: SagaConfig, app_db: DatabaseUrls, admin: sa.Engine, sync_db: sa.Engine
 ) -> None:
     name = str(app_db.application_name)
-    app = build_app(
-        config,
-        run_worker=True,
-        run_relay=True,
-        worker_options=WORKER_OPTIONS,
-        relay_options=RELAY_OPTIONS,
-    )
+    app = app_with_worker_and_relay(config)
     tasks_before = asyncio.all_tasks()
     for _ in range(10):
         async with (
