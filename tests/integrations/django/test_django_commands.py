@@ -15,7 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
-from django.test import Client
+from django.test import Client, override_settings
 from orders.models import Order
 
 from sagaz.integrations.django import atomic_saga_start
@@ -129,3 +129,32 @@ def test_sagaz_list_prints_the_registered_sagas_and_instances(
     listed = capsys.readouterr().out
     assert saga_id[:8] in listed
     assert "pending" in listed
+
+
+def test_sagaz_worker_takes_its_broker_from_settings_and_refuses_a_bad_one() -> None:
+    with (
+        override_settings(SAGAZ={"BROKER_URL": "bogus://broker"}),
+        pytest.raises(CommandError, match="unknown broker URL scheme 'bogus://'"),
+    ):
+        call_command("sagaz_worker", "--no-sagas", database="sqlite")
+    # the command line overrides the setting
+    with (
+        override_settings(SAGAZ={"BROKER_URL": "memory://"}),
+        pytest.raises(CommandError, match="unknown broker URL scheme 'other://'"),
+    ):
+        call_command("sagaz_worker", "--no-sagas", "--broker-url", "other://x", database="sqlite")
+
+
+@pytest.mark.django_db(transaction=True, databases=["sqlite"])
+def test_sagaz_list_imports_the_modules_it_is_given(capsys: pytest.CaptureFixture[str]) -> None:
+    call_command(
+        "sagaz_list",
+        "--import",
+        "json",
+        "--import",
+        "tests.integrations.django.django_sagas",
+        database="sqlite",
+    )
+    assert "django-test-note" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="cannot import 'no_such_saga_module'"):
+        call_command("sagaz_list", "--import", "no_such_saga_module", database="sqlite")

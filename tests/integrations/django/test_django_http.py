@@ -152,3 +152,16 @@ def test_run_saga_loop_stops_on_close_and_restarts_on_next_use() -> None:
     runner.close()
     assert loops() == []
     assert run_saga(NoteSaga, {"n": 2}).status is SagaStatus.COMPLETED
+
+
+def test_run_saga_takes_a_saga_instance_with_its_own_config_and_refuses_anything_else() -> None:
+    from sagaz.integrations.django import runner
+    from tests.integrations.django.django_sagas import NoteSaga
+
+    result = run_saga(NoteSaga(), {"n": 3}, saga_id="django-run-saga-instance")
+    assert result.status is SagaStatus.COMPLETED
+    assert result.saga_id == "django-run-saga-instance"
+    assert runner.portal() is runner.portal()  # one portal for every call
+    for wrong in (object(), "django-test-note", NoteSaga.run):
+        with pytest.raises(TypeError, match="run_saga needs a Saga class or instance"):
+            run_saga(wrong, {})  # type: ignore[arg-type]

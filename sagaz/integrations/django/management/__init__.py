@@ -19,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.connection import ConnectionDoesNotExist
 
+from sagaz.errors import ConfigurationError
 from sagaz.integrations.django.conf import database_url, get_settings
 
 __all__ = ["ClickCommand"]
@@ -88,6 +89,8 @@ class ClickCommand(BaseCommand):
             raise CommandError(error.format_message()) from error
         except click.Abort as error:
             raise CommandError("aborted") from error
+        except ConfigurationError as error:  # e.g. an unknown broker URL scheme
+            raise CommandError(str(error)) from error
 
     def _argv(self, values: dict[str, Any]) -> list[str]:
         argv: list[str] = []
