@@ -107,6 +107,47 @@ def test_without_a_db_or_url_sagas_run_in_memory() -> None:
         extension.close()
 
 
+def test_an_empty_database_url_setting_means_in_memory(sqlite: DatabaseUrls) -> None:
+    # an unset environment variable often arrives as "": not the db's bind, not a URL
+    app = flask_app(sqlite.sync, SAGAZ_DATABASE_URL="")
+    assert SagazExtension(app, db).config(app).database_url is None
+    dispose_db_engines(app)
+
+
+def test_which_app_outside_an_app_context() -> None:
+    extension = SagazExtension()
+    first, second, stranger = flask_app(), flask_app(), flask_app()
+    extension.init_app(first)
+    try:
+        # the only app: no context needed (a script or a worker thread)
+        assert extension.config() is extension.config(first)
+        result = extension.run_sync(IntegrationOrderSaga, {"n": "no-context"})
+        assert result.status is SagaStatus.COMPLETED
+        extension.init_app(second)
+        with pytest.raises(RuntimeError, match="no Flask application context"):
+            extension.config()
+        with second.app_context():
+            assert extension.config() is extension.config(second)
+        with pytest.raises(RuntimeError, match="not registered on this app"):
+            extension.config(stranger)
+        with stranger.app_context(), pytest.raises(RuntimeError, match="not registered"):
+            extension.run_sync(IntegrationOrderSaga, {})
+    finally:
+        extension.close()
+
+
+def test_run_sync_refuses_what_is_not_a_saga() -> None:
+    app = flask_app()
+    extension = SagazExtension(app)
+    with app.app_context():
+        for wrong in (object(), "integration-order", IntegrationOrderSaga.run):
+            with pytest.raises(TypeError, match="run_sync needs a Saga class or instance"):
+                extension.run_sync(wrong, {})  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="create_saga needs a Saga subclass"):
+            extension.run_sync(dict, {})  # type: ignore[arg-type]
+    extension.close()
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
