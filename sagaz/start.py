@@ -6,9 +6,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
-
 from sagaz._json import ensure_json_object
 from sagaz.context import current_correlation_id
 from sagaz.errors import InvalidContextError, UnknownSagaError
@@ -18,7 +15,7 @@ from sagaz.saga import Saga
 from sagaz.signals import saga_signal
 from sagaz.store.schema import sagas
 from sagaz.store.statements import SAGA_CHANNEL
-from sagaz.store.unit_of_work import queue_row, sync_session_of
+from sagaz.store.unit_of_work import AnySession, queue_row, sync_session_of
 from sagaz.types import SagaStatus
 
 #: Namespace of the deterministic saga ids derived from (saga name, idempotency key).
@@ -33,7 +30,7 @@ def saga_id_for(saga_name: str, idempotency_key: str) -> str:
 
 
 def start_saga(
-    session: Session | AsyncSession,
+    session: AnySession,
     saga: type[Saga] | Saga | str,
     context: Mapping[str, Any],
     *,

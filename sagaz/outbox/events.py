@@ -7,9 +7,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
-
 from sagaz._json import ensure_json_value
 from sagaz.context import current_correlation_id
 from sagaz.errors import InvalidContextError
@@ -17,7 +14,7 @@ from sagaz.journal import utcnow
 from sagaz.signals import outbox_signal
 from sagaz.store.schema import outbox
 from sagaz.store.statements import OUTBOX_CHANNEL
-from sagaz.store.unit_of_work import queue_row, sync_session_of
+from sagaz.store.unit_of_work import AnySession, queue_row, sync_session_of
 
 CORRELATION_HEADER = "correlation-id"
 MAX_TOPIC_LENGTH = 255
@@ -32,7 +29,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def add(
-    session: Session | AsyncSession,
+    session: AnySession,
     topic: str,
     payload: Any,
     *,

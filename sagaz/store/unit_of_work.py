@@ -70,10 +70,11 @@ class _Buffer:
     signals: set[WakeSignal] = field(default_factory=set)
 
 
-def sync_session_of(
-    session: Session | AsyncSession | scoped_session[Any] | async_scoped_session[Any],
-    caller: str,
-) -> Session:
+AnySession = Session | AsyncSession | scoped_session[Any] | async_scoped_session[Any]
+"""What `start_saga` and `outbox.add` write through: a session or a scoped-session proxy."""
+
+
+def sync_session_of(session: AnySession, caller: str) -> Session:
     """The sync `Session` behind `session`: the `Session` itself, an `AsyncSession`'s
     `sync_session`, or for a `scoped_session` (such as Flask-SQLAlchemy's ``db.session``)
     or an `async_scoped_session` the session current in its scope - created if there is
@@ -94,8 +95,15 @@ def sync_session_of(
 def queue_row(
     session: Session, table: sa.Table, row: dict[str, Any], *, channel: str, signal: WakeSignal
 ) -> None:
-    """Queue `row` for `table` on `session`'s current transaction (or savepoint)."""
+    """Queue `row` for `table` on `session`'s current transaction (or savepoint).
+
+    A session with no transaction yet begins one here, as `session.add()` would (no I/O:
+    the connection is taken at flush), so that a rollback or close that follows discards
+    the row - without it nothing would roll back, and the next commit would write it.
+    """
     transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:
+        transaction = session.begin()
     buffer = session.info.setdefault(_INFO_KEY, _Buffer())
     buffer.queued.append(_QueuedRow(table, row, transaction, channel, signal))
 

@@ -99,6 +99,38 @@ def test_rollback_leaves_nothing_even_when_session_is_reused(engine: sa.Engine) 
     assert counts(engine) == (1, 0, 0)
 
 
+@pytest.mark.parametrize("discard", ["rollback", "close"])
+def test_a_start_before_anything_else_is_discarded_by_rollback_or_close(
+    engine: sa.Engine, discard: str
+) -> None:
+    """start_saga and outbox.add as the first calls on a fresh session (no transaction
+    begun yet): a rollback or close discards them, and the reused session commits only
+    its own new work."""
+    with Session(engine) as session:
+        start_saga(session, OrderSaga, {"n": 1})
+        outbox.add(session, "orders.created", {"n": 1})
+        getattr(session, discard)()
+        session.add(Order(id=2, total=1))
+        session.commit()
+    assert counts(engine) == (1, 0, 0)
+
+
+async def test_a_start_before_anything_else_is_discarded_by_async_rollback(
+    aengine: AsyncEngine, db: DatabaseUrls
+) -> None:
+    async with AsyncSession(aengine) as session:
+        start_saga(session, OrderSaga, {"n": 1})
+        outbox.add(session, "orders.created", {"n": 1})
+        await session.rollback()
+        session.add(Order(id=2, total=1))
+        await session.commit()
+    engine = db.sync_engine()
+    try:
+        assert counts(engine) == (1, 0, 0)
+    finally:
+        engine.dispose()
+
+
 def test_savepoint_rollback_drops_only_what_it_wrapped(engine: sa.Engine) -> None:
     with Session(engine) as session:
         session.add(Order(id=1, total=1))

@@ -46,7 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         order.saga_id = sagaz.start_saga(
             OrderSaga, _saga_context(order), idempotency_key=f"order-{order.id}"
         )
-        outbox.add(db.session(), "orders.placed", _saga_context(order), key=str(order.id))
+        outbox.add(db.session, "orders.placed", _saga_context(order), key=str(order.id))
         db.session.commit()
         return {
             "order_id": order.id,
@@ -60,7 +60,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         the saga finished) and answer with the outcome."""
         order = _place()
         order_id, context = order.id, _saga_context(order)
-        outbox.add(db.session(), "orders.placed", context, key=str(order_id))
+        outbox.add(db.session, "orders.placed", context, key=str(order_id))
         db.session.commit()  # the saga's ship step updates the order: commit it first
         result = sagaz.run_sync(OrderSaga, context)
         db.session.execute(update(Order).where(Order.id == order_id).values(saga_id=result.saga_id))
