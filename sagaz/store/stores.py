@@ -29,6 +29,32 @@ from sagaz.types import JSONDict, SagaStatus
 log = logging.getLogger("sagaz.store")
 
 
+_Entry = tuple[Transition, "asyncio.Future[None]"]
+
+
+def _halves_by_saga(batch: list[_Entry]) -> tuple[list[_Entry], list[_Entry]] | None:
+    """`batch` split into two halves with no saga in both (order kept), or None for a
+    batch of one saga."""
+    saga_ids = list(dict.fromkeys(transition.saga_id for transition, _future in batch))
+    if len(saga_ids) < 2:
+        return None
+    first = set(saga_ids[: len(saga_ids) // 2])
+    return (
+        [entry for entry in batch if entry[0].saga_id in first],
+        [entry for entry in batch if entry[0].saga_id not in first],
+    )
+
+
+def _is_connection_error(error: Exception) -> bool:
+    """The database could not be reached or the connection broke: splitting the batch
+    cannot help, every part would fail the same way."""
+    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error, sa.exc.OperationalError | sa.exc.InterfaceError | OSError | TimeoutError
+    )
+
+
 def _lease_lost(transition: Transition) -> LeaseLostError:
     return LeaseLostError(
         f"saga {transition.saga_id}: {transition.kind.value} refused, the write's lease "
@@ -115,20 +141,42 @@ class AsyncSagaStore:
         while self._queue:
             batch = self._queue[: self.max_batch]
             del self._queue[: self.max_batch]
-            transitions = [transition for transition, _future in batch]
-            try:
-                async with self.engine.begin() as connection:
-                    refused = await connection.run_sync(operations.write_transitions, transitions)
-            except BaseException as error:
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[tuple[Transition, asyncio.Future[None]]]) -> None:
+        """Write `batch` in one transaction and settle its futures.
+
+        When the transaction fails for a reason other than the connection (say a value
+        the database refuses), the batch is split in two halves by saga and each is
+        written apart, down to single sagas: one saga's bad write fails that saga alone,
+        never the others that happened to share its batch. A saga's transitions stay
+        together and in order."""
+        transitions = [transition for transition, _future in batch]
+        try:
+            async with self.engine.begin() as connection:
+                refused = await connection.run_sync(operations.write_transitions, transitions)
+        except Exception as error:
+            halves = None if _is_connection_error(error) else _halves_by_saga(batch)
+            if halves is None:
                 for transition, future in batch:
                     self._settle(transition, future, error)
-                if not isinstance(error, Exception):
-                    raise
-                continue
-            for index, (transition, future) in enumerate(batch):
-                self._settle(
-                    transition, future, _lease_lost(transition) if index in refused else None
-                )
+                return
+            log.warning(
+                "a group commit of %d transitions failed (%s: %s); writing it in halves "
+                "to isolate the saga that caused it",
+                len(batch),
+                type(error).__name__,
+                error,
+            )
+            for half in halves:
+                await self._write_batch(half)
+            return
+        except BaseException as error:  # cancelled: nothing is known to be written
+            for transition, future in batch:
+                self._settle(transition, future, error)
+            raise
+        for index, (transition, future) in enumerate(batch):
+            self._settle(transition, future, _lease_lost(transition) if index in refused else None)
 
     def _settle(
         self, transition: Transition, future: asyncio.Future[None], error: BaseException | None

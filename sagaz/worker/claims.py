@@ -94,9 +94,16 @@ def renew_leases(
     return {str(row.id) for row in rows if leases.get(str(row.id)) == row.lease_token}
 
 
-def release_leases(connection: sa.Connection, *, owner: str, leases: dict[str, int]) -> None:
-    """Give leases back at once (graceful shutdown, a run that failed unexpectedly), so
-    another worker can claim the sagas without waiting for expiry. Fenced by token."""
+def release_leases(
+    connection: sa.Connection,
+    *,
+    owner: str,
+    leases: dict[str, int],
+    not_before: datetime | None = None,
+) -> None:
+    """Give leases back (graceful shutdown, a run that failed unexpectedly), so another
+    worker can claim the sagas without waiting for expiry - at once, or from `not_before`
+    on (a backoff). Fenced by token."""
     for saga_id, token in sorted(leases.items()):
         connection.execute(
             sa.update(sagas)
@@ -105,7 +112,7 @@ def release_leases(connection: sa.Connection, *, owner: str, leases: dict[str, i
                 sagas.c.lease_owner == owner,
                 sagas.c.lease_token == token,
             )
-            .values(lease_owner=None, lease_expires_at=None)
+            .values(lease_owner=None, lease_expires_at=not_before)
         )
 
 

@@ -35,7 +35,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz.definition import SagaDefinition
-from sagaz.engine import RunOptions, SagaEngine
+from sagaz.engine import RunOptions, SagaEngine, backoff_delay
 from sagaz.errors import LeaseLostError, UnknownSagaError
 from sagaz.journal import (
     Fence,
@@ -54,6 +54,12 @@ from sagaz.types import SagaStatus
 from sagaz.worker import claims
 
 log = logging.getLogger("sagaz.worker")
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 T = TypeVar("T")
 
 
@@ -121,9 +127,23 @@ class SagaWorker:
         if self.listen and self.engine.dialect.name == "postgresql":
             listener = NotificationListener(self.engine, SAGA_CHANNEL, self._wake.set)
             helpers.append(asyncio.create_task(listener.run(), name="sagaz:saga-listen"))
+        error_delay = 0.0
         try:
             while not self._stopping.is_set():
-                claimed = await self.claim_and_start()
+                try:
+                    claimed = await self.claim_and_start()
+                except Exception as error:
+                    # The database is down or restarting: keep running sagas, retry soon.
+                    error_delay = min(max(error_delay * 2, 0.05), self.poll_interval)
+                    log.error(
+                        "saga worker %s: claiming failed: %s; retrying in %.2fs",
+                        self.owner,
+                        _describe(error),
+                        error_delay,
+                    )
+                    await self._sleep(error_delay)
+                    continue
+                error_delay = 0.0
                 if self._stopping.is_set():
                     break
                 if claimed and len(self._running) < self.concurrency:
@@ -159,10 +179,18 @@ class SagaWorker:
         await asyncio.gather(*(task for task, _ in leftover.values()), return_exceptions=True)
         if leftover:
             leases = {saga_id: token for saga_id, (_task, token) in leftover.items()}
-            await self._in_transaction(
-                partial(claims.release_leases, owner=self.owner, leases=leases)
-            )
-            log.info("released %d in-flight sagas for another worker", len(leases))
+            try:
+                await self._in_transaction(
+                    partial(claims.release_leases, owner=self.owner, leases=leases)
+                )
+            except Exception as error:
+                log.error(
+                    "could not release %d in-flight sagas (%s); their leases will expire",
+                    len(leases),
+                    _describe(error),
+                )
+            else:
+                log.info("released %d in-flight sagas for another worker", len(leases))
 
     # -- claiming ------------------------------------------------------------------
 
@@ -233,8 +261,16 @@ class SagaWorker:
             log.error("saga %s vanished from the registry; releasing it", snapshot.saga_id)
             await self._release(snapshot.saga_id, snapshot.lease_token)
         except Exception:
-            log.exception("running saga %s failed; releasing it for a retry", snapshot.saga_id)
-            await self._release(snapshot.saga_id, snapshot.lease_token)
+            # Not a step failure (those are the saga's business) but e.g. its journal
+            # writes failing: retry later, backing off so that a saga that fails this way
+            # every time does not spin through its max_attempts claims.
+            delay = backoff_delay(1.0, snapshot.attempts, 60.0)
+            log.exception(
+                "running saga %s failed; releasing it for a retry in %.1fs",
+                snapshot.saga_id,
+                delay,
+            )
+            await self._release(snapshot.saga_id, snapshot.lease_token, retry_in=delay)
 
     def _definition(self, name: str) -> SagaDefinition:
         """The definition registered under `name`, built once per registered source (a
@@ -246,18 +282,24 @@ class SagaWorker:
             cached = self._definitions[name] = (source, saga.definition)
         return cached[1]
 
-    async def _release(self, saga_id: str, token: int) -> None:
+    async def _release(self, saga_id: str, token: int, *, retry_in: float = 0.0) -> None:
         try:
             await self._in_transaction(
-                partial(claims.release_leases, owner=self.owner, leases={saga_id: token})
+                partial(
+                    claims.release_leases,
+                    owner=self.owner,
+                    leases={saga_id: token},
+                    not_before=utcnow() + timedelta(seconds=retry_in) if retry_in else None,
+                )
             )
         except Exception:
             log.exception("could not release saga %s; its lease will expire", saga_id)
 
     async def _give_up(self, snapshot: SagaSnapshot, fence: Fence) -> None:
         message = (
-            f"gave up after {snapshot.attempts - 1} claims: every worker that ran this saga "
-            "stopped before finishing it (crash, kill or lost lease)"
+            f"gave up after {snapshot.attempts - 1} claims: every run of this saga ended "
+            "before finishing it (the worker crashed, was killed or lost its lease, or the "
+            "run failed with an error - see the workers' logs)"
         )
         log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, message)
         await self.store.record(
