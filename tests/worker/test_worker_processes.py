@@ -88,7 +88,7 @@ def scalar(engine: sa.Engine, query: sa.Select[tuple[int]]) -> int:
 
 
 def test_sigkilled_worker_is_taken_over_and_every_step_runs_once(
-    engine: sa.Engine, workers: WorkerProcesses
+    engine: sa.Engine, workers: WorkerProcesses, pg: DatabaseUrls
 ) -> None:
     with Session(engine) as session:
         saga_id = start_saga(session, ThreeStepSaga, {"n": 1, "charge_sleep": 30})
@@ -100,7 +100,12 @@ def test_sigkilled_worker_is_taken_over_and_every_step_runs_once(
         .where(saga_steps.c.name == "charge", saga_steps.c.status == "running")
     )
     wait_until(lambda: scalar(engine, charging) == 1)
-    time.sleep(0.3)  # inside charge's transaction, sleeping
+    # Inside charge's transaction: it has written its payment and sleeps, uncommitted.
+    writing = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+        "AND state = 'idle in transaction' AND query ILIKE 'INSERT INTO app_payments%'"
+    ).bindparams(name=pg.application_name)
+    wait_until(lambda: scalar(engine, writing) == 1)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     with engine.begin() as connection:  # the retry must not sleep for 30 s again
