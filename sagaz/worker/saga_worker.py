@@ -98,9 +98,10 @@ class SagaWorker:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.owner = owner or f"saga-worker-{uuid.uuid4().hex[:12]}"
         self.listen = listen
-        self._saga_engine = SagaEngine(self.store, options or RunOptions(), tuple(listeners))
+        self._listeners = tuple(listeners)
+        self._saga_engine = SagaEngine(self.store, options or RunOptions(), self._listeners)
         self._running: dict[str, tuple[asyncio.Task[None], int]] = {}
-        self._definitions: dict[str, tuple[object, SagaDefinition]] = {}
+        self._definitions: dict[str, tuple[object, SagaDefinition, SagaEngine]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.completed = 0
@@ -244,8 +245,9 @@ class SagaWorker:
                 await self._give_up(snapshot, fence)
                 return
             resumed = snapshot.status is not SagaStatus.PENDING
-            result = await self._saga_engine.run(
-                self._definition(snapshot.saga_name),
+            definition, saga_engine = self._runner(snapshot.saga_name)
+            result = await saga_engine.run(
+                definition,
                 {},
                 saga_id=snapshot.saga_id,
                 fence=fence,
@@ -272,15 +274,26 @@ class SagaWorker:
             )
             await self._release(snapshot.saga_id, snapshot.lease_token, retry_in=delay)
 
-    def _definition(self, name: str) -> SagaDefinition:
-        """The definition registered under `name`, built once per registered source (a
-        saga class is instantiated once, not per run)."""
+    def _runner(self, name: str) -> tuple[SagaDefinition, SagaEngine]:
+        """The definition registered under `name` and the engine that runs it, built once
+        per registered source (a saga class is instantiated once, not per run).
+
+        A saga bound to a `SagaConfig` (`Saga(name, config=...)`) runs with that config's
+        run options and listeners (after the worker's own listeners); any other saga with
+        the worker's `options`."""
         source = self.sagas.source(name)
         cached = self._definitions.get(name)
         if cached is None or cached[0] is not source:
             saga = self.sagas.resolve(name)
-            cached = self._definitions[name] = (source, saga.definition)
-        return cached[1]
+            engine = self._saga_engine
+            if saga.config is not None:
+                engine = SagaEngine(
+                    self.store,
+                    saga.config.run_options(),
+                    (*self._listeners, *saga.config.listeners),
+                )
+            cached = self._definitions[name] = (source, saga.definition, engine)
+        return cached[1], cached[2]
 
     async def _release(self, saga_id: str, token: int, *, retry_in: float = 0.0) -> None:
         try:

@@ -13,7 +13,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from sagaz import Saga, SagaStatus, StepStatus, Transition, TransitionKind, action, start_saga
+from sagaz import (
+    Saga,
+    SagaConfig,
+    SagaStatus,
+    StepStatus,
+    Transition,
+    TransitionKind,
+    action,
+    start_saga,
+)
 from sagaz.journal import utcnow
 from sagaz.registry import registry
 from sagaz.store.schema import outbox, sagas
@@ -346,3 +355,39 @@ async def test_notify_from_another_connection_wakes_the_worker(
         await running.stop()
         await async_engine.dispose()
         sync_engine.dispose()
+
+
+async def test_a_saga_bound_to_a_config_runs_with_its_options(
+    engines: tuple[AsyncEngine, sa.Engine],
+) -> None:
+    """An imperative saga bound to a SagaConfig with max_retries=2 completes through a
+    step that fails twice, under a worker whose own options allow no retry; the same
+    saga unbound is compensated."""
+    async_engine, sync_engine = engines
+    failures: dict[int, int] = {}
+
+    def flaky(ctx: Any) -> None:
+        failures[ctx["n"]] = failures.get(ctx["n"], 0) + 1
+        if failures[ctx["n"]] <= 2:
+            raise RuntimeError("flaky")
+
+    def undo(ctx: Any) -> None:
+        return None
+
+    with registry.isolated():
+        bound = Saga("worker-bound-saga", config=SagaConfig(max_retries=2, retry_backoff=0))
+        bound.add_step("flaky", flaky, undo).register()
+        unbound = Saga("worker-unbound-saga").add_step("flaky", flaky, undo).register()
+        [bound_id] = await start(async_engine, bound, [{"n": 1}])
+        [unbound_id] = await start(async_engine, unbound, [{"n": 2}])
+        running = RunningWorker(make_worker(engines))
+        try:
+            await wait_for(lambda: all_done(sync_engine, 2))
+        finally:
+            await running.stop()
+    store = SagaStore(sync_engine)
+    assert (bound_snapshot := store.get(bound_id)) is not None
+    assert (unbound_snapshot := store.get(unbound_id)) is not None
+    assert bound_snapshot.status is SagaStatus.COMPLETED
+    assert bound_snapshot.steps["flaky"].attempts == 3
+    assert unbound_snapshot.status is SagaStatus.COMPENSATED
