@@ -29,7 +29,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagaz._json import ensure_json_object
 from sagaz.context import current_correlation_id
@@ -61,6 +61,9 @@ from sagaz.types import (
     StepOutcome,
     StepStatus,
 )
+
+if TYPE_CHECKING:
+    from sagaz.config import SagaConfig
 
 log = logging.getLogger("sagaz.engine")
 
@@ -146,6 +149,14 @@ class SagaEngine:
         self.journal = journal
         self.options = options or RunOptions()
         self.listeners = listeners
+
+    def for_config(self, config: SagaConfig | None) -> SagaEngine:
+        """This engine for a saga bound to `config` (`Saga(config=...)`): on the same
+        journal, with the config's run options and, after this engine's listeners, the
+        config's. Itself for a saga bound to no config."""
+        if config is None:
+            return self
+        return SagaEngine(self.journal, config.run_options(), (*self.listeners, *config.listeners))
 
     async def run(
         self,

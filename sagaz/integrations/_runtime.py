@@ -240,9 +240,9 @@ class BackgroundSagaRunner:
         )
         try:
             with scope:
-                definition = self.sagas.resolve(snapshot.saga_name).definition
-                return await self._engine.run(
-                    definition,
+                saga = self.sagas.resolve(snapshot.saga_name)
+                return await self._engine.for_config(saga.config).run(
+                    saga.definition,
                     {},
                     saga_id=saga_id,
                     fence=Fence(self.owner, token),

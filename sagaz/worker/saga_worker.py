@@ -98,8 +98,7 @@ class SagaWorker:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.owner = owner or f"saga-worker-{uuid.uuid4().hex[:12]}"
         self.listen = listen
-        self._listeners = tuple(listeners)
-        self._saga_engine = SagaEngine(self.store, options or RunOptions(), self._listeners)
+        self._saga_engine = SagaEngine(self.store, options or RunOptions(), tuple(listeners))
         self._running: dict[str, tuple[asyncio.Task[None], int]] = {}
         self._definitions: dict[str, tuple[object, SagaDefinition, SagaEngine]] = {}
         self._wake = asyncio.Event()
@@ -285,13 +284,7 @@ class SagaWorker:
         cached = self._definitions.get(name)
         if cached is None or cached[0] is not source:
             saga = self.sagas.resolve(name)
-            engine = self._saga_engine
-            if saga.config is not None:
-                engine = SagaEngine(
-                    self.store,
-                    saga.config.run_options(),
-                    (*self._listeners, *saga.config.listeners),
-                )
+            engine = self._saga_engine.for_config(saga.config)
             cached = self._definitions[name] = (source, saga.definition, engine)
         return cached[1], cached[2]
 

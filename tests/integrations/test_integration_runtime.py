@@ -256,3 +256,26 @@ async def test_a_rolled_back_recording_never_runs(runtime: SagaRuntime, sync_db:
     run.release()  # the session closed without committing
     await asyncio.sleep(0.05)
     assert runtime.runner.in_flight == 0
+
+
+async def test_a_saga_bound_to_a_config_runs_in_the_background_with_its_options(
+    runtime: SagaRuntime,
+) -> None:
+    """The runner's config allows no retry; the saga's own config allows two."""
+    attempts: list[int] = []
+
+    def flaky(ctx: object) -> None:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise RuntimeError("flaky")
+
+    with registry.isolated():
+        bound = Saga("runtime-bound-saga", config=SagaConfig(max_retries=2, retry_backoff=0))
+        bound.add_step("flaky", flaky).register()
+        async with runtime.session() as session:
+            saga_id = start_saga(session, bound, {"n": 1})
+            await session.commit()
+        result = await runtime.runner.run(saga_id)
+    assert result is not None
+    assert result.status.value == "completed"
+    assert len(attempts) == 3
