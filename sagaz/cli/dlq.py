@@ -6,9 +6,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from sagaz.cli.database import existing_database
 from sagaz.cli.options import database_url_option
 from sagaz.outbox.maintenance import list_dead, requeue_dead
-from sagaz.store.engines import create_engine
 
 
 @click.group()
@@ -22,11 +22,8 @@ def dlq() -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 def list_command(database_url: str, topic: str | None, limit: int) -> None:
     """List dead-lettered events, oldest first."""
-    engine = create_engine(database_url)
-    try:
+    with existing_database(database_url) as engine:
         events = list_dead(engine, topic=topic, limit=limit)
-    finally:
-        engine.dispose()
     table = Table(title=f"Dead-lettered events ({len(events)})")
     for column in ("id", "topic", "key", "attempts", "last error"):
         table.add_column(column)
@@ -48,11 +45,9 @@ def requeue_command(
     """Re-queue dead-lettered events by id, or --all (optionally of one --topic)."""
     if bool(ids) == everything:
         raise click.UsageError("give event ids, or --all, but not both")
-    engine = create_engine(database_url)
-    try:
-        count = requeue_dead(engine, None if everything else list(ids), topic=topic)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from error
-    finally:
-        engine.dispose()
+    with existing_database(database_url) as engine:
+        try:
+            count = requeue_dead(engine, None if everything else list(ids), topic=topic)
+        except ValueError as error:
+            raise click.UsageError(str(error)) from error
     click.echo(f"re-queued {count} event(s)")

@@ -6,9 +6,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from sagaz.cli.database import existing_database
 from sagaz.cli.options import database_url_option, import_modules, imports_option
 from sagaz.registry import registry
-from sagaz.store.engines import create_engine
 from sagaz.store.stores import SagaStore
 from sagaz.types import SagaStatus
 
@@ -44,11 +44,8 @@ def list_sagas(
     console.print(registered)
     if not (instances or status or name):
         return
-    engine = create_engine(database_url)
-    try:
+    with existing_database(database_url) as engine:
         sagas = SagaStore(engine).list(status=status, name=name, limit=limit)
-    finally:
-        engine.dispose()
     table = Table(title=f"Sagas (newest first, at most {limit})")
     for column in ("id", "name", "status", "updated", "error"):
         table.add_column(column)

@@ -1,0 +1,104 @@
+"""Reaching sagaz's database from a command: what goes wrong becomes one line, not a
+traceback - a URL that cannot be used, a SQLite file that does not exist, tables that were
+never created (`sagaz db upgrade`), a database that does not answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import sqlalchemy as sa
+
+from sagaz.errors import ConfigurationError
+from sagaz.store.engines import create_engine
+from sagaz.store.urls import sync_url
+
+#: SQLSTATE of PostgreSQL's "relation does not exist".
+UNDEFINED_TABLE = "42P01"
+
+
+def shown(url: str | sa.URL) -> str:
+    """The URL fit for a message: its password hidden."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<an unparseable URL>"
+
+
+def parse_url(url: str, *, origin: str = "--url") -> sa.URL:
+    """The URL parsed, with a backend sagaz supports; else a usage error naming `origin`."""
+    try:
+        sa.make_url(url)
+    except Exception:
+        given = "" if "@" in url else f", got {url!r}"  # never echo a password
+        raise click.UsageError(
+            f"{origin} is not a valid SQLAlchemy URL "
+            f"(dialect+driver://user:password@host/database){given}"
+        ) from None
+    try:
+        return sync_url(url)
+    except ConfigurationError as error:
+        raise click.UsageError(f"{origin}: {error}") from None
+
+
+def missing_sqlite_file(url: sa.URL) -> Path | None:
+    """The file a SQLite URL names when that file does not exist (connecting would create
+    it, empty); None for other databases, in-memory ones and existing files."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if str(url.query.get("uri", "")).lower() in ("true", "1"):
+        return None  # a file: URI, whose mode may forbid creating it
+    path = Path(str(url.database))
+    return None if path.exists() else path
+
+
+def no_database(path: Path) -> click.ClickException:
+    return click.ClickException(
+        f"there is no database at {path}: create sagaz's tables there with "
+        f"`sagaz db upgrade --url sqlite:///{path}`, or point --url (SAGAZ_DATABASE_URL) "
+        "at your database"
+    )
+
+
+def is_missing_table(error: sa.exc.DBAPIError) -> bool:
+    """Whether the database refused a statement because a table does not exist."""
+    original = error.orig
+    if getattr(original, "sqlstate", None) == UNDEFINED_TABLE:
+        return True
+    return "no such table" in str(original)
+
+
+def database_error(error: sa.exc.DBAPIError, url: str | sa.URL) -> click.ClickException:
+    """A one-line error for a database failure: missing tables say how to create them."""
+    if is_missing_table(error):
+        return click.ClickException(
+            f"sagaz's tables do not exist in {shown(url)}: run `sagaz db upgrade` "
+            "with the same --url first"
+        )
+    first_line = (str(error.orig).strip().splitlines() or [type(error.orig).__name__])[0]
+    return click.ClickException(f"database error at {shown(url)}: {first_line}")
+
+
+@contextmanager
+def existing_database(url: str) -> Iterator[sa.Engine]:
+    """A sync engine on `url` for a command that needs sagaz's tables to exist.
+
+    Never creates a SQLite file: a URL naming one that does not exist is an error. Database
+    errors inside the block become one-line click errors. The engine is disposed after.
+    """
+    parsed = parse_url(url)
+    path = missing_sqlite_file(parsed)
+    if path is not None:
+        raise no_database(path)
+    try:
+        engine = create_engine(url)
+    except (ImportError, sa.exc.ArgumentError) as error:
+        raise click.UsageError(f"--url: cannot use {shown(url)}: {error}") from None
+    try:
+        yield engine
+    except sa.exc.DBAPIError as error:
+        raise database_error(error, url) from error
+    finally:
+        engine.dispose()
