@@ -73,13 +73,17 @@ class SagaConfig:
             if value is not None:
                 _require(name, value, lambda v: v > 0, "> 0")
         _require("lease_seconds", self.lease_seconds, lambda v: v > 0, "> 0")
+        if self.database_url:  # None (or empty): sagas run in memory only
+            _check_database_url(self.database_url)
+        _check_broker_url(self.broker_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SagaConfig:
         """Build a config from `SAGAZ_*` variables; keyword arguments take precedence.
 
-        A variable with a value of the wrong type or out of range, or an unknown keyword,
-        raises ConfigurationError naming it. See docs/configuration.md for the list.
+        A variable with a value of the wrong type or out of range, a database or broker URL
+        that cannot be used (checked without connecting), or an unknown keyword raises
+        ConfigurationError naming it. See docs/configuration.md for the list.
         """
         known = {spec.name for spec in fields(cls) if spec.init}
         unknown = sorted(set(overrides) - known)
@@ -124,16 +128,14 @@ class SagaConfig:
         """
         if self._initialized:
             return self
-        listeners = build_listeners(
-            log_transitions=self.log_transitions, metrics=self.metrics, tracing=self.tracing
-        )
+        listeners = self.build_listeners()
         if self.database_url:
             from sagaz.store.engines import create_async_engine
             from sagaz.store.stores import AsyncSagaStore
 
             self._engine = create_async_engine(self.database_url)
             self._store = AsyncSagaStore(self._engine)
-        self._listeners = (*listeners, *self.extra_listeners)
+        self._listeners = listeners
         self._initialized = True
         return self
 
@@ -176,7 +178,20 @@ class SagaConfig:
         """The store once initialized with a database, else a fresh in-memory journal."""
         return self._store if self._store is not None else MemoryJournal()
 
+    def build_listeners(self) -> tuple[TransitionListener, ...]:
+        """New listeners for the observability switches, followed by `extra_listeners`.
+
+        For whoever runs sagas outside `initialize` (e.g. `sagaz worker`). Raises
+        MissingExtraError naming the extra when `metrics` or `tracing` needs one that is
+        not installed.
+        """
+        switched = build_listeners(
+            log_transitions=self.log_transitions, metrics=self.metrics, tracing=self.tracing
+        )
+        return (*switched, *self.extra_listeners)
+
     def run_options(self) -> RunOptions:
+        """The step and saga defaults of this config, as the engine takes them."""
         return RunOptions(
             failure_strategy=self.failure_strategy,
             saga_timeout_seconds=self.saga_timeout_seconds,
@@ -195,6 +210,51 @@ def _require(name: str, value: Any, check: Callable[[Any], bool], rule: str) -> 
         ok = False
     if not ok:
         raise ConfigurationError(f"SagaConfig.{name} must be {rule}, got {value!r}")
+
+
+def _check_database_url(value: Any) -> None:
+    """A URL sagaz can build its engines from: parsed and its backend checked, no I/O."""
+    from sqlalchemy.engine import make_url
+
+    from sagaz.store.urls import async_url, sync_url
+
+    try:
+        make_url(value)
+    except Exception:
+        raise ConfigurationError(
+            "SagaConfig.database_url is not a valid SQLAlchemy URL "
+            f"(dialect+driver://user:password@host/database), got {_redacted(value)!r}"
+        ) from None
+    try:
+        sync_url(value)
+        async_url(value)
+    except ConfigurationError as error:
+        raise ConfigurationError(f"SagaConfig.database_url is not usable: {error}") from None
+
+
+def _check_broker_url(value: Any) -> None:
+    """A broker URL whose scheme `broker_from_url` knows (its options are checked when the
+    broker is built: that may need the broker's extra)."""
+    from sagaz.outbox.brokers import SCHEMES
+
+    schemes = ", ".join(f"{scheme}://" for scheme in SCHEMES)
+    if not isinstance(value, str) or "://" not in value:
+        raise ConfigurationError(
+            f"SagaConfig.broker_url must look like scheme://..., got {_redacted(value)!r}; "
+            f"schemes: {schemes}"
+        )
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"SagaConfig.broker_url has an unknown broker URL scheme {scheme + '://'!r}; "
+            f"use one of {schemes}"
+        )
+
+
+def _redacted(value: object) -> str:
+    """A URL fit for an error message: no password (nor anything after an '@')."""
+    text = str(value)
+    return text.split("@", 1)[0].rsplit(":", 1)[0] + ":***@..." if "@" in text else text
 
 
 def _parse_strategy(name: str, value: Any) -> ParallelFailureStrategy:

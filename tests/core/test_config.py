@@ -277,3 +277,61 @@ async def test_initialize_builds_nothing_without_a_database() -> None:
             _ = config.engine
     finally:
         await config.close()
+
+
+# -- URLs: checked when the config is built, without connecting ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "fragment"),
+    [
+        ("SAGAZ_DATABASE_URL", "not a url", "is not a valid SQLAlchemy URL"),
+        ("SAGAZ_DATABASE_URL", "postgresql://app:secret@db:port/app", "is not a valid"),
+        ("SAGAZ_DATABASE_URL", "mysql://app@db/app", "sagaz supports postgresql and sqlite"),
+        ("SAGAZ_BROKER_URL", "redis", "must look like scheme://"),
+        ("SAGAZ_BROKER_URL", "bogus://host", "unknown broker URL scheme 'bogus://'"),
+        ("SAGAZ_BROKER_URL", "app:secret@host", "must look like scheme://"),
+    ],
+)
+def test_unusable_urls_are_refused_naming_the_variable(
+    variable: str, raw: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        SagaConfig.from_env({variable: raw})
+    message = str(caught.value)
+    assert message.startswith(f"{variable} (SagaConfig.")
+    assert fragment in message
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"database_url": "postgresql://app@db/app"},
+        {"database_url": "postgresql+asyncpg://app@db/app"},
+        {"database_url": "sqlite:///relative.db"},
+        {"database_url": "sqlite+aiosqlite://"},
+        {"database_url": None},
+        {"broker_url": "REDIS://cache:6379/0"},
+        {"broker_url": "amqps://user:pw@rabbit/vhost"},
+        {"broker_url": "kafka://k1:9092,k2:9092"},
+    ],
+)
+def test_usable_urls_are_accepted(settings: dict[str, Any]) -> None:
+    SagaConfig(**settings)  # no I/O: none of these hosts exists
+
+
+def test_urls_given_in_code_are_checked_too() -> None:
+    with pytest.raises(ConfigurationError, match=r"^SagaConfig\.database_url is not usable"):
+        SagaConfig(database_url="oracle://app@db/app")
+    with pytest.raises(ConfigurationError, match=r"^SagaConfig\.broker_url has an unknown"):
+        SagaConfig(broker_url="pulsar://broker")
+
+
+def test_build_listeners_follows_the_switches_without_initializing() -> None:
+    def extra(transition: Any) -> None: ...
+
+    config = SagaConfig(log_transitions=True, extra_listeners=(extra,))
+    assert config.build_listeners() == (log_transition, extra)
+    assert SagaConfig().build_listeners() == ()
+    assert not config.initialized
