@@ -1,61 +1,224 @@
-"""`sagaz worker`: the saga runner and the outbox relay, together or separately."""
+"""`sagaz worker`: the saga runner and the outbox relay, together or separately.
+
+Its settings are a `SagaConfig`: `SagaConfig.from_env()` (every `SAGAZ_*` variable, see
+docs/configuration.md), with `--url`, `--broker-url` and `--lease-seconds` overriding
+their variables. A host that has a config of its own (a framework integration) can put it
+in `ctx.meta[CONFIG_META_KEY]` before the command runs; it then replaces
+`SagaConfig.from_env()`, and the options still override it.
+
+Everything is checked and built before the event loop starts, so a bad option, variable
+or URL is a one-line error (exit status 2), never a traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
-from typing import Any
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import click
+import sqlalchemy as sa
+from click.core import ParameterSource
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sagaz.cli.options import database_url_option, import_modules, imports_option
-from sagaz.outbox.brokers import broker_from_url
+from sagaz.cli.database import (
+    database_error,
+    is_missing_table,
+    missing_sqlite_file,
+    no_database,
+    parse_url,
+    shown,
+)
+from sagaz.cli.options import DEFAULT_DATABASE_URL, import_modules, imports_option
+from sagaz.config import SagaConfig
+from sagaz.errors import ConfigurationError
+from sagaz.outbox.brokers import Broker, broker_from_url
 from sagaz.outbox.relay import OutboxRelay
 from sagaz.registry import registry
 from sagaz.store.engines import create_async_engine
+from sagaz.store.schema import outbox, sagas
 from sagaz.worker import SagaWorker
 
 log = logging.getLogger("sagaz.cli")
 
+#: `ctx.meta` key under which a host may provide the SagaConfig to start from.
+CONFIG_META_KEY = "sagaz.saga_config"
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
+
+#: SagaConfig field -> (its option, its environment variable).
+_CONFIG_OPTIONS = {
+    "database_url": ("--url", "SAGAZ_DATABASE_URL"),
+    "broker_url": ("--broker-url", "SAGAZ_BROKER_URL"),
+    "lease_seconds": ("--lease-seconds", "SAGAZ_LEASE_SECONDS"),
+}
+_RETENTION_OFF = frozenset({"off", "none", "never"})
+
+if TYPE_CHECKING:  # click's ParamType is generic in recent versions only
+    _ParamType = click.ParamType[timedelta | None, Any]
+else:
+    _ParamType = click.ParamType
+
+
+class RetentionHours(_ParamType):
+    """Hours (> 0) as a timedelta, or `off` (None: keep the rows)."""
+
+    name = "HOURS|off"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta | None:
+        if value is None or isinstance(value, timedelta):
+            return value
+        if str(value).strip().lower() in _RETENTION_OFF:
+            return None
+        try:
+            hours = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number of hours nor 'off'", param, ctx)
+        if not hours > 0 or hours == float("inf"):
+            self.fail(f"{value!r} must be > 0 hours (or 'off' to keep the rows)", param, ctx)
+        return timedelta(hours=hours)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What the options of `sagaz worker` that are not SagaConfig settings decide."""
+
+    run_sagas: bool
+    run_outbox: bool
+    concurrency: int
+    batch_size: int
+    poll_interval: float
+    max_attempts: int
+    shutdown_grace: float
+    published_retention: timedelta | None
+    inbox_retention: timedelta | None
+    retention_interval: float
+
 
 @click.command()
-@database_url_option
+@click.option(
+    "--url",
+    "database_url",
+    default=None,
+    show_default=f"SAGAZ_DATABASE_URL, else {DEFAULT_DATABASE_URL}",
+    help="SQLAlchemy URL of the sagaz tables (env: SAGAZ_DATABASE_URL).",
+)
 @imports_option
 @click.option("--sagas/--no-sagas", "run_sagas", default=True, help="Run the saga worker.")
 @click.option("--outbox/--no-outbox", "run_outbox", default=True, help="Run the outbox relay.")
-@click.option("--concurrency", default=50, show_default=True, help="Sagas run at once.")
-@click.option("--batch-size", default=500, show_default=True, help="Outbox events per batch.")
+@click.option(
+    "--concurrency",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sagas run at once.",
+)
+@click.option(
+    "--batch-size",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Outbox events per batch.",
+)
 @click.option(
     "--broker-url",
-    envvar="SAGAZ_BROKER_URL",
-    default="memory://",
-    show_default=True,
+    default=None,
+    show_default="SAGAZ_BROKER_URL, else memory://",
     help="Where the relay publishes: memory://, redis://, amqp://, nats://, kafka:// "
     "(env: SAGAZ_BROKER_URL).",
 )
-@click.option("--lease-seconds", default=30.0, show_default=True, help="Saga lease length.")
-@click.option("--poll-interval", default=1.0, show_default=True, help="Fallback poll, seconds.")
-@click.option("--max-attempts", default=5, show_default=True, help="Claims before a saga fails.")
 @click.option(
-    "--shutdown-grace", default=10.0, show_default=True, help="Seconds in-flight work may finish."
+    "--lease-seconds",
+    default=None,
+    type=float,  # > 0, checked by SagaConfig (a range would show in help after the default)
+    show_default="SAGAZ_LEASE_SECONDS, else 30",
+    help="Saga lease length (env: SAGAZ_LEASE_SECONDS).",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--poll-interval",
+    default=1.0,
+    show_default=True,
+    type=POSITIVE_SECONDS,
+    help="Fallback poll, seconds.",
+)
+@click.option(
+    "--max-attempts",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Claims before a saga fails.",
+)
+@click.option(
+    "--shutdown-grace",
+    default=10.0,
+    show_default=True,
+    type=POSITIVE_SECONDS,
+    help="Seconds in-flight work may finish.",
+)
+@click.option(
+    "--published-retention-hours",
+    "published_retention",
+    envvar="SAGAZ_PUBLISHED_RETENTION_HOURS",
+    default="168",
+    show_default=True,
+    type=RetentionHours(),
+    help="The relay deletes published outbox events older than this; off keeps them "
+    "(env: SAGAZ_PUBLISHED_RETENTION_HOURS).",
+)
+@click.option(
+    "--inbox-retention-hours",
+    "inbox_retention",
+    envvar="SAGAZ_INBOX_RETENTION_HOURS",
+    default="168",
+    show_default=True,
+    type=RetentionHours(),
+    help="The relay deletes consumer inbox rows older than this; off keeps them "
+    "(env: SAGAZ_INBOX_RETENTION_HOURS).",
+)
+@click.option(
+    "--retention-interval",
+    envvar="SAGAZ_RETENTION_INTERVAL_SECONDS",
+    default=300.0,
+    show_default=True,
+    type=POSITIVE_SECONDS,
+    help="Seconds between two retention runs (env: SAGAZ_RETENTION_INTERVAL_SECONDS).",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+)
+@click.pass_context
 def worker(
-    database_url: str,
+    ctx: click.Context,
+    database_url: str | None,
     imports: tuple[str, ...],
     run_sagas: bool,
     run_outbox: bool,
     concurrency: int,
     batch_size: int,
-    broker_url: str,
-    lease_seconds: float,
+    broker_url: str | None,
+    lease_seconds: float | None,
     poll_interval: float,
     max_attempts: int,
     shutdown_grace: float,
+    published_retention: timedelta | None,
+    inbox_retention: timedelta | None,
+    retention_interval: float,
     log_level: str,
 ) -> None:
     """Run sagas started in the database and relay outbox events until SIGTERM/SIGINT.
+
+    Step and saga defaults (retries, timeouts, failure strategy, compensation retries)
+    and the observability switches come from the SAGAZ_* variables of SagaConfig.
 
     On SIGTERM or SIGINT the worker stops claiming; in-flight sagas get --shutdown-grace
     seconds to finish, then are released for another worker; the relay finishes the batch
@@ -66,73 +229,153 @@ def worker(
     )
     if not run_sagas and not run_outbox:
         raise click.UsageError("nothing to run: --no-sagas and --no-outbox together")
+    config = worker_config(
+        ctx, database_url=database_url, broker_url=broker_url, lease_seconds=lease_seconds
+    )
+    options = WorkerOptions(
+        run_sagas=run_sagas,
+        run_outbox=run_outbox,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        poll_interval=poll_interval,
+        max_attempts=max_attempts,
+        shutdown_grace=shutdown_grace,
+        published_retention=published_retention,
+        inbox_retention=inbox_retention,
+        retention_interval=retention_interval,
+    )
     modules = import_modules(imports)
     if run_sagas and not registry.names():
         raise click.UsageError(
             "no sagas are registered: pass --import with the module(s) that define them"
         )
     log.info("imported %s; sagas: %s", modules or "nothing", ", ".join(registry.names()))
-    options: dict[str, Any] = {
-        "concurrency": concurrency,
-        "batch_size": batch_size,
-        "lease_seconds": lease_seconds,
-        "poll_interval": poll_interval,
-        "max_attempts": max_attempts,
-        "shutdown_grace": shutdown_grace,
-    }
-    asyncio.run(_serve(database_url, broker_url, run_sagas, run_outbox, options))
+    engine, broker, runners = build_runners(ctx, config, options)
+    asyncio.run(serve(engine, broker, runners))
 
 
-async def _serve(
-    database_url: str,
-    broker_url: str,
-    run_sagas: bool,
-    run_outbox: bool,
-    options: dict[str, Any],
-) -> None:
-    engine = create_async_engine(database_url)
+def worker_config(ctx: click.Context, **given: Any) -> SagaConfig:
+    """The worker's SagaConfig: the host's (CONFIG_META_KEY) or `SagaConfig.from_env()`,
+    with the options given (not None) overriding it. Invalid settings are usage errors
+    naming the option or variable they came from."""
+    overrides = {name: value for name, value in given.items() if value is not None}
+    base = ctx.meta.get(CONFIG_META_KEY)
+    try:
+        if isinstance(base, SagaConfig):
+            return dataclasses.replace(base, **overrides)
+        return SagaConfig.from_env(**overrides)
+    except ConfigurationError as error:
+        message = str(error)
+        for name in overrides:
+            message = message.replace(f"SagaConfig.{name}", _origin(ctx, name), 1)
+        raise click.UsageError(message) from None
+
+
+def build_runners(
+    ctx: click.Context, config: SagaConfig, options: WorkerOptions
+) -> tuple[AsyncEngine, Broker | None, list[SagaWorker | OutboxRelay]]:
+    """The engine, broker and runners, built without I/O; failures are click errors."""
+    try:
+        listeners = config.build_listeners()
+    except ImportError as error:  # MissingExtraError: SAGAZ_METRICS / SAGAZ_TRACING
+        raise click.UsageError(str(error)) from None
+    broker: Broker | None = None
+    if options.run_outbox:
+        try:
+            broker = broker_from_url(config.broker_url)
+        except (ConfigurationError, ImportError) as error:
+            raise click.UsageError(f"{_origin(ctx, 'broker_url')}: {error}") from None
+    database_url = config.database_url or DEFAULT_DATABASE_URL
+    url_origin = _origin(ctx, "database_url")
+    path = missing_sqlite_file(parse_url(database_url, origin=url_origin))
+    if path is not None:
+        raise no_database(path)
+    try:
+        engine = create_async_engine(database_url)
+    except (ConfigurationError, ImportError, sa.exc.ArgumentError) as error:
+        raise click.UsageError(f"{url_origin}: cannot use {shown(database_url)}: {error}") from None
     postgres = engine.dialect.name == "postgresql"
     runners: list[SagaWorker | OutboxRelay] = []
-    if run_sagas:
-        runners.append(
-            SagaWorker(
-                engine,
-                concurrency=options["concurrency"],
-                lease_seconds=options["lease_seconds"],
-                poll_interval=options["poll_interval"],
-                max_attempts=options["max_attempts"],
-                shutdown_grace_seconds=options["shutdown_grace"],
-                listen=postgres,
-            )
-        )
-    broker = broker_from_url(broker_url) if run_outbox else None
-    if broker is not None:
-        runners.append(
-            OutboxRelay(
-                engine,
-                broker,
-                batch_size=options["batch_size"],
-                poll_interval=options["poll_interval"],
-                listen=postgres,
-            )
-        )
-    loop = asyncio.get_running_loop()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, _stop_all, runners)
-    log.info("sagaz worker running (%s)", ", ".join(type(r).__name__ for r in runners))
     try:
-        await asyncio.gather(*(runner.run_until_stopped() for runner in runners))
-    finally:
+        if options.run_sagas:
+            runners.append(
+                SagaWorker(
+                    engine,
+                    concurrency=options.concurrency,
+                    lease_seconds=config.lease_seconds,
+                    poll_interval=options.poll_interval,
+                    max_attempts=options.max_attempts,
+                    shutdown_grace_seconds=options.shutdown_grace,
+                    options=config.run_options(),
+                    listeners=listeners,
+                    listen=postgres,
+                )
+            )
+        if broker is not None:
+            runners.append(
+                OutboxRelay(
+                    engine,
+                    broker,
+                    batch_size=options.batch_size,
+                    poll_interval=options.poll_interval,
+                    listen=postgres,
+                    published_retention=options.published_retention,
+                    inbox_retention=options.inbox_retention,
+                    retention_interval=options.retention_interval,
+                )
+            )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    return engine, broker, runners
+
+
+def _origin(ctx: click.Context, name: str) -> str:
+    """Where a SagaConfig setting of the worker came from: its option or its variable."""
+    option, variable = _CONFIG_OPTIONS[name]
+    source = ctx.get_parameter_source(name)
+    return option if source is ParameterSource.COMMANDLINE else variable
+
+
+async def serve(
+    engine: AsyncEngine, broker: Broker | None, runners: list[SagaWorker | OutboxRelay]
+) -> None:
+    """Run `runners` until SIGTERM/SIGINT, then close what the command built."""
+    loop = asyncio.get_running_loop()
+    try:
+        await _check_tables(engine, runners)
         for number in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(number)
+            loop.add_signal_handler(number, _stop_all, runners)
+        log.info("sagaz worker running (%s)", ", ".join(type(r).__name__ for r in runners))
+        try:
+            await asyncio.gather(*(runner.run_until_stopped() for runner in runners))
+        finally:
+            for number in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(number)
+    finally:
         if broker is not None:
             await broker.close()
-        if run_sagas:
-            store = runners[0]
-            assert isinstance(store, SagaWorker)
-            await store.store.close()
+        for runner in runners:
+            if isinstance(runner, SagaWorker):
+                await runner.store.close()
         await engine.dispose()
         log.info("sagaz worker stopped")
+
+
+async def _check_tables(engine: AsyncEngine, runners: list[SagaWorker | OutboxRelay]) -> None:
+    """Refuse to start on a database without sagaz's tables. A database that does not
+    answer yet is only logged: the runners retry until it does."""
+    tables = [sagas if isinstance(runner, SagaWorker) else outbox for runner in runners]
+    try:
+        async with engine.connect() as connection:
+            for table in tables:
+                await connection.execute(sa.select(sa.literal(1)).select_from(table).limit(0))
+    except sa.exc.DBAPIError as error:
+        if is_missing_table(error):
+            raise database_error(error, engine.url) from None
+        log.warning(
+            "%s; starting anyway, retrying until it answers",
+            database_error(error, engine.url).message,
+        )
 
 
 def _stop_all(runners: list[SagaWorker | OutboxRelay]) -> None:

@@ -1,0 +1,26 @@
+"""A saga `sagaz worker` subprocesses run in the CLI tests (`--import tests.cli.sagas_for_cli`).
+
+Its step fails `ctx["failures"]` times, counting attempts in the file `ctx["counter"]`
+(which survives the retries and is readable by the test), then succeeds. It leaves
+`max_retries` unset, so the worker's SagaConfig decides how often it is retried.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sagaz import Saga, action
+
+
+class FlakySaga(Saga):
+    saga_name = "cli-flaky"
+
+    @action("flaky")
+    def flaky(self, ctx: Any) -> dict[str, Any]:
+        counter = Path(ctx["counter"])
+        attempt = (int(counter.read_text()) if counter.exists() else 0) + 1
+        counter.write_text(str(attempt))
+        if attempt <= ctx["failures"]:
+            raise RuntimeError(f"flaky failure {attempt} of {ctx['failures']}")
+        return {"attempts": attempt}
