@@ -1,13 +1,20 @@
-"""Helpers of the broker tests: a TCP proxy that can cut connections, message
-factories, and order checks."""
+"""Helpers of the broker tests: a TCP proxy that can cut or stall connections, servers
+that are not brokers, leak checks, message factories, and order checks."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import os
+import socket
 import uuid
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Literal
+
+import pytest
 
 from sagaz.outbox.brokers import OutboxMessage
 
@@ -17,7 +24,9 @@ class TcpProxy:
 
     `drop()` aborts every connection and refuses new ones until `restore()`;
     `drop_after(n)` does the same once n more bytes went from clients to the server
-    (forwarding exactly n), to cut a connection in the middle of a batch.
+    (forwarding exactly n), to cut a connection in the middle of a batch. `stall()` keeps
+    the connections open but stops forwarding (and reading) in both directions, like a
+    server that hangs or a network that black-holes packets, until `resume()`.
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
@@ -30,6 +39,8 @@ class TcpProxy:
         self._budget: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: set[asyncio.Task[object]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -48,7 +59,14 @@ class TcpProxy:
     def drop_after(self, nbytes: int) -> None:
         self._budget = nbytes
 
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     async def close(self) -> None:
+        self.resume()
         self.drop()
         if self._server is not None:
             self._server.close()
@@ -92,7 +110,12 @@ class TcpProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
     ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await reader.read(65536):
+            while True:
+                await self._flowing.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await self._flowing.wait()
                 if upstream and self._budget is not None:
                     if len(data) >= self._budget:
                         writer.write(data[: self._budget])
@@ -180,3 +203,86 @@ async def retry_failed(
         if pending:
             await asyncio.sleep(0.05)
     raise AssertionError(f"{len(pending)} messages still unconfirmed after {attempts} attempts")
+
+
+def sockets_to(port: int) -> int:
+    """How many TCP sockets this process holds open to 127.0.0.1:`port` (Linux /proc):
+    a socket a broker failed to close is still counted, whatever the garbage collector
+    does later (an asyncio transport still registered with the loop is never collected)."""
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("counting open sockets needs Linux /proc")
+    inodes: set[str] = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+def assert_nothing_leaked() -> None:
+    """Collect garbage and fail on any ResourceWarning it raises: a socket, transport or
+    event-loop object dropped without being closed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, f"unclosed resources: {leaks}"
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (it was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+NotABrokerMode = Literal["close", "garbage", "silent"]
+
+
+class NotABroker:
+    """A TCP server on 127.0.0.1 that accepts connections but speaks no broker protocol:
+    `close` hangs up at once, `garbage` answers an HTTP error, `silent` never answers."""
+
+    def __init__(self, mode: NotABrokerMode) -> None:
+        self.mode = mode
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> NotABroker:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self.mode == "close":
+            writer.transport.abort()
+        elif self.mode == "garbage":
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+
+def big_messages(topic: str, count: int, size: int) -> list[OutboxMessage]:
+    """`count` messages of about `size` bytes each, to fill a stalled connection's buffers."""
+    return [
+        OutboxMessage(id=str(uuid.uuid4()), topic=topic, payload="x" * size, key=f"big-{n % 3}")
+        for n in range(count)
+    ]

@@ -6,6 +6,7 @@ import pytest
 
 from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers import Broker, InMemoryBroker, broker_from_url
+from sagaz.outbox.brokers.common import redact_url
 from sagaz.outbox.brokers.kafka import KafkaBroker
 from sagaz.outbox.brokers.nats import NatsJetStreamBroker
 from sagaz.outbox.brokers.rabbitmq import RabbitMQBroker
@@ -88,3 +89,19 @@ def test_bad_option_values_are_configuration_errors() -> None:
         broker_from_url("amqp://h/?mandatory=maybe")
     with pytest.raises(ConfigurationError, match=r"RedisStreamsBroker: .*unexpected keyword"):
         broker_from_url("redis://h/0", no_such_option=1)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@h:6379/0?password=pw2", "redis://:***@h:6379/0"),
+        ("amqp://guest:guest@h:5672/vhost", "amqp://guest:***@h:5672/vhost"),
+        ("nats://t0ken@h:4222", "nats://***@h:4222"),  # a lone user part may be a token
+        ("nats://a:4222,nats://u:p@b:4222", "nats://a:4222,nats://u:***@b:4222"),
+        ("amqp://h", "amqp://h"),
+        ("127.0.0.1:9092,h2:9093", "127.0.0.1:9092,h2:9093"),
+        ("redis://[::1:6379", "<unparsable URL>"),
+    ],
+)
+def test_urls_in_error_messages_hide_secrets(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -10,6 +10,7 @@ a delivered message into.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,13 +160,20 @@ class BatchOutcomes:
         drop: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """Connect before sending; when that fails, drop what is half-open, mark every
-        message of the batch failed (the relay retries them) and return False."""
+        message of the batch failed (the relay retries them) and return False.
+
+        A BrokerConnectionError from `connect` is reported as it is (it names the URL);
+        any other error is wrapped in one."""
         try:
             await connect()
         except Exception as error:
             if drop is not None:
                 await drop()
-            lost = BrokerConnectionError(f"{broker}: cannot connect: {describe(error)}")
+            lost = (
+                error
+                if isinstance(error, BrokerConnectionError)
+                else BrokerConnectionError(f"{broker}: cannot connect: {describe(error)}")
+            )
             self.fail_all(range(len(self.messages)), lost)
             return False
         return True
@@ -188,6 +196,62 @@ def describe(error: BaseException) -> str:
     """`Type: message` for error texts (the relay stores them as the event's last error)."""
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for an error message: the password (or a lone user part, which may be a
+    token) replaced by `***`, the query string (which may hold secrets) left out.
+    Several comma-separated URLs are redacted one by one."""
+    if "," in url:
+        return ",".join(redact_url(part.strip()) for part in url.split(","))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _secret = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def connect_error(
+    broker: str, url: str, error: BaseException, timeout: float | None = None
+) -> BrokerConnectionError:
+    """The error a broker's connect() raises: it names the broker, the URL (redacted)
+    and the cause (`timeout`, when given, explains a bare TimeoutError)."""
+    cause = describe(error)
+    if isinstance(error, TimeoutError) and not str(error) and timeout is not None:
+        cause = f"TimeoutError: no answer within {timeout:g} s"
+    return BrokerConnectionError(f"{broker}: cannot connect to {redact_url(url)}: {cause}")
+
+
+async def close_within(closing: Awaitable[object], grace: float, abort: Callable[[], None]) -> None:
+    """Await a client's close for at most `grace` seconds, then, if it has not finished
+    (a peer that stopped reading keeps the socket's send buffer from draining, and a
+    graceful close waits for it), call `abort` to drop the socket at once and give the
+    close another `grace` to finish. Never raises for a failed close; if cancelled,
+    aborts before re-raising, so no socket outlives the call either way."""
+    task = asyncio.ensure_future(closing)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=grace)
+        if not done:
+            abort()
+            done, _ = await asyncio.wait({task}, timeout=grace)
+    except asyncio.CancelledError:
+        abort()
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise
+    if not done:  # the client ignores the abort; stop waiting for it
+        task.cancel()
+    task.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Future[object]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 # -- URL options ---------------------------------------------------------------------------

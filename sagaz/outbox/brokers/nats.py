@@ -16,10 +16,9 @@ missing subjects to it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sagaz.errors import ConfigurationError, MissingExtraError
@@ -33,6 +32,8 @@ from sagaz.outbox.brokers.common import (
     PublishError,
     ReceivedMessage,
     as_list,
+    close_within,
+    connect_error,
     decode_payload,
     describe,
     encode_payload,
@@ -81,8 +82,12 @@ class NatsJetStreamBroker:
 
     `url` may list several servers separated by commas. `subject_prefix` is prepended to
     every topic. `stream` + `subjects` (+ `duplicate_window` seconds): create that stream
-    on connect if missing, or add the subjects it lacks. `ack_timeout`: seconds to wait
-    for a batch's acknowledgements. `connect_options` go to `nats.connect` as they are.
+    on connect if missing, or add the subjects it lacks. `ack_timeout`: how long, in
+    seconds, a batch may take to be written and acknowledged before what is unconfirmed
+    fails. `connect_timeout`: for
+    connecting, ensuring the stream, and closing before the socket is aborted.
+    `connect_options` go to `nats.connect` as they are (its `error_cb`,
+    `disconnected_cb` and `closed_cb` are called after the broker's own).
 
     The client's own reconnect loop is off: a lost connection fails the unacknowledged
     messages of the batch at once, and the next batch connects again.
@@ -142,6 +147,11 @@ class NatsJetStreamBroker:
         return self._link is not None and self._link.client.is_connected
 
     async def connect(self) -> None:
+        """Connect (and ensure the stream, when `stream` is set). Idempotent.
+
+        Raises BrokerConnectionError naming the server URLs (credentials hidden) and the
+        cause when that fails; whatever the attempt opened is closed again first.
+        """
         async with self._connect_lock:
             if self.connected:
                 return
@@ -149,7 +159,12 @@ class NatsJetStreamBroker:
             self._link = await self._open()
 
     async def _open(self) -> _Link:
-        link = _Link()
+        user_callbacks = {
+            name: self.connect_options[name]
+            for name in ("error_cb", "disconnected_cb", "closed_cb")
+            if self.connect_options.get(name) is not None
+        }
+        link = _Link(self, user_callbacks)
         options: dict[str, Any] = {
             "connect_timeout": self.connect_timeout,
             "allow_reconnect": False,
@@ -157,39 +172,49 @@ class NatsJetStreamBroker:
             # up, even without reconnects; 0 would mean forever.
             "max_reconnect_attempts": 1,
             "reconnect_time_wait": 0,
-            "error_cb": self._on_error,
-            "disconnected_cb": link.on_disconnect,
-            "closed_cb": link.on_disconnect,
+            # A forced flush (more than the client's pending buffer written) waits at most
+            # this long; without it a server that stops reading blocks publish forever.
+            "flush_timeout": self.ack_timeout,
             **self.connect_options,
+            "error_cb": link.on_error,
+            "disconnected_cb": link.on_disconnect,
+            "closed_cb": link.on_closed,
         }
-        client = await nats.connect(self.servers, **options)
-        link.client = client
         try:
-            link.inbox = client.new_inbox()
-            await client.subscribe(f"{link.inbox}.*", cb=link.on_ack)
+            await link.client.connect(self.servers, **options)
+            link.inbox = link.client.new_inbox()
+            await link.client.subscribe(f"{link.inbox}.*", cb=link.on_ack)
             if self.stream is not None:
                 await ensure_stream(
-                    client.jetstream(),
+                    link.client.jetstream(timeout=self.connect_timeout),
                     self.stream,
                     self.subjects,
                     duplicate_window=self.duplicate_window,
                 )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await client.close()
-            raise
+        except BaseException as error:
+            await self._close_link(link)
+            if not isinstance(error, Exception):
+                raise
+            cause: BaseException = error
+            if isinstance(error, nats.errors.NoServersError) and link.last_error is not None:
+                cause = link.last_error  # why the last server could not be reached
+            raise connect_error(
+                "nats", ",".join(self.servers), cause, self.connect_timeout
+            ) from error
         return link
 
     async def publish_batch(self, messages: Sequence[OutboxMessage]) -> Outcomes:
         outcomes = BatchOutcomes(messages)
         if not messages:
             return outcomes.result()
+        loop = asyncio.get_running_loop()
         if not await outcomes.connected("nats", self.connect, self._drop):
             return outcomes.result()
         link = self._link
         assert link is not None
+        # Writing and acknowledging the batch share one deadline.
+        deadline = loop.time() + self.ack_timeout
         waiting: dict[int, asyncio.Future[None]] = {}
-        loop = asyncio.get_running_loop()
         for index, message in enumerate(messages):
             if outcomes.blocked(index):
                 continue
@@ -205,9 +230,9 @@ class NatsJetStreamBroker:
                     reply=f"{link.inbox}.{token}",
                     headers=headers,
                 )
-            except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError) as e:
+            except _CONNECTION_ERRORS as error:
                 link.pending.pop(token, None)
-                lost = BrokerConnectionError(f"nats: connection lost: {describe(e)}")
+                lost = BrokerConnectionError(f"nats: connection lost: {describe(error)}")
                 outcomes.fail_all(range(index, len(messages)), lost)
                 break
             except Exception as error:  # a bad subject or header, too large a payload, ...
@@ -215,8 +240,18 @@ class NatsJetStreamBroker:
                 outcomes.fail(index, PublishError(f"nats: cannot publish {message.id}: {error}"))
                 continue
             waiting[index] = future
+            if link.stalled is not None or loop.time() > deadline:
+                # The server stopped reading: what is written waits for its
+                # acknowledgement below (it will not come), the rest is not sent.
+                stalled = BrokerConnectionError(
+                    f"nats: the connection stalled (not written within {self.ack_timeout} s)"
+                )
+                outcomes.fail_all(range(index + 1, len(messages)), stalled)
+                break
         if waiting:
-            _done, not_done = await asyncio.wait(waiting.values(), timeout=self.ack_timeout)
+            _done, not_done = await asyncio.wait(
+                waiting.values(), timeout=max(deadline - loop.time(), 0)
+            )
             timed_out = BrokerConnectionError(
                 f"nats: no JetStream acknowledgement within {self.ack_timeout} s"
             )
@@ -229,38 +264,54 @@ class NatsJetStreamBroker:
             for token, future in list(link.pending.items()):
                 if future.done():
                     del link.pending[token]
-            if not_done or any(
-                isinstance(error, BrokerConnectionError) for error in outcomes.errors
-            ):
-                await self._drop(link)
+        if any(isinstance(error, BrokerConnectionError) for error in outcomes.errors):
+            await self._drop(link)
         return outcomes.result()
 
     async def close(self) -> None:
+        """Close the connection. Idempotent; never raises; a connection that does not
+        close within `connect_timeout` (a server that stopped reading) is aborted."""
         await self._drop()
 
     async def _drop(self, link: _Link | None = None) -> None:
         """Close `link` (default: the current connection) and fail what waits on it."""
         if link is None or link is self._link:
             link, self._link = self._link, None
-        if link is None:
-            return
+        if link is not None:
+            await self._close_link(link)
+
+    async def _close_link(self, link: _Link) -> None:
         link.fail_pending(BrokerConnectionError("nats: connection closed"))
         if not link.client.is_closed:
-            with contextlib.suppress(Exception):
-                await link.client.close()
+            await close_within(link.client.close(), self.connect_timeout, link.abort)
 
-    async def _on_error(self, error: Exception) -> None:
-        self.last_error = error
+
+#: Errors of publish that mean the connection is gone or stuck (the rest of the batch
+#: is not sent; the next batch reconnects).
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.StaleConnectionError,
+    OSError,
+    TimeoutError,
+)
 
 
 class _Link:
     """One connection and the acknowledgements waiting on it (its reply subscription)."""
 
-    client: Client
     inbox: str
 
-    def __init__(self) -> None:
+    def __init__(
+        self, broker: NatsJetStreamBroker, user_callbacks: dict[str, Callable[..., Any]]
+    ) -> None:
+        self.client = Client()
+        self.broker = broker
+        self.user_callbacks = user_callbacks
         self.pending: dict[str, asyncio.Future[None]] = {}
+        self.last_error: BaseException | None = None
+        self.stalled: BaseException | None = None
 
     def fail_pending(self, error: BaseException) -> None:
         pending, self.pending = self.pending, {}
@@ -268,8 +319,37 @@ class _Link:
             if not future.done():
                 future.set_exception(error)
 
+    def abort(self) -> None:
+        """Drop the socket at once, unsent data and all.
+
+        nats-py has no public abort: its TCP transport keeps the stream writers as
+        `_io_writer` (and `_bare_io_writer` under TLS). Best effort: without them the
+        close simply takes longer.
+        """
+        transport = getattr(self.client, "_transport", None)
+        for name in ("_io_writer", "_bare_io_writer"):
+            writer = getattr(transport, name, None)
+            if isinstance(writer, asyncio.StreamWriter):
+                writer.transport.abort()
+
+    async def on_error(self, error: Exception) -> None:
+        self.last_error = self.broker.last_error = error
+        if isinstance(error, nats.errors.FlushTimeoutError):
+            self.stalled = error
+        await self._user_callback("error_cb", error)
+
     async def on_disconnect(self) -> None:
         self.fail_pending(BrokerConnectionError("nats: disconnected before acknowledgement"))
+        await self._user_callback("disconnected_cb")
+
+    async def on_closed(self) -> None:
+        self.fail_pending(BrokerConnectionError("nats: connection closed"))
+        await self._user_callback("closed_cb")
+
+    async def _user_callback(self, name: str, *args: Any) -> None:
+        callback = self.user_callbacks.get(name)
+        if callback is not None:
+            await callback(*args)
 
     async def on_ack(self, msg: Msg) -> None:
         future = self.pending.pop(msg.subject.rsplit(".", 1)[-1], None)
@@ -374,6 +454,8 @@ async def fetch(
             received += await subscription.fetch(
                 min(batch, count - len(received)), timeout=max(remaining, 0.05)
             )
-        except nats.errors.TimeoutError:
+        except TimeoutError:
+            # nats' own TimeoutError is one, and nats-py also raises the plain one when
+            # the wait ends just as the server's "request timeout" arrives.
             break
     return received
