@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -24,11 +26,17 @@ from sagaz.outbox.brokers.redis import (
     read_stream,
 )
 from tests.brokers.broker_helpers import (
+    NotABroker,
+    NotABrokerMode,
     TcpProxy,
     assert_first_arrivals_in_key_order,
+    assert_nothing_leaked,
     assert_prefix_per_key,
+    big_messages,
+    closed_port,
     make_messages,
     retry_failed,
+    sockets_to,
 )
 from tests.brokers.conftest import REDIS, require_server
 
@@ -177,11 +185,76 @@ async def test_connection_cut_in_the_middle_of_a_batch_loses_nothing(
 
 
 async def test_unreachable_server_is_reported_not_raised(unique: str) -> None:
-    broker = RedisStreamsBroker("redis://127.0.0.1:1/0", connect_timeout=0.5)
+    port = closed_port()
+    broker = RedisStreamsBroker(f"redis://127.0.0.1:{port}/0", connect_timeout=0.5)
     outcomes = await broker.publish_batch(make_messages(f"t-{unique}", 3))
     assert all(isinstance(outcome, BrokerConnectionError) for outcome in outcomes)
-    assert "cannot connect" in str(outcomes[0])
+    assert f"redis: cannot connect to redis://127.0.0.1:{port}/0: ConnectionError" in str(
+        outcomes[0]
+    )
     await broker.close()
+    assert_nothing_leaked()
+
+
+async def test_failed_connect_raises_connection_error_naming_the_url_without_secrets() -> None:
+    port = closed_port()
+    broker = RedisStreamsBroker(
+        f"redis://:s3cret@127.0.0.1:{port}/2?health_check_interval=30", connect_timeout=0.5
+    )
+    with pytest.raises(BrokerConnectionError) as raised:
+        await broker.connect()
+    text = str(raised.value)
+    assert f"redis://:***@127.0.0.1:{port}/2: ConnectionError" in text
+    assert "s3cret" not in text
+    await broker.close()
+    assert_nothing_leaked()
+
+
+@pytest.mark.parametrize("mode", ["close", "garbage", "silent"])
+async def test_failed_handshake_leaves_no_socket_open(mode: NotABrokerMode) -> None:
+    async with NotABroker(mode) as server:
+        broker = RedisStreamsBroker(
+            f"redis://127.0.0.1:{server.port}/0", connect_timeout=0.3, socket_timeout=0.3
+        )
+        with pytest.raises(BrokerConnectionError, match=f"127.0.0.1:{server.port}"):
+            await broker.connect()
+        assert sockets_to(server.port) == 0
+        outcomes = await broker.publish_batch(make_messages("x", 2))
+        assert all(isinstance(outcome, BrokerConnectionError) for outcome in outcomes)
+        assert sockets_to(server.port) == 0
+        await broker.close()
+    assert_nothing_leaked()
+
+
+async def test_server_that_stops_reading_fails_the_batch_and_frees_its_socket(
+    make_proxy: Callable[[tuple[str, int]], Awaitable[TcpProxy]],
+    client: aioredis.Redis,
+    stream: str,
+) -> None:
+    """20 MB fill the socket buffers of a stalled connection. redis-py's write times out,
+    and it then closes the connection gracefully, which waits for the buffers to drain:
+    the socket stayed open for good (until the server read again or the kernel gave up)."""
+    proxy = await make_proxy(REDIS)
+    broker = RedisStreamsBroker(
+        f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=0.5, connect_timeout=0.5
+    )
+    try:
+        await broker.connect()
+        proxy.stall()
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            outcomes = await broker.publish_batch(big_messages(stream, 40, 500_000))
+        assert time.monotonic() - started < 3
+        assert all(isinstance(outcome, BrokerConnectionError) for outcome in outcomes)
+        assert "pipeline failed: TimeoutError" in str(outcomes[0])
+        assert sockets_to(proxy.port) == 0
+        proxy.resume()
+        retry = make_messages(stream, 5)
+        assert await broker.publish_batch(retry) == [None] * 5
+    finally:
+        await broker.close()
+    assert sockets_to(proxy.port) == 0
+    assert_nothing_leaked()
 
 
 async def test_maxlen_trims_the_stream(client: aioredis.Redis, stream: str) -> None:

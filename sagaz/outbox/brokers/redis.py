@@ -9,9 +9,10 @@ connection: Redis applies the commands in order, so same-key order holds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from sagaz.errors import MissingExtraError
@@ -24,6 +25,7 @@ from sagaz.outbox.brokers.common import (
     Outcomes,
     PublishError,
     ReceivedMessage,
+    connect_error,
     decode_payload,
     describe,
     encode_payload,
@@ -99,6 +101,13 @@ class RedisStreamsBroker:
         return self.stream_prefix + topic
 
     async def connect(self) -> None:
+        """Connect and PING. Idempotent.
+
+        Raises BrokerConnectionError naming the URL (password hidden) and the cause when
+        the server cannot be reached; a client the broker created for the attempt is
+        closed again (a client passed in is left open).
+        """
+        created = self._client is None
         if self._client is None:
             self._client = aioredis.Redis.from_url(
                 self.url,
@@ -106,7 +115,16 @@ class RedisStreamsBroker:
                 socket_connect_timeout=self.connect_timeout,
                 retry=Retry(NoBackoff(), 0),
             )
-        await self._client.ping()
+            _abort_on_disconnect(self._client.connection_pool)
+        client = self._client
+        try:
+            await client.ping()
+        except Exception as error:
+            if created and self._client is client:
+                self._client = None
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            raise connect_error("redis", self.url, error, self.connect_timeout) from error
 
     async def publish_batch(self, messages: Sequence[OutboxMessage]) -> Outcomes:
         outcomes = BatchOutcomes(messages)
@@ -149,10 +167,14 @@ class RedisStreamsBroker:
         return outcomes.result()
 
     async def close(self) -> None:
+        """Close the client the broker created (not one passed in). Idempotent; never
+        raises; sockets that cannot be closed gracefully (a server that stopped reading)
+        are aborted."""
         if self._owns_client:
             client, self._client = self._client, None
             if client is not None:
-                await client.aclose()
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
     async def _drop_connections(self) -> None:
         """Disconnect every pooled connection so the next batch starts on a fresh one."""
@@ -160,6 +182,47 @@ class RedisStreamsBroker:
             return
         with contextlib.suppress(Exception):  # they are being dropped anyway
             await self._client.connection_pool.disconnect()
+
+
+# redis-py disconnects a connection that failed (a write that timed out, a lost reply)
+# with a plain close, which on a socket whose peer stopped reading waits for the send
+# buffer to drain: the socket stays open until the server reads again or the kernel
+# gives up (minutes, or never for a hung server). These connection classes abort the
+# socket once redis-py's own disconnect is done, whatever its outcome (a no-op when the
+# close already went through).
+
+
+async def _disconnect_then_abort(
+    writer: asyncio.StreamWriter | None, disconnect: Callable[[], Awaitable[None]]
+) -> None:
+    try:
+        await disconnect()
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+
+
+class _AbortingConnection(aioredis.Connection):
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        await _disconnect_then_abort(
+            self._writer, lambda: super(_AbortingConnection, self).disconnect(*args, **kwargs)
+        )
+
+
+class _AbortingSSLConnection(aioredis.SSLConnection):
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        await _disconnect_then_abort(
+            self._writer,
+            lambda: super(_AbortingSSLConnection, self).disconnect(*args, **kwargs),
+        )
+
+
+def _abort_on_disconnect(pool: aioredis.ConnectionPool) -> None:
+    """Make the (still empty) pool open connections that abort their socket when dropped."""
+    if pool.connection_class is aioredis.SSLConnection:
+        pool.connection_class = _AbortingSSLConnection
+    elif pool.connection_class is aioredis.Connection:
+        pool.connection_class = _AbortingConnection
 
 
 def _fields(message: OutboxMessage) -> dict[Any, Any]:
