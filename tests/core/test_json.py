@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import decimal
+import json
 from typing import Any
 
 import pytest
 
 from sagaz import InvalidContextError
-from sagaz._json import dumps, ensure_json_object
+from sagaz._json import (
+    MAX_DEPTH,
+    MAX_INT_DIGITS,
+    dumps,
+    ensure_json_object,
+    ensure_json_value,
+    text_problem,
+)
 
 
 def test_plain_json_passes_and_is_copied() -> None:
@@ -55,3 +63,91 @@ def test_dumps_is_compact_and_deterministic() -> None:
     assert dumps({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
     with pytest.raises(ValueError, match="JSON compliant"):
         dumps({"a": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            {"a": ["ok", "x\ud800y"]},
+            "context['a'][1] contains a lone surrogate '\\ud800' (at index 1)",
+        ),
+        ({"a": {"\udfffk": 1}}, "context['a'] has a key '\\udfffk' with a lone surrogate"),
+        (
+            {"n": [1, 10**MAX_INT_DIGITS]},
+            f"context['n'][1] is an integer of more than {MAX_INT_DIGITS}",
+        ),
+        ({"n": -(10**MAX_INT_DIGITS)}, "context['n'] is an integer of more than"),
+        ({"n": 10**5000}, "context['n'] is an integer of more than"),
+    ],
+)
+def test_text_and_numbers_that_could_not_be_read_back_are_refused(value: Any, message: str) -> None:
+    with pytest.raises(InvalidContextError) as caught:
+        ensure_json_object(value, "context")
+    assert message in str(caught.value)
+
+
+def test_the_limits_themselves_pass() -> None:
+    biggest = 10**MAX_INT_DIGITS - 1
+    value = {"big": biggest, "small": -biggest, "text": "café 🎉 \u2028", "key é": True}
+    assert ensure_json_object(value, "context") == value
+    assert json.loads(dumps(value)) == value
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """A document of `levels` containers, alternating objects and arrays."""
+    document: Any = {}
+    innermost = document
+    for level in range(levels - 1):
+        child: Any = [] if level % 2 else {}
+        if isinstance(innermost, dict):
+            innermost["x"] = child
+        else:
+            innermost.append(child)
+        innermost = child
+    return document  # type: ignore[no-any-return]
+
+
+def test_nesting_is_limited_with_a_clear_error_not_a_recursion_error() -> None:
+    assert ensure_json_object(nested(MAX_DEPTH), "context")
+    with pytest.raises(InvalidContextError) as caught:
+        ensure_json_object(nested(MAX_DEPTH + 1), "context")
+    message = str(caught.value)
+    assert message.startswith("context['x']['x'][0]['x'][0]['x']...(91 more)...")
+    assert f"nests deeper than {MAX_DEPTH} levels" in message
+    assert len(message) < 200
+    with pytest.raises(InvalidContextError, match="nests deeper"):
+        ensure_json_object(nested(100_000), "context")
+
+
+def test_a_container_that_contains_itself_is_refused() -> None:
+    loop: dict[str, Any] = {"id": 1}
+    loop["self"] = loop
+    with pytest.raises(InvalidContextError) as caught:
+        ensure_json_object({"a": [loop]}, "context")
+    assert str(caught.value) == (
+        "context['a'][0]['self'] is a container that contains itself (a cycle)"
+    )
+    items: list[Any] = [1]
+    items.append(items)
+    with pytest.raises(InvalidContextError, match=r"payload\[1\] is a container that contains"):
+        ensure_json_value(items, "payload")
+
+
+def test_a_value_shared_by_two_keys_is_not_a_cycle() -> None:
+    shared = {"sku": "a1"}
+    value = {"first": shared, "second": [shared, shared]}
+    assert ensure_json_object(value, "context") == value
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("plain", None),
+        ("café 🎉", None),
+        ("a\x00b", "a NUL character"),
+        ("ok\udc80", "a lone surrogate '\\udc80' (at index 2)"),
+    ],
+)
+def test_text_problem(text: str, problem: str | None) -> None:
+    assert text_problem(text) == problem
