@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sagaz import (
+    InvalidContextError,
     LeaseLostError,
     MemoryJournal,
     Saga,
@@ -17,7 +18,13 @@ from sagaz import (
     TransitionKind,
     generate_correlation_id,
 )
-from sagaz.context import current_correlation_id
+from sagaz.context import (
+    MAX_CORRELATION_ID_LENGTH,
+    check_correlation_id,
+    current_correlation_id,
+    is_valid_correlation_id,
+)
+from sagaz.store.schema import sagas
 
 
 def test_no_context_outside_a_scope() -> None:
@@ -139,3 +146,46 @@ async def test_a_resumed_saga_keeps_its_original_correlation_id() -> None:
             journal=journal, saga_id="c2", fence=journal.lease("c2", "worker-3")
         )
     assert result.correlation_id == "original"
+
+
+@pytest.mark.parametrize(
+    ("correlation_id", "shown"),
+    [
+        ("x" * 129, "129 characters long"),
+        ("", "''"),
+        ("has space", "'has space'"),
+        ("a\r\nInjected: 1", "'a\\r\\nInjected: 1'"),
+        ("nul\x00", "'nul\\x00'"),
+        ("caf\u00e9", "'café'"),
+        ("\ud800", "'\\ud800'"),
+        (42, "a value of type int"),
+    ],
+)
+def test_a_bad_correlation_id_is_refused_where_it_is_set(correlation_id: Any, shown: str) -> None:
+    rule = "correlation_id must be 1 to 128 characters of [A-Za-z0-9._:-]"
+    with pytest.raises(InvalidContextError) as caught, SagaContextManager.scope(correlation_id):
+        raise AssertionError("the block must not run")
+    assert str(caught.value) == f"{rule}, got {shown}"
+    with pytest.raises(InvalidContextError, match=re.escape(rule)):
+        SagaContextManager.set(correlation_id)
+    assert SagaContextManager.get() is None, "nothing was set"
+
+
+def test_the_longest_and_most_varied_valid_correlation_id() -> None:
+    valid = ("aZ09._:-" * 16)[:MAX_CORRELATION_ID_LENGTH]
+    assert len(valid) == 128
+    assert is_valid_correlation_id(valid)
+    with SagaContextManager.scope(valid) as context:
+        assert context.correlation_id == valid
+    assert check_correlation_id("abc") == "abc"
+
+
+def test_the_core_and_the_web_adapters_apply_the_same_rule() -> None:
+    from sagaz.integrations import _base
+
+    assert _base.MAX_CORRELATION_ID_LENGTH == MAX_CORRELATION_ID_LENGTH
+    assert sagas.c.correlation_id.type.length == MAX_CORRELATION_ID_LENGTH  # type: ignore[attr-defined]
+    samples = ["ok", "a" * 128, "a" * 129, "", "a b", "é", "a\n", "x:y.z-_", None, 7]
+    for sample in samples:
+        assert _base.is_valid_correlation_id(sample) == is_valid_correlation_id(sample), sample
+    assert is_valid_correlation_id(_base.correlation_id_from("bad value\r\n"))
