@@ -11,6 +11,9 @@ from typing import Any
 from sagaz.errors import SagaDefinitionError
 from sagaz.types import ParallelFailureStrategy
 
+MAX_NAME_LENGTH = 200
+"""The longest saga or step name: the length of the name columns in `sagaz.store.schema`."""
+
 StepFunction = Callable[..., Any]
 """A step action or compensation: `(ctx)` (or `(self, ctx)` on a Saga subclass), sync or
 async, returning None or a mapping to merge into the saga context."""
@@ -35,8 +38,9 @@ class StepDefinition:
     wants_session: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise SagaDefinitionError(f"a step name must be a non-empty str, got {self.name!r}")
+        problem = name_problem(self.name)
+        if problem is not None:
+            raise SagaDefinitionError(f"a step name must be {NAME_RULE}, got {problem}")
         if not callable(self.action):
             raise SagaDefinitionError(f"step '{self.name}': action {self.action!r} is not callable")
         if self.compensation is not None and not callable(self.compensation):
@@ -50,6 +54,29 @@ class StepDefinition:
         # Derived once here, not per run: both are read on every step execution.
         object.__setattr__(self, "is_async", is_async_callable(self.action))
         object.__setattr__(self, "wants_session", _accepts_session(self.action))
+
+
+NAME_RULE = f"a non-empty str of at most {MAX_NAME_LENGTH} printable characters"
+
+
+def name_problem(name: object) -> str | None:
+    """None when `name` can name a saga or a step (see NAME_RULE: it is stored in a
+    200-character column, shown in logs and diagrams, so no control characters, NUL or
+    lone surrogates); else a short description of `name` for the error message."""
+    if isinstance(name, str) and name and len(name) <= MAX_NAME_LENGTH and name.isprintable():
+        return None
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        return f"{name[:40]!r}... ({len(name)} characters)"
+    return f"{name!r:.80}"
+
+
+def check_saga_name(name: object) -> str:
+    """`name` when it can name a saga, else SagaDefinitionError saying why."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise SagaDefinitionError(f"a saga name must be {NAME_RULE}, got {problem}")
+    assert isinstance(name, str)
+    return name
 
 
 def is_async_callable(function: StepFunction) -> bool:
@@ -172,10 +199,10 @@ def build_definition(
 
     Raises SagaDefinitionError naming the saga and the step for: a duplicate step name, a
     dependency on an unknown step, a step depending on itself, or a cycle; and naming the
-    saga for a bad saga timeout or failure strategy (given as the enum or its value).
+    saga for a bad saga timeout or failure strategy (given as the enum or its value). A
+    saga name that is not `NAME_RULE` is refused too.
     """
-    if not isinstance(name, str) or not name:
-        raise SagaDefinitionError(f"a saga name must be a non-empty str, got {name!r}")
+    check_saga_name(name)
     listed = list(steps)
     by_name: dict[str, StepDefinition] = {}
     for step in listed:

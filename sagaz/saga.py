@@ -35,6 +35,7 @@ from sagaz.definition import (
     StepDefinition,
     StepFunction,
     build_definition,
+    check_saga_name,
 )
 from sagaz.errors import SagaDefinitionError
 from sagaz.registry import registry
@@ -149,6 +150,10 @@ class Saga:
                 f"{cls.__qualname__} declares steps but no saga_name; set saga_name = '...' "
                 "(the name workers use to find the saga)"
             )
+        try:
+            check_saga_name(saga_name)
+        except SagaDefinitionError as error:
+            raise SagaDefinitionError(f"{cls.__qualname__}.saga_name: {error}") from None
         for step_name in compensations:
             if step_name not in actions:
                 raise SagaDefinitionError(
@@ -201,7 +206,7 @@ class Saga:
         resolved_name = name or type(self).saga_name
         if not resolved_name:
             raise SagaDefinitionError("an imperative saga needs a name: Saga(name='...')")
-        self.name: str = resolved_name
+        self.name: str = check_saga_name(resolved_name)
         self.config = config
         self._failure_strategy = failure_strategy or type(self).failure_strategy
         self._timeout_seconds = (

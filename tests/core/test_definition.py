@@ -7,8 +7,16 @@ from typing import Any
 
 import pytest
 
-from sagaz import ParallelFailureStrategy, Saga, SagaDefinitionError, action, compensate
-from sagaz.definition import StepDefinition, build_definition
+from sagaz import (
+    ParallelFailureStrategy,
+    Saga,
+    SagaDefinitionError,
+    action,
+    compensate,
+    registry,
+)
+from sagaz.definition import MAX_NAME_LENGTH, StepDefinition, build_definition
+from sagaz.store.schema import saga_steps, sagas
 
 
 async def noop(ctx: Mapping[str, Any]) -> None: ...
@@ -358,3 +366,78 @@ def test_to_mermaid_escapes_quotes_and_names_callables() -> None:
     text = saga.to_mermaid()
     assert 's0["say #quot;hi#quot;"]' in text
     assert "undo say #quot;hi#quot;: Undo" in text
+
+
+NAME_RULE = "must be a non-empty str of at most 200 printable characters"
+
+
+def test_names_fit_the_schema_s_name_columns() -> None:
+    assert MAX_NAME_LENGTH == 200
+    assert sagas.c.name.type.length == MAX_NAME_LENGTH  # type: ignore[attr-defined]
+    assert saga_steps.c.name.type.length == MAX_NAME_LENGTH  # type: ignore[attr-defined]
+    longest = "s" * MAX_NAME_LENGTH
+    saga = Saga(name=longest).add_step("é" * MAX_NAME_LENGTH, noop).add_step("with space", noop)
+    assert saga.definition.name == longest
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("x" * 201, "'" + "x" * 40 + "'... (201 characters)"),
+        ("a\x00b", "'a\\x00b'"),
+        ("a\nb", "'a\\nb'"),
+        ("tab\t", "'tab\\t'"),
+        ("del\x7f", "'del\\x7f'"),
+        ("\ud800", "'\\ud800'"),
+        ("", "''"),
+    ],
+)
+def test_bad_saga_and_step_names_are_refused_naming_saga_and_step(name: str, shown: str) -> None:
+    with pytest.raises(SagaDefinitionError) as caught:
+        Saga(name=name or None)
+    if name:
+        assert str(caught.value) == f"a saga name {NAME_RULE}, got {shown}"
+
+    saga = Saga(name="def-names").add_step("ok", noop)
+    with pytest.raises(SagaDefinitionError) as caught:
+        saga.add_step(name, noop)
+    assert str(caught.value) == f"saga 'def-names': a step name {NAME_RULE}, got {shown}"
+    assert saga.step_names == ["ok"], "a refused step is not added"
+
+    with pytest.raises(SagaDefinitionError) as caught:
+        build_definition(name, [StepDefinition("a", noop)])
+    assert str(caught.value) == f"a saga name {NAME_RULE}, got {shown}"
+
+
+def test_bad_names_on_a_declarative_saga() -> None:
+    with pytest.raises(SagaDefinitionError) as caught:
+
+        class BadName(Saga):
+            saga_name = "order\r\n"
+
+            @action("a")
+            async def a(self, ctx: Mapping[str, Any]) -> None: ...
+
+    assert str(caught.value).endswith(
+        f"<locals>.BadName.saga_name: a saga name {NAME_RULE}, got 'order\\r\\n'"
+    )
+    assert "order\r\n" not in registry
+
+    with pytest.raises(SagaDefinitionError) as caught:
+
+        class BadStep(Saga):
+            saga_name = "def-bad-step"
+
+            @action("x" * 300)
+            async def a(self, ctx: Mapping[str, Any]) -> None: ...
+
+    assert str(caught.value).startswith(f"saga 'def-bad-step': a step name {NAME_RULE}, got 'xxx")
+    assert str(caught.value).endswith("... (300 characters)")
+    assert "def-bad-step" not in registry
+
+
+def test_a_module_level_saga_with_a_bad_name_never_registers() -> None:
+    namespace: dict[str, Any] = {"Saga": Saga}
+    with pytest.raises(SagaDefinitionError, match="a saga name must be"):
+        exec("saga = Saga(name='x' * 201)", namespace)  # a module body, as an import runs it
+    assert not any(name.startswith("xxx") for name in registry.names())
