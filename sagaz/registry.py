@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -23,23 +24,36 @@ class SagaRegistry:
 
     An imperative saga built at module level registers before its first `add_step` and
     again after each one; while its steps so far match the start of the registered saga's
-    steps the decision waits, and it raises as soon as they differ.
+    steps the decision waits, and it raises as soon as they differ. One that stops short
+    (its steps stay a strict prefix of the registered saga's) is a conflict too: looking
+    the name up (`source`, `resolve`, `in`) raises SagaRegistryError for as long as that
+    saga exists, since a worker could not tell which of the two was meant.
     """
 
     def __init__(self) -> None:
         self._entries: dict[str, type[Saga] | Saga] = {}
+        # Module-level imperative sagas whose steps so far are a strict prefix of the
+        # saga registered under their name: still being built, or stopped short.
+        self._waiting: dict[str, weakref.ref[Saga]] = {}
         self._lock = threading.Lock()
 
     def register(self, name: str, source: type[Saga] | Saga) -> None:
         with self._lock:
             existing = self._entries.get(name)
+            waiting = self._waiting.get(name)
+            if waiting is not None and waiting() in (None, source):
+                del self._waiting[name]
             if existing is not None and existing is not source:
                 old, new = _fingerprint(existing), _fingerprint(source)
                 if old == new:
                     self._entries[name] = source
                     return
                 if _is_being_built(source) and old[: len(new)] == new:
-                    return  # may still become identical; add_step registers it again
+                    # May still become identical (add_step registers it again); until
+                    # then, a lookup of the name refuses to choose between the two.
+                    assert not isinstance(source, type)
+                    self._waiting[name] = weakref.ref(source)
+                    return
                 raise SagaRegistryError(
                     f"saga name '{name}' is already registered to {_describe(existing)}; "
                     f"cannot register {_describe(source)} under the same name"
@@ -49,6 +63,25 @@ class SagaRegistry:
     def unregister(self, name: str) -> None:
         with self._lock:
             self._entries.pop(name, None)
+            self._waiting.pop(name, None)
+
+    def check_registered(self, name: str, source: type[Saga] | Saga) -> None:
+        """Raise SagaRegistryError unless `source` is what a worker would run for `name`:
+        the registered saga itself, or one with the same definition (the same class
+        re-imported, an imperative saga with the same steps). UnknownSagaError when
+        nothing is registered under `name`."""
+        from sagaz.saga import Saga
+
+        registered = self.source(name)
+        if isinstance(source, Saga) and source.is_declarative:
+            source = type(source)
+        if registered is source or _fingerprint(registered) == _fingerprint(source):
+            return
+        raise SagaRegistryError(
+            f"saga name '{name}' is registered to {_describe(registered)}, not to the given "
+            f"{_describe(source)}; a worker would run the registered one. Register this "
+            "saga under a name of its own (or start the registered one)"
+        )
 
     def resolve(self, name: str) -> Saga:
         """A saga instance ready to run for `name`; UnknownSagaError when not registered."""
@@ -60,8 +93,11 @@ class SagaRegistry:
         return source()
 
     def source(self, name: str) -> type[Saga] | Saga:
-        """The class or imperative saga registered under `name` (UnknownSagaError if none)."""
+        """The class or imperative saga registered under `name` (UnknownSagaError if none;
+        SagaRegistryError while a module-level saga of that name stopped short of it)."""
         source = self._entries.get(name)
+        if name in self._waiting:
+            self._refuse_waiting(name)
         if source is None:
             known = ", ".join(sorted(self._entries)) or "none"
             raise UnknownSagaError(
@@ -71,7 +107,28 @@ class SagaRegistry:
         return source
 
     def __contains__(self, name: object) -> bool:
+        if name in self._waiting:
+            assert isinstance(name, str)
+            self._refuse_waiting(name)
         return name in self._entries
+
+    def _refuse_waiting(self, name: str) -> None:
+        with self._lock:
+            reference = self._waiting.get(name)
+            waiting = reference() if reference is not None else None
+            existing = self._entries.get(name)
+            if waiting is None or existing is None:
+                self._waiting.pop(name, None)
+                return
+            if _fingerprint(waiting) == _fingerprint(existing):
+                del self._waiting[name]
+                return
+        raise SagaRegistryError(
+            f"saga name '{name}' is registered to {_describe(existing)}, and another "
+            f"{_describe(waiting)} was built under the same name at module level; it stopped "
+            "short of the registered saga, so a worker could not tell which one is meant. "
+            "Give one of them another name"
+        )
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -81,11 +138,13 @@ class SagaRegistry:
         """Run a block with the registry's current entries restored afterwards (tests)."""
         with self._lock:
             saved = dict(self._entries)
+            saved_waiting = dict(self._waiting)
         try:
             yield self
         finally:
             with self._lock:
                 self._entries = saved
+                self._waiting = saved_waiting
 
 
 def _fingerprint(source: type[Saga] | Saga) -> tuple[object, ...]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import re
 import sys
 import textwrap
 import uuid
@@ -253,3 +255,112 @@ def test_isolated_restores_entries() -> None:
         assert own.names() == ["temporary"]
     assert own.names() == ["kept"]
     own.unregister("missing")  # unregistering an unknown name is harmless
+
+
+def test_a_module_level_saga_that_stops_short_of_the_registered_one_is_refused(
+    load_module: Any,
+) -> None:
+    """Steps that are a strict prefix of the registered saga's wait while the saga may
+    still be built; once it stopped short, every lookup of the name refuses to choose."""
+    first = load_module(
+        """
+        from sagaz import Saga
+
+        def reserve(ctx): ...
+        def charge(ctx): ...
+
+        order = Saga(name="reg-prefix").add_step("reserve", reserve).add_step("charge", charge)
+        """
+    )
+    second = load_module(
+        f"""
+        from sagaz import Saga
+        from {first.__name__} import reserve
+
+        short = Saga(name="reg-prefix").add_step("reserve", reserve)
+        """
+    )
+    expected = (
+        "saga name 'reg-prefix' is registered to imperative saga with steps "
+        "['reserve', 'charge'], and another imperative saga with steps ['reserve'] was built"
+    )
+    with pytest.raises(SagaRegistryError, match=re.escape(expected)):
+        registry.resolve("reg-prefix")
+    with pytest.raises(SagaRegistryError, match=re.escape(expected)):
+        registry.source("reg-prefix")
+    with pytest.raises(SagaRegistryError, match=re.escape(expected)):
+        _ = "reg-prefix" in registry
+    assert "reg-prefix" in registry.names(), "listing names still works"
+
+    del second.short  # the short saga is gone: no more doubt about the name
+    gc.collect()
+    assert registry.resolve("reg-prefix") is first.order
+
+
+def test_reloading_a_module_whose_saga_lost_its_last_step_is_refused(load_module: Any) -> None:
+    module = load_module(
+        """
+        from sagaz import Saga
+
+        def reserve(ctx): ...
+        def charge(ctx): ...
+
+        order = Saga(name="reg-shorter").add_step("reserve", reserve).add_step("charge", charge)
+        """
+    )
+    shorter = Path(module.__file__).read_text().replace('.add_step("charge", charge)', "")
+    reloaded = load_module(shorter, name=module.__name__)
+    assert reloaded.order.step_names == ["reserve"]
+    with pytest.raises(SagaRegistryError, match="stopped short of the registered saga"):
+        registry.resolve("reg-shorter")
+
+
+def test_a_saga_built_over_several_statements_is_not_refused_once_complete(
+    load_module: Any,
+) -> None:
+    source = """
+        from sagaz import Saga, registry
+
+        def reserve(ctx): ...
+        def charge(ctx): ...
+
+        order = Saga(name="reg-steps")
+        order.add_step("reserve", reserve)
+        order.add_step("charge", charge)
+        assert registry.resolve("reg-steps") is order
+        """
+    module = load_module(source)
+    again = load_module(source, name=module.__name__)
+    assert registry.resolve("reg-steps") is again.order
+
+
+def test_only_the_registered_saga_or_an_identical_one_passes_the_check() -> None:
+    def step(ctx: Mapping[str, Any]) -> None: ...
+
+    def other(ctx: Mapping[str, Any]) -> None: ...
+
+    registered = Saga(name="reg-check").add_step("a", step).register()
+    registry.check_registered("reg-check", registered)
+    registry.check_registered("reg-check", Saga(name="reg-check").add_step("a", step))
+    impostor = Saga(name="reg-check").add_step("a", other)
+    with pytest.raises(SagaRegistryError) as caught:
+        registry.check_registered("reg-check", impostor)
+    assert str(caught.value).startswith(
+        "saga name 'reg-check' is registered to imperative saga with steps ['a'], not to the "
+        "given imperative saga with steps ['a']; a worker would run the registered one"
+    )
+    with pytest.raises(UnknownSagaError):
+        registry.check_registered("reg-nobody", impostor)
+
+    class Declared(Saga):
+        saga_name = "reg-check-class"
+
+        @action("a")
+        async def a(self, ctx: Mapping[str, Any]) -> None: ...
+
+    registry.check_registered("reg-check-class", Declared)
+    registry.check_registered("reg-check-class", Declared())
+    with pytest.raises(SagaRegistryError, match=r"registered to class .*Declared, not to"):
+        registry.check_registered(
+            "reg-check-class", Saga(name="reg-check-class").add_step("a", step)
+        )
