@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sagaz._json import ensure_json_object
+from sagaz._json import ensure_json_object, text_problem
 from sagaz.context import current_correlation_id
 from sagaz.errors import InvalidContextError, UnknownSagaError
 from sagaz.journal import utcnow
@@ -22,6 +22,7 @@ from sagaz.types import SagaStatus
 SAGA_ID_NAMESPACE = uuid.UUID("5a6a2c1e-3f0b-4b8e-9a8e-0d5a9a7c2b11")
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+"""The longest idempotency key (the length of its column in `sagaz_sagas`)."""
 
 
 def saga_id_for(saga_name: str, idempotency_key: str) -> str:
@@ -47,8 +48,11 @@ def start_saga(
 
     Nothing is awaited, so the call is the same for `Session` and `AsyncSession`. Raises,
     before anything is queued: TypeError for another kind of session, UnknownSagaError
-    for a saga no worker could resolve, InvalidContextError for a context that is not
-    JSON (naming the key) or a bad idempotency key.
+    for a saga no worker could resolve, SagaRegistryError for a saga instance other than
+    the one registered under its name (a worker would run the registered one),
+    InvalidContextError for a context that is not JSON or could not be read back (naming
+    the key; see `sagaz._json`) or an idempotency key that is not a non-empty str of at
+    most 255 characters without NUL characters or lone surrogates.
     """
     sync_session = sync_session_of(session, "start_saga")
     row = build_saga_row(saga, context, idempotency_key=idempotency_key)
@@ -66,8 +70,8 @@ def build_saga_row(
 
     Its "id" is `saga_id_for(name, idempotency_key)` with a key, else a random UUID; its
     correlation id is the current scope's. Raises as `start_saga` does (TypeError,
-    UnknownSagaError, InvalidContextError). For adapters that write the row through a
-    connection of their own framework (e.g. Django's).
+    UnknownSagaError, SagaRegistryError, InvalidContextError). For adapters that write the
+    row through a connection of their own framework (e.g. Django's).
     """
     name = _registered_name(saga)
     document = ensure_json_object(context, "context")
@@ -102,18 +106,24 @@ def _registered_name(saga: type[Saga] | Saga | str) -> str:
     elif isinstance(saga, type) and issubclass(saga, Saga) and saga.saga_name:
         name = saga.saga_name
     else:
-        raise TypeError(f"start_saga needs a Saga class, instance or name, got {saga!r}")
+        raise TypeError(f"start_saga needs a Saga class, instance or name, got {saga!r:.80}")
     if name not in registry:
         raise UnknownSagaError(
             f"saga '{name}' is not registered, so no worker could run it; define it at "
             "module level (or call .register() on an imperative saga) before starting it"
         )
+    if not isinstance(saga, str):
+        registry.check_registered(name, saga)
     return name
 
 
 def _check_idempotency_key(key: object) -> None:
     if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        got = f"{len(key)} characters" if isinstance(key, str) and key else f"{key!r:.80}"
         raise InvalidContextError(
             f"idempotency_key must be a non-empty str of at most "
-            f"{MAX_IDEMPOTENCY_KEY_LENGTH} characters, got {key!r:.80}"
+            f"{MAX_IDEMPOTENCY_KEY_LENGTH} characters, got {got}"
         )
+    problem = text_problem(key)
+    if problem is not None:
+        raise InvalidContextError(f"idempotency_key contains {problem}, which cannot be stored")

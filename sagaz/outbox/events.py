@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sagaz._json import ensure_json_value
+from sagaz._json import ensure_json_value, text_problem
 from sagaz.context import current_correlation_id
 from sagaz.errors import InvalidContextError
 from sagaz.journal import utcnow
@@ -35,7 +35,7 @@ def add(
     *,
     key: str | None = None,
     headers: Mapping[str, str] | None = None,
-    saga_id: str | None = None,
+    saga_id: str | uuid.UUID | None = None,
 ) -> str:
     """Add an event to the outbox through `session` and return its id.
 
@@ -44,11 +44,17 @@ def add(
     call rolls back, the event never existed. The id travels as the broker's message id.
     The current correlation id (see `sagaz.context`) is added as the `correlation-id`
     header unless `headers` sets it. Events with the same `key` are published in order.
+    `saga_id` links the event to a saga (e.g. the id `start_saga` returned): a UUID, as
+    a `uuid.UUID` or its str form; it is stored in canonical form and not checked against
+    the sagas table.
 
     Raises InvalidContextError before anything is queued for: a topic that is not a
-    non-empty str of `[A-Za-z0-9._:/-]`, a payload that is not JSON, a key that is not a
-    str, or headers that are not a small mapping of str names to str values without
-    control characters. Nothing is awaited: the same call serves Session and AsyncSession.
+    non-empty str of at most 255 characters of `[A-Za-z0-9._:/-]`; a payload that is not
+    JSON or could not be read back (see `sagaz._json`); a key that is not a str of at most
+    255 characters without NUL characters or lone surrogates; headers that are not a
+    small mapping of str names to str values without control characters or lone
+    surrogates; a saga_id that is not a UUID. Nothing is awaited: the same call serves
+    Session and AsyncSession.
     """
     sync_session = sync_session_of(session, "outbox.add")
     row = build_event_row(topic, payload, key=key, headers=headers, saga_id=saga_id)
@@ -62,7 +68,7 @@ def build_event_row(
     *,
     key: str | None = None,
     headers: Mapping[str, str] | None = None,
-    saga_id: str | None = None,
+    saga_id: str | uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """The pending row of `sagaz_outbox` that `add` writes, validated; no I/O.
 
@@ -73,10 +79,9 @@ def build_event_row(
     """
     _check_topic(topic)
     ensure_json_value(payload, "payload")
-    if key is not None and (not isinstance(key, str) or len(key) > MAX_KEY_LENGTH):
-        raise InvalidContextError(
-            f"key must be a str of at most {MAX_KEY_LENGTH} characters, got {key!r:.80}"
-        )
+    if key is not None:
+        _check_key(key)
+    saga_uuid = None if saga_id is None else _checked_saga_id(saga_id)
     header_values = _checked_headers(headers)
     correlation_id = current_correlation_id()
     if correlation_id is not None:
@@ -93,7 +98,7 @@ def build_event_row(
         "next_attempt_at": now,
         "claim_owner": None,
         "claim_expires_at": None,
-        "saga_id": saga_id,
+        "saga_id": saga_uuid,
         "created_at": now,
         "published_at": None,
         "last_error": None,
@@ -106,6 +111,30 @@ def _check_topic(topic: object) -> None:
             f"topic must be a non-empty str of at most {MAX_TOPIC_LENGTH} characters from "
             f"[A-Za-z0-9._:/-], got {topic!r:.80}"
         )
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
+        got = f"{len(key)} characters" if isinstance(key, str) else f"a {type(key).__name__}"
+        raise InvalidContextError(
+            f"key must be a str of at most {MAX_KEY_LENGTH} characters, got {got}"
+        )
+    problem = text_problem(key)
+    if problem is not None:
+        raise InvalidContextError(f"key contains {problem}, which cannot be stored")
+
+
+def _checked_saga_id(saga_id: object) -> str:
+    if isinstance(saga_id, uuid.UUID):
+        return str(saga_id)
+    if isinstance(saga_id, str) and len(saga_id) <= 45:
+        try:
+            return str(uuid.UUID(saga_id))
+        except ValueError:
+            pass
+    raise InvalidContextError(
+        f"saga_id must be a saga's UUID (as returned by start_saga), got {saga_id!r:.80}"
+    )
 
 
 def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -130,10 +159,14 @@ def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
             raise InvalidContextError(
                 f"header {name!r} must have a str value, got {type(value).__name__}"
             )
-        if len(value) > MAX_HEADER_VALUE_LENGTH or _CONTROL.search(value):
+        if (
+            len(value) > MAX_HEADER_VALUE_LENGTH
+            or _CONTROL.search(value)
+            or text_problem(value) is not None
+        ):
             raise InvalidContextError(
                 f"header {name!r} value must be at most {MAX_HEADER_VALUE_LENGTH} characters "
-                "with no control characters"
+                "with no control characters or lone surrogates"
             )
         checked[name] = value
     return checked
