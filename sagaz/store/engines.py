@@ -11,6 +11,9 @@ application that writes sagaz rows through its own SQLite engine can call
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,6 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext import asyncio as sa_asyncio
 
+from sagaz.errors import MissingExtraError
 from sagaz.store.urls import async_url, sync_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -45,15 +49,60 @@ def configure_sqlite(engine: sa.Engine | sa_asyncio.AsyncEngine) -> None:
     event.listen(sync_engine, "begin", on_begin)
 
 
+#: SQLAlchemy driver name -> (the module it imports, the sagaz extra that installs it).
+DRIVER_EXTRAS = {
+    "postgresql+psycopg": ("psycopg", "postgres"),
+    "postgresql+asyncpg": ("asyncpg", "asyncpg"),
+    "sqlite+aiosqlite": ("aiosqlite", "sqlite"),
+}
+
+
 def create_engine(url: str | URL, **options: Any) -> sa.Engine:
-    """A sync engine for `url` (an async driver in it is swapped for its sync twin)."""
-    engine = sa.create_engine(sync_url(url), **options)
+    """A sync engine for `url` (an async driver in it is swapped for its sync twin).
+
+    Raises MissingExtraError naming the extra to install when the driver is missing
+    (``pip install 'sagaz[postgres]'`` for psycopg).
+    """
+    parsed = sync_url(url)
+    with _driver_needed(parsed):
+        engine = sa.create_engine(parsed, **options)
     configure_sqlite(engine)
     return engine
 
 
 def create_async_engine(url: str | URL, **options: Any) -> sa_asyncio.AsyncEngine:
-    """An async engine for `url` (a sync driver in it is swapped for its async twin)."""
-    engine = sa_asyncio.create_async_engine(async_url(url), **options)
+    """An async engine for `url` (a sync driver in it is swapped for its async twin).
+
+    Raises MissingExtraError naming the extra to install when the driver is missing
+    (``'sagaz[postgres]'`` for psycopg, ``'sagaz[asyncpg]'``, ``'sagaz[sqlite]'`` for
+    aiosqlite).
+    """
+    parsed = async_url(url)
+    with _driver_needed(parsed):
+        engine = sa_asyncio.create_async_engine(parsed, **options)
     configure_sqlite(engine)
     return engine
+
+
+@contextmanager
+def _driver_needed(url: URL) -> Iterator[None]:
+    """Turn the ImportError of a missing driver into a MissingExtraError naming the extra
+    (another ImportError, e.g. inside an installed driver, passes through)."""
+    try:
+        yield
+    except ImportError as error:
+        if isinstance(error, MissingExtraError) or url.drivername not in DRIVER_EXTRAS:
+            raise
+        module, extra = DRIVER_EXTRAS[url.drivername]
+        if _importable(module):
+            raise
+        purpose = f"a {url.get_backend_name()} database engine ({url.drivername})"
+        raise MissingExtraError(extra, module, purpose) from error
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True

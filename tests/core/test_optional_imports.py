@@ -118,3 +118,52 @@ def test_switching_on_a_feature_without_its_extra_names_the_extra(switch: str, e
     assert done.returncode == 0, done.stderr
     assert f"extra: {extra}" in done.stdout
     assert f"pip install 'sagaz[{extra}]'" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("factory", "url", "module", "extra"),
+    [
+        ("create_engine", "postgresql://u@localhost/db", "psycopg", "postgres"),
+        ("create_async_engine", "postgresql://u@localhost/db", "psycopg", "postgres"),
+        ("create_async_engine", "postgresql+asyncpg://u@localhost/db", "asyncpg", "asyncpg"),
+        ("create_async_engine", "sqlite:///unused.db", "aiosqlite", "sqlite"),
+    ],
+)
+def test_an_engine_without_its_driver_names_the_extra(
+    factory: str, url: str, module: str, extra: str
+) -> None:
+    done = run_blocked(
+        f"""
+        from sagaz import MissingExtraError
+        from sagaz.store.engines import {factory}
+
+        try:
+            {factory}({url!r})
+        except MissingExtraError as error:
+            assert isinstance(error, ImportError)
+            assert isinstance(error.__cause__, ImportError), error.__cause__
+            print("extra:", error.extra, "module:", error.module)
+            print("message:", error)
+        else:
+            raise SystemExit("no MissingExtraError")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"extra: {extra} module: {module}" in done.stdout
+    assert f"pip install 'sagaz[{extra}]'" in done.stdout
+
+
+def test_sync_sqlite_needs_no_extra() -> None:
+    done = run_blocked(
+        """
+        import sqlalchemy as sa
+        from sagaz.store.engines import create_engine
+
+        engine = create_engine("sqlite://")
+        with engine.connect() as connection:
+            print("answer:", connection.scalar(sa.text("SELECT 42")))
+        engine.dispose()
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "answer: 42" in done.stdout
