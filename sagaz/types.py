@@ -5,7 +5,6 @@ Everything here is plain data: no I/O, no SQLAlchemy, safe to import anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -115,8 +114,3 @@ class SagaResult:
 
     def step(self, name: str) -> StepOutcome:
         return self.steps[name]
-
-
-def freeze_context(context: Mapping[str, Any]) -> JSONDict:
-    """A shallow copy of a context as a plain dict (the type every store persists)."""
-    return dict(context)
