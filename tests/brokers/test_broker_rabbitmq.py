@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
@@ -18,11 +19,17 @@ from sagaz.outbox.brokers.rabbitmq import (
     message_id_of,
 )
 from tests.brokers.broker_helpers import (
+    NotABroker,
+    NotABrokerMode,
     TcpProxy,
     assert_first_arrivals_in_key_order,
+    assert_nothing_leaked,
     assert_prefix_per_key,
+    big_messages,
+    closed_port,
     make_messages,
     retry_failed,
+    sockets_to,
 )
 from tests.brokers.conftest import RABBITMQ, require_server
 
@@ -161,11 +168,99 @@ async def test_connection_cut_in_the_middle_of_a_batch_loses_nothing(
 
 
 async def test_unreachable_server_is_reported_not_raised(unique: str) -> None:
-    broker = RabbitMQBroker("amqp://guest:guest@127.0.0.1:1/", connect_timeout=1)
+    port = closed_port()
+    broker = RabbitMQBroker(f"amqp://guest:guest@127.0.0.1:{port}/", connect_timeout=1)
     outcomes = await broker.publish_batch(make_messages(f"t{unique}", 2))
     assert all(isinstance(outcome, BrokerConnectionError) for outcome in outcomes)
-    assert "cannot connect" in str(outcomes[0])
+    assert f"rabbitmq: cannot connect to amqp://guest:***@127.0.0.1:{port}/: " in str(outcomes[0])
     await broker.close()
+    assert_nothing_leaked()
+
+
+async def test_failed_connect_raises_connection_error_naming_the_url_without_secrets() -> None:
+    port = closed_port()
+    broker = RabbitMQBroker(
+        f"amqp://orders:s3cret@127.0.0.1:{port}/prod?heartbeat=30", connect_timeout=1
+    )
+    with pytest.raises(BrokerConnectionError) as raised:
+        await broker.connect()
+    text = str(raised.value)
+    assert f"amqp://orders:***@127.0.0.1:{port}/prod: AMQPConnectionError" in text
+    assert "s3cret" not in text
+    await broker.close()
+    assert_nothing_leaked()
+
+
+@pytest.mark.parametrize("mode", ["close", "garbage", "silent"])
+async def test_failed_handshake_leaves_no_socket_open(mode: NotABrokerMode) -> None:
+    async with NotABroker(mode) as server:
+        broker = RabbitMQBroker(f"amqp://guest:guest@127.0.0.1:{server.port}/", connect_timeout=0.3)
+        with pytest.raises(BrokerConnectionError, match=f"127.0.0.1:{server.port}"):
+            await broker.connect()
+        assert sockets_to(server.port) == 0
+        outcomes = await broker.publish_batch(make_messages("x", 2))
+        assert all(isinstance(outcome, BrokerConnectionError) for outcome in outcomes)
+        assert sockets_to(server.port) == 0
+        await broker.close()
+    assert_nothing_leaked()
+
+
+async def test_server_that_stops_reading_fails_the_batch_and_frees_its_socket(
+    make_proxy: Callable[[tuple[str, int]], Awaitable[TcpProxy]], exchange: str
+) -> None:
+    """20 MB fill the socket buffers of a stalled connection. The confirmations time
+    out; aiormq's graceful close then waits for the socket to drain for three heartbeat
+    intervals (about three minutes by default). The broker aborts it instead."""
+    proxy = await make_proxy(RABBITMQ)
+    broker = RabbitMQBroker(
+        f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+        exchange=exchange,
+        confirm_timeout=0.5,
+        connect_timeout=0.5,
+    )
+    try:
+        await broker.connect()
+        proxy.stall()
+        started = time.monotonic()
+        async with asyncio.timeout(10):  # the old code waited here for minutes
+            outcomes = await broker.publish_batch(big_messages("big", 40, 500_000))
+        assert time.monotonic() - started < 3
+        assert all(isinstance(outcome, BrokerConnectionError) for outcome in outcomes)
+        assert sockets_to(proxy.port) == 0
+        proxy.resume()
+        assert await broker.publish_batch(make_messages("a.b", 3)) == [None] * 3
+    finally:
+        await broker.close()
+    assert sockets_to(proxy.port) == 0
+    assert_nothing_leaked()
+
+
+async def test_connection_aiormq_finds_stuck_is_a_failure_not_a_cancellation(
+    make_proxy: Callable[[tuple[str, int]], Awaitable[TcpProxy]], exchange: str
+) -> None:
+    """aiormq closes a connection that sent nothing for three heartbeat intervals and
+    cancels the publishes waiting on it. The old code re-raised that CancelledError out of
+    publish_batch, which the relay does not catch: its loop died. (heartbeat=1, the
+    shortest, makes that six seconds.)"""
+    proxy = await make_proxy(RABBITMQ)
+    broker = RabbitMQBroker(
+        f"amqp://guest:guest@127.0.0.1:{proxy.port}/?heartbeat=1",
+        exchange=exchange,
+        confirm_timeout=30,
+        connect_timeout=1,
+    )
+    try:
+        await broker.connect()
+        proxy.stall()
+        async with asyncio.timeout(15):
+            outcomes = await broker.publish_batch(make_messages("a.b", 5))
+        assert all(isinstance(outcome, BrokerConnectionError) for outcome in outcomes)
+        assert "aiormq closed the connection" in str(outcomes[0])
+        proxy.resume()
+        assert await broker.publish_batch(make_messages("a.b", 3)) == [None] * 3
+    finally:
+        await broker.close()
+    assert sockets_to(proxy.port) == 0
 
 
 async def test_existing_exchange_without_declaring(

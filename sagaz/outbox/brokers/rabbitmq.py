@@ -11,8 +11,7 @@ confirmation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sagaz.errors import ConfigurationError, MissingExtraError
@@ -27,6 +26,8 @@ from sagaz.outbox.brokers.common import (
     PublishError,
     ReceivedMessage,
     as_bool,
+    close_within,
+    connect_error,
     decode_payload,
     describe,
     encode_payload,
@@ -134,31 +135,42 @@ class RabbitMQBroker:
         )
 
     async def connect(self) -> None:
+        """Connect, open a confirming channel and declare (or check) the exchange.
+        Idempotent.
+
+        Raises BrokerConnectionError naming the URL (password hidden) and the cause when
+        that fails; a connection the attempt opened is closed again first.
+        """
         async with self._connect_lock:
             if not self.connected:
                 await self._drop()
-                await self._open()
+                try:
+                    await self._open()
+                except Exception as error:
+                    raise connect_error(
+                        "rabbitmq", self.url, error, self.connect_timeout
+                    ) from error
 
     async def _open(self) -> None:
         connection = await aio_pika.connect(self.url, timeout=self.connect_timeout)
         try:
-            channel = await connection.channel(
-                publisher_confirms=True, on_return_raises=self.mandatory
-            )
-            if self.exchange_name == "":
-                exchange = channel.default_exchange
-            elif self.declare_exchange:
-                exchange = await channel.declare_exchange(
-                    self.exchange_name,
-                    self.exchange_type,
-                    durable=self.durable,
-                    timeout=self.connect_timeout,
+            async with asyncio.timeout(self.connect_timeout):
+                channel = await connection.channel(
+                    publisher_confirms=True, on_return_raises=self.mandatory
                 )
-            else:
-                exchange = await channel.get_exchange(self.exchange_name, ensure=True)
+                if self.exchange_name == "":
+                    exchange = channel.default_exchange
+                elif self.declare_exchange:
+                    exchange = await channel.declare_exchange(
+                        self.exchange_name,
+                        self.exchange_type,
+                        durable=self.durable,
+                        timeout=self.connect_timeout,
+                    )
+                else:
+                    exchange = await channel.get_exchange(self.exchange_name, ensure=True)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await self._close_connection(connection)
             raise
         self._connection, self._channel, self._exchange = connection, channel, exchange
 
@@ -198,8 +210,6 @@ class RabbitMQBroker:
         for index, result in zip(indexes, results, strict=True):
             if not isinstance(result, BaseException):
                 continue
-            if isinstance(result, asyncio.CancelledError):
-                raise result
             # aiormq's PublishError (a returned message) is a DeliveryError too.
             if isinstance(result, aiormq.exceptions.PublishError):
                 failure: PublishError = PublishError(
@@ -209,6 +219,15 @@ class RabbitMQBroker:
             elif isinstance(result, aiormq.exceptions.DeliveryError):
                 failure = PublishError(
                     f"rabbitmq: the broker refused {messages[index].id} ({describe(result)})"
+                )
+            elif isinstance(result, asyncio.CancelledError):
+                # aiormq's: it cancels the publishes waiting on a connection it closes
+                # itself. This task's own cancellation is not among the results (gather
+                # raises it), so this is never swallowed.
+                lost_connection = True
+                failure = BrokerConnectionError(
+                    "rabbitmq: not confirmed: aiormq closed the connection and cancelled the "
+                    "publish (no frame from the server for three heartbeat intervals, or lost)"
                 )
             elif isinstance(result, _CONNECTION_ERRORS):
                 lost_connection = True
@@ -221,14 +240,43 @@ class RabbitMQBroker:
         return outcomes.result()
 
     async def close(self) -> None:
+        """Close the connection. Idempotent; never raises; a connection that does not
+        close within `connect_timeout` (a server that stopped reading) is aborted."""
         await self._drop()
 
     async def _drop(self) -> None:
         connection = self._connection
         self._connection = self._channel = self._exchange = None
-        if connection is not None and not connection.is_closed:
-            with contextlib.suppress(Exception):
-                await connection.close()
+        if connection is not None:
+            await self._close_connection(connection)
+
+    async def _close_connection(self, connection: AbstractConnection) -> None:
+        if not connection.is_closed:
+            # The aborter is taken first: aio-pika forgets the transport once closing.
+            abort = _socket_aborter(connection)
+            await close_within(connection.close(), self.connect_timeout, abort)
+
+
+def _socket_aborter(connection: AbstractConnection) -> Callable[[], None]:
+    """A function that drops `connection`'s socket at once, unsent data and all.
+
+    aiormq closes gracefully only: it flushes, sends Connection.Close and waits for the
+    socket to drain, which with a server that stopped reading takes three heartbeat
+    intervals (about three minutes by default). It keeps the socket's StreamWriter only
+    as the argument of its writer task, so it is reached through that task. Best effort:
+    a no-op when it cannot be found (aiormq then drops the socket itself once it finds
+    the connection stuck); the tests show it is found with the aiormq installed.
+    """
+    amqp = getattr(getattr(connection, "transport", None), "connection", None)
+
+    def abort() -> None:
+        get_coro = getattr(getattr(amqp, "_writer_task", None), "get_coro", None)
+        frame = getattr(get_coro(), "cr_frame", None) if callable(get_coro) else None
+        writer = frame.f_locals.get("writer") if frame is not None else None
+        if isinstance(writer, asyncio.StreamWriter):
+            writer.transport.abort()
+
+    return abort
 
 
 def _amqp_message(message: OutboxMessage) -> aio_pika.Message:
