@@ -14,19 +14,37 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from sagaz.outbox.brokers import BrokerConnectionError
 from sagaz.outbox.brokers.kafka import KafkaBroker, decode, message_id_of
-from tests.brokers.broker_helpers import TcpProxy, assert_prefix_per_key, make_messages
+from tests.brokers.broker_helpers import (
+    TcpProxy,
+    assert_nothing_leaked,
+    assert_prefix_per_key,
+    closed_port,
+    make_messages,
+)
 
 KAFKA = os.environ.get("SAGAZ_TEST_KAFKA")
 needs_kafka = pytest.mark.skipif(not KAFKA, reason="set SAGAZ_TEST_KAFKA=host:port to run")
 
 
 async def test_unreachable_server_is_reported_not_raised() -> None:
-    broker = KafkaBroker("127.0.0.1:1", request_timeout_ms=2000)
+    port = closed_port()
+    broker = KafkaBroker(f"127.0.0.1:{port}", request_timeout_ms=2000)
     outcomes = await broker.publish_batch(make_messages("orders", 3))
     assert all(isinstance(outcome, BrokerConnectionError) for outcome in outcomes)
-    assert "cannot connect" in str(outcomes[0])
+    assert f"kafka: cannot connect to 127.0.0.1:{port}: KafkaConnectionError" in str(outcomes[0])
     assert not broker.connected
     await broker.close()
+    assert_nothing_leaked()
+
+
+async def test_failed_connect_raises_connection_error_naming_the_servers() -> None:
+    port = closed_port()
+    broker = KafkaBroker.from_url(f"kafka://127.0.0.1:{port}?client_id=orders")
+    with pytest.raises(BrokerConnectionError, match=f"kafka: cannot connect to 127.0.0.1:{port}"):
+        await broker.connect()
+    assert not broker.connected
+    await broker.close()
+    assert_nothing_leaked()
 
 
 async def consume(topic: str, count: int) -> list[object]:

@@ -29,6 +29,7 @@ from sagaz.outbox.brokers.common import (
     Outcomes,
     PublishError,
     ReceivedMessage,
+    connect_error,
     decode_payload,
     encode_payload,
     require_id,
@@ -100,15 +101,22 @@ class KafkaBroker:
         return self._producer is not None
 
     async def connect(self) -> None:
+        """Start the idempotent producer. Idempotent.
+
+        Raises BrokerConnectionError naming the bootstrap servers and the cause when no
+        server answers; the producer of the attempt is stopped again first.
+        """
         async with self._connect_lock:
             if self._producer is not None:
                 return
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **self.options)
             try:
                 await producer.start()
-            except BaseException:
+            except BaseException as error:
                 with contextlib.suppress(Exception):
                     await producer.stop()
+                if isinstance(error, Exception):
+                    raise connect_error("kafka", self.bootstrap_servers, error) from error
                 raise
             self._producer = producer
 
@@ -155,8 +163,8 @@ class KafkaBroker:
             deliveries.append(delivery)
         results = await asyncio.gather(*deliveries, return_exceptions=True)
         for index, result in zip(indexes, results, strict=True):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
+            # A delivery cancelled from inside aiokafka counts as unconfirmed too (this
+            # task's own cancellation is not among the results: gather raises it).
             if isinstance(result, BaseException):
                 outcomes.fail(index, BrokerConnectionError(f"kafka: not acknowledged: {result!r}"))
         errors = outcomes.result()
@@ -165,6 +173,8 @@ class KafkaBroker:
         return errors
 
     async def close(self) -> None:
+        """Stop the producer (aiokafka flushes what is still queued first). Idempotent;
+        never raises."""
         await self._drop()
 
     async def _drop(self) -> None:
