@@ -132,8 +132,8 @@ async def _abandon(running: dict[asyncio.Task[JSONDict], str]) -> None:
 
 def _describe(error: BaseException) -> str:
     """`Type: message` of an error, as stored on the saga (a NUL character, which
-    PostgreSQL's text columns refuse, is written as `\\x00`)."""
-    text = str(error).replace("\x00", "\\x00")
+    PostgreSQL's text columns refuse, is written as `\\x00`; a lone surrogate escaped too)."""
+    text = str(error).replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

@@ -161,6 +161,8 @@ class NulSaga(Saga):
     async def b(self, ctx: Any) -> dict[str, Any]:
         if ctx["mode"] == "raise":
             raise ValueError("bad\x00byte")
+        if ctx["mode"] == "surrogate":
+            raise ValueError("lone \ud800")
         return {"b": "nul\x00"}
 
 
@@ -170,9 +172,10 @@ async def test_nul_characters_fail_their_saga_not_the_batch(
     """A step raising an error with a NUL character, and one returning one, are compensated
     with the cause stored; sagas group-committed in the same batches complete."""
     engine = SagaEngine(AsyncSagaStore(async_engine))
-    raising, returning, *others = await asyncio.gather(
+    raising, returning, surrogate, *others = await asyncio.gather(
         engine.run(NulSaga().definition, {"mode": "raise"}, saga_id=str(uuid.uuid4())),
         engine.run(NulSaga().definition, {"mode": "return"}, saga_id=str(uuid.uuid4())),
+        engine.run(NulSaga().definition, {"mode": "surrogate"}, saga_id=str(uuid.uuid4())),
         *(
             engine.run(StoredSaga().definition, {"n": n}, saga_id=str(uuid.uuid4()))
             for n in range(10)
@@ -181,6 +184,8 @@ async def test_nul_characters_fail_their_saga_not_the_batch(
     assert [r.status for r in others] == [SagaStatus.COMPLETED] * 10
     assert raising.status is SagaStatus.COMPENSATED
     assert returning.status is SagaStatus.COMPENSATED
+    assert surrogate.status is SagaStatus.COMPENSATED
+    assert step_rows(sync_engine, surrogate.saga_id)["b"].error == "ValueError: lone \\ud800"
     stored = step_rows(sync_engine, raising.saga_id)
     assert stored["b"].error == "ValueError: bad\\x00byte"
     stored = step_rows(sync_engine, returning.saga_id)
