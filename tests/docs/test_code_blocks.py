@@ -78,10 +78,10 @@ def test_block_compiles_and_its_sagaz_imports_resolve(block: CodeBlock) -> None:
 def test_runnable_block_runs(block: CodeBlock, tmp_path: Path) -> None:
     script = tmp_path / "block.py"
     script.write_text(block.source, encoding="utf-8")
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith("SAGAZ_")
-    }
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("SAGAZ_")}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+    )
     result = subprocess.run(
         [sys.executable, "-W", "error", str(script)],
         cwd=tmp_path,

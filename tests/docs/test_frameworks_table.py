@@ -66,15 +66,16 @@ def check_cli(words: list[str], group: click.Command) -> None:
     """`words` is a command line below `group`: its subcommands and options exist."""
     command = group
     for word in words:
-        if word in ("...",) or not word.startswith("-") and not isinstance(command, click.Group):
+        if word in ("...",) or (not word.startswith("-") and not isinstance(command, click.Group)):
             continue
         if word.startswith("-"):
-            known = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
+            known = {
+                opt for param in command.params for opt in [*param.opts, *param.secondary_opts]
+            }
             assert word.split("=")[0] in known, f"{command.name} has no option {word}"
         else:
-            assert isinstance(command, click.Group) and word in command.commands, (
-                f"no command {word!r} in {command.name}"
-            )
+            assert isinstance(command, click.Group)
+            assert word in command.commands, f"no command {word!r} in {command.name}"
             command = command.commands[word]
 
 
@@ -153,8 +154,18 @@ def test_every_checkable_span_exists(row: list[str]) -> None:
 
 def test_the_table_covers_the_issue_rows() -> None:
     tasks = {row[0] for row in ROWS}
-    for task in ("Install", "Settings", "Start a saga", "Add an event", "Run a saga in process",
-                 "Run the worker", "Correlation id", "Health", "Metrics", "Testing"):
+    for task in (
+        "Install",
+        "Settings",
+        "Start a saga",
+        "Add an event",
+        "Run a saga in process",
+        "Run the worker",
+        "Correlation id",
+        "Health",
+        "Metrics",
+        "Testing",
+    ):
         assert task in tasks
 
 

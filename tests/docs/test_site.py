@@ -84,7 +84,9 @@ def test_the_site_builds_in_strict_mode(built_site: Path) -> None:
 
 def test_every_public_module_has_a_reference_page() -> None:
     pages = reference_pages()
-    missing = [name for name in ["sagaz", "sagaz.outbox", *integration_modules()] if name not in pages]
+    missing = [
+        name for name in ["sagaz", "sagaz.outbox", *integration_modules()] if name not in pages
+    ]
     assert missing == [], f"no `::: module` line in docs/reference/*.md for {missing}"
 
 
@@ -161,3 +163,29 @@ def test_cli_reference_lists_every_command_and_option(built_site: Path) -> None:
                     f"sagaz {path} {option}" for option in parameter.opts if option not in html
                 )
     assert missing == [], f"not in docs/reference/cli.md's page: {missing}"
+
+
+def test_links_out_of_docs_are_checked_and_rendered_as_repository_paths(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "mkdocs_hooks", ROOT / "scripts" / "mkdocs_hooks.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+
+    class Page:
+        class file:
+            src_path = "fastapi.md"
+
+    config = {"docs_dir": str(ROOT / "docs")}
+    text = "[the example](../examples/integrations/README.md) and [sagas](sagas.md)"
+    rendered = hooks.on_page_markdown(text, page=Page, config=config, files=None)
+    assert rendered == (
+        "the example (`examples/integrations/README.md` in the repository) and [sagas](sagas.md)"
+    )
+    with caplog.at_level("WARNING", logger="mkdocs.plugins.sagaz"):
+        hooks.on_page_markdown("[x](../examples/nowhere.md)", page=Page, config=config, files=None)
+    assert "links to '../examples/nowhere.md'" in caplog.text
