@@ -138,6 +138,8 @@ def import_or_skip(module_name: str) -> ModuleType:
         return importlib.import_module(module_name)
     except MissingExtraError as error:
         pytest.skip(str(error))
+    except ImportError as error:  # a module of an adapter importing its framework directly
+        pytest.skip(f"{module_name}: {error} (install sagaz[integrations])")
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
