@@ -131,7 +131,14 @@ class RabbitMQSide:
         return rabbitmq_broker.RabbitMQBroker(self.base, exchange=self.exchange)
 
     async def publish_raw(self, payload: bytes, message_id: str | None) -> None:
+        """aiormq gives every message an id of its own, and AMQP's message_id holds at most
+        255 bytes: "no id" and "too long" are sent as ids the inbox cannot store (with a
+        control character) instead."""
         exchange = await self.channel.get_exchange(self.exchange)
+        if message_id is None:
+            message_id = "no\x00id"
+        elif len(message_id) > 255:
+            message_id = message_id[:200] + "\x01"
         await exchange.publish(
             aio_pika.Message(payload, message_id=message_id), routing_key=self.topic
         )

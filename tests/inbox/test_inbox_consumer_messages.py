@@ -1,0 +1,154 @@
+"""The consumers on each real broker, in-process: unreadable messages (no id, a payload
+that is not JSON, an id too long for the inbox) are rejected and reported without
+blocking the messages behind them; a handler that fails is retried until it commits;
+every good message is processed once and everything ends acknowledged. Plus the
+consumers' configuration errors (no server needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sagaz.errors import ConfigurationError
+from sagaz.outbox.consumers import BrokerConsumer, consume, consumer_from_url
+from sagaz.outbox.inbox import InvalidInboxKeyError
+from tests.conftest import DatabaseUrls
+from tests.inbox.consumer_handlers import app_metadata, effects, record
+from tests.inbox.consumer_sides import GROUP, SIDES, payload
+from tests.relay.relay_helpers import eventually
+
+
+@pytest.fixture
+async def engine(pg: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
+    engine = pg.async_engine()
+    async with engine.begin() as connection:
+        await connection.run_sync(app_metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+async def effect_counts(engine: AsyncEngine) -> dict[int, int]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            sa.select(effects.c.n, sa.func.count()).group_by(effects.c.n)
+        )
+        return {n: count for n, count in rows.all()}
+
+
+@contextlib.asynccontextmanager
+async def running(consumer: BrokerConsumer) -> AsyncIterator[None]:
+    task = asyncio.ensure_future(consumer.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize("broker", sorted(SIDES))
+async def test_unreadable_messages_are_rejected_and_a_failing_handler_is_retried(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker: str
+) -> None:
+    monkeypatch.setenv("SAGAZ_TEST_FAIL_ONCE", "1")
+    monkeypatch.setenv("SAGAZ_TEST_MARKER", str(tmp_path / "marker"))
+    side = SIDES[broker](uuid.uuid4().hex[:12])
+    await side.prepare()
+    rejected: list[tuple[BaseException, Any]] = []
+    try:
+        await side.publish_raw(payload(0), str(uuid.uuid4()))
+        await side.publish_raw(payload(100), None)  # no id (RabbitMQ: a hostile one)
+        await side.publish_raw(payload(1), str(uuid.uuid4()))  # its handler fails once
+        await side.publish_raw(b"{not json", str(uuid.uuid4()))
+        await side.publish_raw(payload(101), "x" * 300)  # too long for the inbox
+        await side.publish_raw(payload(2), str(uuid.uuid4()))
+        consumer = consumer_from_url(
+            side.url,
+            side.topic,
+            GROUP,
+            record,
+            engine,
+            on_malformed=lambda error, raw: rejected.append((error, raw)),
+        )
+        async with running(consumer):
+
+            async def done() -> bool:
+                stats = consumer.stats
+                return stats.processed == 3 and stats.malformed == 3 and await side.settled()
+
+            await eventually(done, within=30, every=0.05)
+        assert await side.settled()
+    finally:
+        await side.teardown()
+    assert await effect_counts(engine) == {0: 1, 1: 1, 2: 1}
+    assert (consumer.stats.failed, consumer.stats.duplicates) == (1, 0)
+    reasons = [str(error) for error, _raw in rejected]
+    assert len(reasons) == 3
+    assert "no message id" in reasons[0] or "control characters" in reasons[0]
+    assert "not UTF-8 JSON" in reasons[1]
+    assert isinstance(rejected[2][0], InvalidInboxKeyError)
+    assert all(raw is not None for _error, raw in rejected)
+
+
+async def test_consume_runs_until_cancelled(engine: AsyncEngine) -> None:
+    side = SIDES["redis"](uuid.uuid4().hex[:12])
+    try:
+        await side.publish_raw(payload(7), str(uuid.uuid4()))
+        task = asyncio.ensure_future(consume(side.url, side.topic, GROUP, record, engine))
+        await eventually(lambda: effect_counts_is(engine, {7: 1}), within=30, every=0.05)
+        await eventually(side.settled, within=10, every=0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await side.teardown()
+
+
+async def effect_counts_is(engine: AsyncEngine, expected: dict[int, int]) -> bool:
+    return await effect_counts(engine) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "match"),
+    [
+        ("http://h/", {}, "consumer URL must start with one of"),
+        ("nohost", {}, "no scheme"),
+        ("redis://h/0?min_idle=soon", {}, "min_idle='soon'"),
+        ("redis://h/0", {"claim_interval": 0}, "claim_interval > 0"),
+        ("redis://h/0", {"bogus": 1}, "unexpected keyword argument 'bogus'"),
+        ("nats://h:4222", {"group": "bill.ing"}, "cannot name a durable consumer"),
+        ("nats://h:4222?ack_wait=0", {}, "ack_wait > 0"),
+        ("nats://h:4222", {"max_deliver": 0}, "max_deliver must be >= 1"),
+        ("amqp://h/?exchange=", {}, "the default exchange cannot be bound"),
+        ("amqp://h/", {"prefetch": 0}, "prefetch >= 1"),
+        ("kafka://h:9092", {"batch_size": 0}, "batch_size >= 1"),
+        ("redis://h/0", {"retry_delay": -1}, "retry_delay and reconnect_delay"),
+        ("redis://h/0", {"topic": ""}, "topic must be a non-empty str"),
+    ],
+)
+def test_bad_configuration_is_refused_before_connecting(
+    url: str, options: dict[str, Any], match: str
+) -> None:
+    group = options.pop("group", GROUP)
+    topic = options.pop("topic", "orders")
+    with pytest.raises(ConfigurationError, match=match):
+        consumer_from_url(url, topic, group, record, sa_sessions(), **options)
+
+
+def test_a_group_the_inbox_cannot_store_is_refused() -> None:
+    with pytest.raises(InvalidInboxKeyError, match="consumer must be 1 to 200"):
+        consumer_from_url("redis://h/0", "orders", "g" * 201, record, sa_sessions())
+
+
+def sa_sessions() -> Any:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    return async_sessionmaker()
