@@ -45,8 +45,11 @@ SCRIPT = textwrap.dedent(
             results[module] = error.extra
         else:
             results[module] = None
+    results["consumers-loaded-by-sagaz"] = "sagaz.outbox.consumers" in sys.modules
     import sagaz.outbox.consumers
-    from sagaz.outbox.consumers import consumer_from_url
+    from sagaz.outbox.consumers import consume, consumer_from_url
+
+    results["outbox.consume"] = sagaz.outbox.consume is consume
 
     for module in ("redis", "rabbitmq", "nats", "kafka"):
         try:
@@ -103,3 +106,5 @@ def test_brokers_name_their_extra_when_the_client_is_missing() -> None:
         "kafka",
     ]
     assert results["consumer-url"] == "nats"
+    assert results["consumers-loaded-by-sagaz"] is False
+    assert results["outbox.consume"] is True

@@ -46,19 +46,24 @@ def _mark(what: str) -> None:
     Path(os.environ["SAGAZ_TEST_MARKER"]).write_text(what)
 
 
+def _first_failure() -> bool:
+    """True the first time (a file remembers it across processes)."""
+    marker = Path(os.environ["SAGAZ_TEST_MARKER"] + ".failed")
+    if marker.exists():
+        return False
+    marker.write_text("failed")
+    return True
+
+
 async def record(session: AsyncSession, message: ReceivedMessage) -> None:
     n = message.payload["n"]
     await session.execute(sa.insert(effects).values(message_id=message.id, n=n))
-    if _holds("SAGAZ_TEST_FAIL_ONCE", n):
-        marker = Path(os.environ["SAGAZ_TEST_MARKER"] + ".failed")
-        if not marker.exists():
-            marker.write_text("failed")
-            raise HandlerFailedOnce(f"message {n} fails on its first attempt")
+    if _holds("SAGAZ_TEST_FAIL_ONCE", n) and _first_failure():
+        raise HandlerFailedOnce(f"message {n} fails on its first attempt")
     if _holds("SAGAZ_TEST_HOLD_BEFORE_COMMIT", n):
         _mark("before-commit")
         await asyncio.sleep(3600)
     if _holds("SAGAZ_TEST_HOLD_AFTER_COMMIT", n):
-
         # Not after_commit: SQLAlchemy fires that when the inbox's savepoint is released
         # too. The outermost transaction's end comes after its commit.
         @sa.event.listens_for(session.sync_session, "after_transaction_end")

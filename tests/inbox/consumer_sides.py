@@ -85,7 +85,9 @@ class NatsSide:
         await nats_broker.ensure_stream(self.client.jetstream(), self.stream, self.subjects)
 
     def broker(self) -> Broker:
-        return nats_broker.NatsJetStreamBroker(self.base, stream=self.stream, subjects=self.subjects)
+        return nats_broker.NatsJetStreamBroker(
+            self.base, stream=self.stream, subjects=self.subjects
+        )
 
     async def publish_raw(self, payload: bytes, message_id: str | None) -> None:
         assert self.client is not None

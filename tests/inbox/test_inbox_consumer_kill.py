@@ -100,7 +100,7 @@ def effect_counts(engine: sa.Engine) -> dict[int, int]:
         rows = connection.execute(
             sa.select(effects.c.n, sa.func.count()).group_by(effects.c.n)
         ).all()
-    return {n: count for n, count in rows}
+    return dict(rows)
 
 
 async def publish_through_relay(pg: DatabaseUrls, side: Side) -> None:

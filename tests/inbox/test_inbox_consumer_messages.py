@@ -40,7 +40,7 @@ async def effect_counts(engine: AsyncEngine) -> dict[int, int]:
         rows = await connection.execute(
             sa.select(effects.c.n, sa.func.count()).group_by(effects.c.n)
         )
-        return {n: count for n, count in rows.all()}
+        return dict(rows.all())
 
 
 @contextlib.asynccontextmanager
