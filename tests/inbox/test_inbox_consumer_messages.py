@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sagaz.errors import ConfigurationError
 from sagaz.outbox.consumers import BrokerConsumer, consume, consumer_from_url
 from sagaz.outbox.inbox import InvalidInboxKeyError
+from tests.brokers.broker_helpers import TcpProxy
+from tests.brokers.conftest import NATS, RABBITMQ, REDIS, make_proxy
 from tests.conftest import DatabaseUrls
 from tests.inbox.consumer_handlers import app_metadata, effects, record
 from tests.inbox.consumer_sides import GROUP, SIDES, payload
 from tests.relay.relay_helpers import eventually
+
+__all__ = ["make_proxy"]  # the fixture
+
+ADDRESSES = {"redis": REDIS, "nats": NATS, "rabbitmq": RABBITMQ}
 
 
 @pytest.fixture
@@ -152,3 +158,73 @@ def sa_sessions() -> Any:
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     return async_sessionmaker()
+
+
+async def test_redis_entry_deleted_while_pending_is_acknowledged(engine: AsyncEngine) -> None:
+    """An entry its consumer received and never acknowledged, then trimmed from the stream:
+    the restarted consumer re-reads its pending list, finds no fields, acknowledges it."""
+    side = SIDES["redis"](uuid.uuid4().hex[:12])
+    client = side.client  # type: ignore[attr-defined]
+    try:
+        await side.publish_raw(payload(1), str(uuid.uuid4()))
+        await client.xgroup_create(side.topic, GROUP, id="0")
+        entries: Any = await client.xreadgroup(GROUP, "c1", {side.topic: ">"}, count=1)
+        await client.xdel(side.topic, entries[0][1][0][0])
+        await side.publish_raw(payload(2), str(uuid.uuid4()))
+        consumer = consumer_from_url(side.url, side.topic, GROUP, record, engine, name="c1")
+        async with running(consumer):
+
+            async def done() -> bool:
+                return consumer.stats.processed == 1 and await side.settled()
+
+            await eventually(done, within=30, every=0.05)
+        assert consumer.stats.malformed == 1
+        assert await effect_counts(engine) == {2: 1}
+    finally:
+        await side.teardown()
+
+
+def test_kafka_consumer_holds_back_a_rewound_partition() -> None:
+    """No Kafka server here: only the order logic is checked. After a record's handler
+    failed (its partition rewound), that partition's later records of the same fetch are
+    not handed out; other partitions' are."""
+    from aiokafka import TopicPartition
+
+    from sagaz.outbox.consumers.kafka import KafkaConsumer
+
+    consumer = consumer_from_url("kafka://h:9092", "orders", GROUP, record, sa_sessions())
+    assert isinstance(consumer, KafkaConsumer)
+    assert consumer.options["enable_auto_commit"] is False
+    zero, one = TopicPartition("orders", 0), TopicPartition("orders", 1)
+    fetched = {zero: ["a0", "a1", "a2"], one: ["b0", "b1"]}
+    handed: list[str] = []
+    for delivery in consumer._in_order(fetched):  # type: ignore[arg-type]
+        handed.append(delivery.raw)
+        if delivery.raw == "a1":
+            consumer.rewound.add(zero)
+    assert handed == ["a0", "a1", "b0", "b1"]
+
+
+@pytest.mark.parametrize("broker", sorted(SIDES))
+async def test_consumer_reconnects_after_its_connection_is_cut(
+    engine: AsyncEngine, make_proxy: Callable[[tuple[str, int]], Awaitable[TcpProxy]], broker: str
+) -> None:
+    side = SIDES[broker](uuid.uuid4().hex[:12])
+    await side.prepare()
+    address = ADDRESSES[broker]
+    proxy = await make_proxy(address)
+    url = side.url.replace(f"{address[0]}:{address[1]}", f"127.0.0.1:{proxy.port}")
+    consumer = consumer_from_url(url, side.topic, GROUP, record, engine, reconnect_delay=0.1)
+    try:
+        async with running(consumer):
+            await side.publish_raw(payload(0), str(uuid.uuid4()))
+            await eventually(lambda: consumer.stats.processed == 1, within=30, every=0.05)
+            proxy.drop()
+            await side.publish_raw(payload(1), str(uuid.uuid4()))
+            await eventually(lambda: consumer.stats.reconnects >= 1, within=30, every=0.05)
+            proxy.restore()
+            await eventually(lambda: consumer.stats.processed == 2, within=30, every=0.05)
+        assert await side.settled()
+    finally:
+        await side.teardown()
+    assert await effect_counts(engine) == {0: 1, 1: 1}

@@ -16,6 +16,7 @@ handler once, the second copy waiting for the first transaction).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -196,7 +197,7 @@ class NatsJetStreamConsumer(BrokerConsumer):
     async def _close(self) -> None:
         client, self._client, self._subscription = self._client, None, None
         if client is not None and not client.is_closed:
-            await close_quietly(client.close())
+            await close_quietly(asyncio.wait_for(client.close(), self.connect_timeout))
 
     async def _receive(self) -> Iterable[Delivery]:
         assert self._subscription is not None

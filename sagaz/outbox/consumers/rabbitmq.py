@@ -24,11 +24,17 @@ from sagaz.outbox.brokers.common import (
     OptionParsers,
     ReceivedMessage,
     as_bool,
+    close_within,
     split_url_options,
 )
 from sagaz.outbox.brokers.rabbitmq import _URL_OPTIONS as BROKER_URL_OPTIONS
-from sagaz.outbox.brokers.rabbitmq import DEFAULT_EXCHANGE, declare_bound_queue, decode
-from sagaz.outbox.consumers.core import BrokerConsumer, Delivery, Handler, Sessions, close_quietly
+from sagaz.outbox.brokers.rabbitmq import (
+    DEFAULT_EXCHANGE,
+    _socket_aborter,
+    declare_bound_queue,
+    decode,
+)
+from sagaz.outbox.consumers.core import BrokerConsumer, Delivery, Handler, Sessions
 
 try:
     import aio_pika
@@ -159,7 +165,9 @@ class RabbitMQConsumer(BrokerConsumer):
     async def _close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and not connection.is_closed:
-            await close_quietly(asyncio.wait_for(connection.close(), self.connect_timeout))
+            # Aborted if it does not close within connect_timeout (a hung server).
+            abort = _socket_aborter(connection)
+            await close_within(connection.close(), self.connect_timeout, abort)
 
     async def _receive(self) -> Iterable[Delivery]:
         if (

@@ -194,7 +194,7 @@ class RedisStreamsConsumer(BrokerConsumer):
             )
             cursor = _text(claimed[0]) or "0-0"
             self._claim_from = "" if cursor == "0-0" else cursor
-            entries = [_Entry(self, _text(i) or "", f) for i, f in claimed[1]]
+            entries = [_Entry(self, _text(i) or "", f) for i, f in claimed[1] if i is not None]
             if entries:
                 return entries
         self._pending_from, self._claim_from = "0", "0-0"
@@ -205,4 +205,5 @@ class RedisStreamsConsumer(BrokerConsumer):
             _Entry(self, _text(entry_id) or "", fields)
             for _stream, entries in response or []
             for entry_id, fields in entries
+            if entry_id is not None
         ]
