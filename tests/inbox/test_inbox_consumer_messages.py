@@ -228,3 +228,26 @@ async def test_consumer_reconnects_after_its_connection_is_cut(
     finally:
         await side.teardown()
     assert await effect_counts(engine) == {0: 1, 1: 1}
+
+
+def test_the_relays_url_fits_the_consumer() -> None:
+    """The broker's own URL options are accepted and ignored; the consumer's are read;
+    others stay in the URL for the client library (NATS refuses unknown ones)."""
+    redis = consumer_from_url(
+        "redis://h/0?maxlen=5&min_idle=3&health_check_interval=30",
+        "t",
+        GROUP,
+        record,
+        sa_sessions(),
+    )
+    assert (redis.url, redis.min_idle) == ("redis://h/0?health_check_interval=30", 3.0)  # type: ignore[attr-defined]
+    nats = consumer_from_url(
+        "nats://h:4222?stream=S&subjects=a.>&ack_wait=4", "a.b", GROUP, record, sa_sessions()
+    )
+    assert (nats.stream, nats.ack_wait, nats.servers) == ("S", 4.0, ["nats://h:4222"])  # type: ignore[attr-defined]
+    rabbit = consumer_from_url(
+        "amqp://h/?confirm_timeout=3&prefetch=7", "t", GROUP, record, sa_sessions(), prefetch=9
+    )
+    assert (rabbit.prefetch, rabbit.queue) == (9, GROUP)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        consumer_from_url("nats://h:4222?bogus=1", "t", GROUP, record, sa_sessions())

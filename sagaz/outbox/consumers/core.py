@@ -30,12 +30,17 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sagaz.errors import ConfigurationError, MissingExtraError
-from sagaz.outbox.brokers.common import ReceivedMessage, describe
+from sagaz.outbox.brokers.common import (
+    OptionParsers,
+    ReceivedMessage,
+    describe,
+    split_url_options,
+)
 from sagaz.outbox.inbox import ConsumerInbox, check_key
 
 __all__ = [
@@ -55,6 +60,13 @@ Handler = Callable[[AsyncSession, ReceivedMessage], Awaitable[Any] | Any]
 MalformedCallback = Callable[[BaseException, Any], Awaitable[Any] | Any]
 #: Where the consumer's transactions come from.
 Sessions = async_sessionmaker[AsyncSession] | AsyncEngine
+
+#: URL query options every consumer takes.
+COMMON_URL_OPTIONS: OptionParsers = {
+    "name": str,
+    "retry_delay": float,
+    "reconnect_delay": float,
+}
 
 #: Errors that are the consumer's own configuration, never retried by reconnecting.
 _FATAL: tuple[type[BaseException], ...] = (ConfigurationError, MissingExtraError)
@@ -108,6 +120,10 @@ class BrokerConsumer(ABC):
     """
 
     broker: ClassVar[str]
+    #: The consumer's own URL query options (besides COMMON_URL_OPTIONS).
+    url_options: ClassVar[OptionParsers] = {}
+    #: The broker's URL query options: accepted and ignored, so the relay's URL fits.
+    broker_url_options: ClassVar[OptionParsers] = {}
 
     def __init__(
         self,
@@ -145,6 +161,25 @@ class BrokerConsumer(ABC):
         self.stats = ConsumerStats()
         self.connected = asyncio.Event()
         """Set while the consumer is connected to its broker and receiving."""
+
+    @classmethod
+    def from_url(
+        cls, url: str, topic: str, group: str, handler: Handler, sessions: Sessions, **options: Any
+    ) -> Self:
+        """A consumer with the options of `url`'s query string (`options` win); query
+        parameters that are neither the consumer's nor the broker's stay in the URL for
+        the client library. ConfigurationError names an invalid value."""
+        own = {**COMMON_URL_OPTIONS, **cls.url_options}
+        client_url, parsed = split_url_options(url, {**cls.broker_url_options, **own})
+        kept = {name: value for name, value in parsed.items() if name in own}
+        return cls(
+            cls.client_url(client_url), topic, group, handler, sessions, **{**kept, **options}
+        )
+
+    @classmethod
+    def client_url(cls, url: str) -> str:
+        """The URL the client library gets (after sagaz's options were taken out)."""
+        return url
 
     # -- per broker ------------------------------------------------------------------------
 

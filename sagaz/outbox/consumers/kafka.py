@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from sagaz.errors import ConfigurationError, MissingExtraError
-from sagaz.outbox.brokers.common import OptionParsers, ReceivedMessage, split_url_options
+from sagaz.outbox.brokers.common import OptionParsers, ReceivedMessage
 from sagaz.outbox.brokers.kafka import decode
 from sagaz.outbox.consumers.core import BrokerConsumer, Delivery, Handler, Sessions, close_quietly
 
@@ -30,15 +30,6 @@ except ImportError as _missing:  # pragma: no cover - exercised in a subprocess 
     raise MissingExtraError("kafka", "aiokafka", "The Kafka consumer") from _missing
 
 __all__ = ["KafkaConsumer"]
-
-_URL_OPTIONS: OptionParsers = {
-    "batch_size": int,
-    "fetch_timeout": float,
-    "auto_offset_reset": str,
-    "retry_delay": float,
-    "reconnect_delay": float,
-    "name": str,
-}
 
 
 @dataclass(slots=True)
@@ -78,6 +69,11 @@ class KafkaConsumer(BrokerConsumer):
     """
 
     broker = "kafka"
+    url_options: ClassVar[OptionParsers] = {
+        "batch_size": int,
+        "fetch_timeout": float,
+        "auto_offset_reset": str,
+    }
 
     def __init__(
         self,
@@ -107,14 +103,6 @@ class KafkaConsumer(BrokerConsumer):
         }
         self.rewound: set[TopicPartition] = set()
         self._consumer: AIOKafkaConsumer | None = None
-
-    @classmethod
-    def from_url(
-        cls, url: str, topic: str, group: str, handler: Handler, sessions: Sessions, **options: Any
-    ) -> KafkaConsumer:
-        """`kafka://host:9092[,host2:9092]?batch_size=50`."""
-        base, parsed = split_url_options(url, _URL_OPTIONS)
-        return cls(base, topic, group, handler, sessions, **{**parsed, **options})
 
     async def _open(self) -> None:
         consumer = AIOKafkaConsumer(

@@ -20,10 +20,10 @@ import asyncio
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from sagaz.errors import ConfigurationError, MissingExtraError
-from sagaz.outbox.brokers.common import OptionParsers, ReceivedMessage, split_url_options
+from sagaz.outbox.brokers.common import OptionParsers, ReceivedMessage
 from sagaz.outbox.brokers.nats import _URL_OPTIONS as BROKER_URL_OPTIONS
 from sagaz.outbox.brokers.nats import decode
 from sagaz.outbox.consumers.core import (
@@ -45,19 +45,6 @@ except ImportError as _missing:  # pragma: no cover - exercised in a subprocess 
     raise MissingExtraError("nats", "nats-py", "The NATS JetStream consumer") from _missing
 
 __all__ = ["NatsJetStreamConsumer"]
-
-_URL_OPTIONS: OptionParsers = {
-    "stream": str,
-    "subject_prefix": str,
-    "ack_wait": float,
-    "max_deliver": int,
-    "batch_size": int,
-    "fetch_timeout": float,
-    "connect_timeout": float,
-    "retry_delay": float,
-    "reconnect_delay": float,
-    "name": str,
-}
 
 #: JetStream consumer names: no whitespace, `.`, `*`, `>`, path separators.
 _DURABLE_NAME = re.compile(r"^[^\s.*>/\\]+$")
@@ -107,6 +94,16 @@ class NatsJetStreamConsumer(BrokerConsumer):
     """
 
     broker = "nats"
+    url_options: ClassVar[OptionParsers] = {
+        "stream": str,
+        "subject_prefix": str,
+        "ack_wait": float,
+        "max_deliver": int,
+        "batch_size": int,
+        "fetch_timeout": float,
+        "connect_timeout": float,
+    }
+    broker_url_options = BROKER_URL_OPTIONS
 
     def __init__(
         self,
@@ -151,17 +148,11 @@ class NatsJetStreamConsumer(BrokerConsumer):
         self._subscription: JetStreamContext.PullSubscription | None = None
 
     @classmethod
-    def from_url(
-        cls, url: str, topic: str, group: str, handler: Handler, sessions: Sessions, **options: Any
-    ) -> NatsJetStreamConsumer:
-        """`nats://host:4222?stream=ORDERS&ack_wait=10` (broker-only options ignored)."""
-        base, parsed = split_url_options(url, {**BROKER_URL_OPTIONS, **_URL_OPTIONS})
-        servers, _, unknown = base.partition("?")
+    def client_url(cls, url: str) -> str:
+        servers, _, unknown = url.partition("?")
         if unknown:
             raise ConfigurationError(f"NATS consumer URL: unknown option(s) {unknown!r}")
-        for name in set(BROKER_URL_OPTIONS) - set(_URL_OPTIONS):
-            parsed.pop(name, None)
-        return cls(servers, topic, group, handler, sessions, **{**parsed, **options})
+        return servers
 
     def consumer_config(self) -> ConsumerConfig:
         return ConsumerConfig(

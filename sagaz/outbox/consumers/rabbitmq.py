@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from sagaz.errors import ConfigurationError, MissingExtraError
 from sagaz.outbox.brokers.common import (
@@ -25,7 +25,6 @@ from sagaz.outbox.brokers.common import (
     ReceivedMessage,
     as_bool,
     close_within,
-    split_url_options,
 )
 from sagaz.outbox.brokers.rabbitmq import _URL_OPTIONS as BROKER_URL_OPTIONS
 from sagaz.outbox.brokers.rabbitmq import (
@@ -43,19 +42,6 @@ except ImportError as _missing:  # pragma: no cover - exercised in a subprocess 
     raise MissingExtraError("rabbitmq", "aio-pika", "The RabbitMQ consumer") from _missing
 
 __all__ = ["RabbitMQConsumer"]
-
-_URL_OPTIONS: OptionParsers = {
-    "exchange": str,
-    "exchange_type": str,
-    "durable": as_bool,
-    "queue": str,
-    "prefetch": int,
-    "receive_timeout": float,
-    "connect_timeout": float,
-    "retry_delay": float,
-    "reconnect_delay": float,
-    "name": str,
-}
 
 
 @dataclass(slots=True)
@@ -92,6 +78,16 @@ class RabbitMQConsumer(BrokerConsumer):
     """
 
     broker = "rabbitmq"
+    url_options: ClassVar[OptionParsers] = {
+        "exchange": str,
+        "exchange_type": str,
+        "durable": as_bool,
+        "queue": str,
+        "prefetch": int,
+        "receive_timeout": float,
+        "connect_timeout": float,
+    }
+    broker_url_options = BROKER_URL_OPTIONS
 
     def __init__(
         self,
@@ -129,16 +125,6 @@ class RabbitMQConsumer(BrokerConsumer):
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-
-    @classmethod
-    def from_url(
-        cls, url: str, topic: str, group: str, handler: Handler, sessions: Sessions, **options: Any
-    ) -> RabbitMQConsumer:
-        """`amqp://user:password@host:5672/vhost?exchange=orders&prefetch=50`."""
-        client_url, parsed = split_url_options(url, {**BROKER_URL_OPTIONS, **_URL_OPTIONS})
-        for name in set(BROKER_URL_OPTIONS) - set(_URL_OPTIONS):
-            parsed.pop(name, None)
-        return cls(client_url, topic, group, handler, sessions, **{**parsed, **options})
 
     async def _open(self) -> None:
         self._buffer = asyncio.Queue()

@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from sagaz.errors import ConfigurationError, MissingExtraError
-from sagaz.outbox.brokers.common import OptionParsers, ReceivedMessage, split_url_options
+from sagaz.outbox.brokers.common import OptionParsers, ReceivedMessage
 from sagaz.outbox.brokers.redis import _URL_OPTIONS as BROKER_URL_OPTIONS
 from sagaz.outbox.brokers.redis import _text, decode, ensure_group
 from sagaz.outbox.consumers.core import BrokerConsumer, Delivery, Handler, Sessions, close_quietly
@@ -36,16 +36,6 @@ except ImportError as _missing:  # pragma: no cover - exercised in a subprocess 
     raise MissingExtraError("redis", "redis", "The Redis Streams consumer") from _missing
 
 __all__ = ["RedisStreamsConsumer"]
-
-_URL_OPTIONS: OptionParsers = {
-    "min_idle": float,
-    "claim_interval": float,
-    "batch_size": int,
-    "block": float,
-    "retry_delay": float,
-    "reconnect_delay": float,
-    "name": str,
-}
 
 
 @dataclass(slots=True)
@@ -86,6 +76,16 @@ class RedisStreamsConsumer(BrokerConsumer):
     """
 
     broker = "redis"
+    url_options: ClassVar[OptionParsers] = {
+        "min_idle": float,
+        "claim_interval": float,
+        "batch_size": int,
+        "block": float,
+        "stream_prefix": str,
+        "socket_timeout": float,
+        "connect_timeout": float,
+    }
+    broker_url_options = BROKER_URL_OPTIONS
 
     def __init__(
         self,
@@ -120,15 +120,6 @@ class RedisStreamsConsumer(BrokerConsumer):
         self._next_scan = 0.0
         self._pending_from = "0"
         self._claim_from = "0-0"
-
-    @classmethod
-    def from_url(
-        cls, url: str, topic: str, group: str, handler: Handler, sessions: Sessions, **options: Any
-    ) -> RedisStreamsConsumer:
-        """`redis://host:6379/0?min_idle=10&claim_interval=2` (broker options ignored)."""
-        client_url, parsed = split_url_options(url, {**BROKER_URL_OPTIONS, **_URL_OPTIONS})
-        parsed.pop("maxlen", None)  # the broker's, not the consumer's
-        return cls(client_url, topic, group, handler, sessions, **{**parsed, **options})
 
     async def _open(self) -> None:
         client = aioredis.Redis.from_url(
