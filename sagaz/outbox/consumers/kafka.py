@@ -35,26 +35,22 @@ __all__ = ["KafkaConsumer"]
 @dataclass(slots=True)
 class _Record:
     consumer: KafkaConsumer
-    record: Any
-
-    @property
-    def raw(self) -> Any:
-        return self.record
+    raw: Any
 
     @property
     def partition(self) -> TopicPartition:
-        return TopicPartition(self.record.topic, self.record.partition)
+        return TopicPartition(self.raw.topic, self.raw.partition)
 
     def decode(self) -> ReceivedMessage:
-        return decode(self.record)
+        return decode(self.raw)
 
     async def ack(self) -> None:
-        await self.consumer.commit_after(self.partition, self.record.offset)
+        await self.consumer.commit_after(self.partition, self.raw.offset)
 
     async def retry(self, error: BaseException) -> None:
         self.consumer.rewound.add(self.partition)
         await asyncio.sleep(self.consumer.retry_delay)
-        self.consumer.seek(self.partition, self.record.offset)
+        self.consumer.seek(self.partition, self.raw.offset)
 
     async def reject(self, error: BaseException) -> None:
         await self.ack()

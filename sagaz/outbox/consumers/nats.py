@@ -53,34 +53,30 @@ _DURABLE_NAME = re.compile(r"^[^\s.*>/\\]+$")
 @dataclass(slots=True)
 class _Message:
     consumer: NatsJetStreamConsumer
-    msg: Msg
-
-    @property
-    def raw(self) -> Any:
-        return self.msg
+    raw: Msg
 
     def decode(self) -> ReceivedMessage:
-        return decode(self.msg)
+        return decode(self.raw)
 
     async def ack(self) -> None:
-        await self.msg.ack()
+        await self.raw.ack()
 
     async def retry(self, error: BaseException) -> None:
         limit = self.consumer.max_deliver
-        if limit is not None and self.msg.metadata.num_delivered >= limit:
+        if limit is not None and self.raw.metadata.num_delivered >= limit:
             logger.error(
                 "nats consumer %s: gave up on a message after %d deliveries (max_deliver), "
                 "terminated: stream sequence %s",
                 self.consumer.group,
                 limit,
-                self.msg.metadata.sequence.stream if self.msg.metadata.sequence else "?",
+                self.raw.metadata.sequence.stream if self.raw.metadata.sequence else "?",
             )
-            await self.msg.term()
+            await self.raw.term()
             return
-        await self.msg.nak(delay=self.consumer.retry_delay)
+        await self.raw.nak(delay=self.consumer.retry_delay)
 
     async def reject(self, error: BaseException) -> None:
-        await self.msg.term()
+        await self.raw.term()
 
 
 class NatsJetStreamConsumer(BrokerConsumer):

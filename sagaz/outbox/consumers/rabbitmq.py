@@ -47,24 +47,20 @@ __all__ = ["RabbitMQConsumer"]
 @dataclass(slots=True)
 class _Message:
     consumer: RabbitMQConsumer
-    message: AbstractIncomingMessage
-
-    @property
-    def raw(self) -> Any:
-        return self.message
+    raw: AbstractIncomingMessage
 
     def decode(self) -> ReceivedMessage:
-        return decode(self.message)
+        return decode(self.raw)
 
     async def ack(self) -> None:
-        await self.message.ack()
+        await self.raw.ack()
 
     async def retry(self, error: BaseException) -> None:
         await asyncio.sleep(self.consumer.retry_delay)
-        await self.message.nack(requeue=True)
+        await self.raw.nack(requeue=True)
 
     async def reject(self, error: BaseException) -> None:
-        await self.message.reject(requeue=False)
+        await self.raw.reject(requeue=False)
 
 
 class RabbitMQConsumer(BrokerConsumer):

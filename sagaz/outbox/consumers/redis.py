@@ -41,17 +41,17 @@ __all__ = ["RedisStreamsConsumer"]
 @dataclass(slots=True)
 class _Entry:
     consumer: RedisStreamsConsumer
-    entry_id: str
-    fields: Any
+    raw: tuple[str, Any]
+    """(entry id, fields)"""
 
     @property
-    def raw(self) -> Any:
-        return (self.entry_id, self.fields)
+    def entry_id(self) -> str:
+        return self.raw[0]
 
     def decode(self) -> ReceivedMessage:
-        if not self.fields:  # trimmed or deleted from the stream while pending
+        if not self.raw[1]:  # trimmed or deleted from the stream while pending
             raise ValueError(f"redis stream entry {self.entry_id}: no fields (deleted?)")
-        return decode((self.entry_id, self.fields), stream=self.consumer.stream)
+        return decode(self.raw, stream=self.consumer.stream)
 
     async def ack(self) -> None:
         await self.consumer.xack(self.entry_id)
@@ -185,7 +185,7 @@ class RedisStreamsConsumer(BrokerConsumer):
             )
             cursor = _text(claimed[0]) or "0-0"
             self._claim_from = "" if cursor == "0-0" else cursor
-            entries = [_Entry(self, _text(i) or "", f) for i, f in claimed[1] if i is not None]
+            entries = [_Entry(self, (_text(i) or "", f)) for i, f in claimed[1] if i is not None]
             if entries:
                 return entries
         self._pending_from, self._claim_from = "0", "0-0"
@@ -193,7 +193,7 @@ class RedisStreamsConsumer(BrokerConsumer):
 
     def _entries(self, response: Any) -> list[_Entry]:
         return [
-            _Entry(self, _text(entry_id) or "", fields)
+            _Entry(self, (_text(entry_id) or "", fields))
             for _stream, entries in response or []
             for entry_id, fields in entries
             if entry_id is not None
