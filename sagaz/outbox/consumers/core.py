@@ -204,6 +204,7 @@ class BrokerConsumer(ABC):
             try:
                 await self._open()
                 self.connected.set()
+                logger.info("%s consumer %s/%s connected", self.broker, self.group, self.name)
                 while True:
                     for delivery in await self._receive():
                         await self.handle(delivery)
