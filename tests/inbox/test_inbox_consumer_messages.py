@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,6 +32,8 @@ from tests.inbox.consumer_sides import GROUP, SIDES, payload
 from tests.relay.relay_helpers import eventually
 
 __all__ = ["make_proxy"]  # the fixture
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ADDRESSES = {"redis": REDIS, "nats": NATS, "rabbitmq": RABBITMQ}
 
@@ -251,3 +257,36 @@ def test_the_relays_url_fits_the_consumer() -> None:
     assert (rabbit.prefetch, rabbit.queue) == (9, GROUP)  # type: ignore[attr-defined]
     with pytest.raises(ConfigurationError, match="unknown option"):
         consumer_from_url("nats://h:4222?bogus=1", "t", GROUP, record, sa_sessions())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--handler", "tests.inbox.consumer_handlers:nope"], "has no function nope"),
+        (["--handler", "no_such_module_x:f"], "cannot import no_such_module_x"),
+        (["--broker", "nats://h:4222?ack_wait=-1"], "need ack_wait > 0"),
+        (["--broker", "ftp://h/"], "consumer URL must start with one of"),
+    ],
+)
+def test_the_process_exits_2_naming_a_configuration_error(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    defaults = {
+        "--broker": "redis://127.0.0.1:6379/0",
+        "--topic": "t",
+        "--group": GROUP,
+        "--handler": "tests.inbox.consumer_handlers:record",
+        "--database": f"sqlite+aiosqlite:///{tmp_path / 'never.db'}",
+    }
+    defaults.update(zip(arguments[::2], arguments[1::2], strict=True))
+    completed = subprocess.run(
+        [sys.executable, "-m", "sagaz.outbox.consumers", *itertools.chain(*defaults.items())],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert message in completed.stderr
