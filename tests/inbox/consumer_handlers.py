@@ -8,7 +8,8 @@ message whose payload `n` is the value given:
                                  before the commit (a consumer killed mid-handler);
   SAGAZ_TEST_HOLD_AFTER_COMMIT   block after the commit, before the acknowledgement
                                  (the whole process stops; a consumer killed right there);
-  SAGAZ_TEST_FAIL_ONCE           raise on the first attempt (a file marks it was made).
+  SAGAZ_TEST_FAIL_ONCE           raise on the first attempt (a file marks it was made);
+  SAGAZ_TEST_FAIL_ALWAYS         raise on every attempt.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def _first_failure() -> bool:
 async def record(session: AsyncSession, message: ReceivedMessage) -> None:
     n = message.payload["n"]
     await session.execute(sa.insert(effects).values(message_id=message.id, n=n))
+    if _holds("SAGAZ_TEST_FAIL_ALWAYS", n):
+        raise HandlerFailedOnce(f"message {n} always fails")
     if _holds("SAGAZ_TEST_FAIL_ONCE", n) and _first_failure():
         raise HandlerFailedOnce(f"message {n} fails on its first attempt")
     if _holds("SAGAZ_TEST_HOLD_BEFORE_COMMIT", n):

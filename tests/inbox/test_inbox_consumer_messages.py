@@ -290,3 +290,26 @@ def test_the_process_exits_2_naming_a_configuration_error(
     )
     assert completed.returncode == 2, completed.stderr
     assert message in completed.stderr
+
+
+async def test_nats_terminates_a_message_that_failed_max_deliver_times(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SAGAZ_TEST_FAIL_ALWAYS", "1")
+    side = SIDES["nats"](uuid.uuid4().hex[:12])
+    await side.prepare()
+    try:
+        for n in range(3):
+            await side.publish_raw(payload(n), str(uuid.uuid4()))
+        consumer = consumer_from_url(side.url, side.topic, GROUP, record, engine, max_deliver=2)
+        async with running(consumer):
+
+            async def done() -> bool:
+                return consumer.stats.processed == 2 and await side.settled()
+
+            await eventually(done, within=30, every=0.05)
+        assert consumer.stats.failed == 2
+    finally:
+        await side.teardown()
+    assert await effect_counts(engine) == {0: 1, 2: 1}
+    assert "gave up on a message after 2 deliveries" in caplog.text

@@ -27,6 +27,8 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -277,9 +279,6 @@ class BrokerConsumer(ABC):
 
 def default_name() -> str:
     """`host-pid`: unique per process, stable for its lifetime."""
-    import os
-    import socket
-
     return f"{socket.gethostname()[:100]}-{os.getpid()}"
 
 
