@@ -10,7 +10,8 @@ copy is processed as if it were the first.
         processed = await process_once(session, "billing", message_id_of(msg), handle)
     await msg.ack()     # only after the commit: a crash before it means a redelivery
 
-`process_once` works inside the caller's transaction (the caller commits);
+The broker consumers of `sagaz.outbox.consumers` do this (and the redelivery each broker
+needs) for you. `process_once` works inside the caller's transaction (the caller commits);
 `ConsumerInbox.process` owns one transaction per message. The sync twin
 `process_once_sync` takes a `Session`. All three run the statements built here. Old
 inbox rows are deleted by the outbox maintenance (`sagaz.outbox.maintenance`) after the

@@ -1,5 +1,6 @@
-"""Optional means optional: with every broker client blocked, sagaz and the in-memory broker
-still import and work, and each broker names the extra to install."""
+"""Optional means optional: with every broker client blocked, sagaz, the in-memory broker
+and the consumers package still import and work, and each broker and each consumer names
+the extra to install."""
 
 from __future__ import annotations
 
@@ -44,6 +45,23 @@ SCRIPT = textwrap.dedent(
             results[module] = error.extra
         else:
             results[module] = None
+    results["consumers-loaded-by-sagaz"] = "sagaz.outbox.consumers" in sys.modules
+    import sagaz.outbox.consumers
+    from sagaz.outbox.consumers import consume, consumer_from_url
+
+    results["outbox.consume"] = sagaz.outbox.consume is consume
+
+    for module in ("redis", "rabbitmq", "nats", "kafka"):
+        try:
+            __import__(f"sagaz.outbox.consumers.{module}")
+        except MissingExtraError as error:
+            results[f"consumer-{module}"] = error.extra
+        else:
+            results[f"consumer-{module}"] = None
+    try:
+        consumer_from_url("nats://h:4222", "t", "g", lambda session, message: None, None)
+    except MissingExtraError as error:
+        results["consumer-url"] = error.extra
     leaked = [m for m in ("redis", "aio_pika", "nats", "aiokafka") if sys.modules.get(m)]
     results["leaked"] = leaked
     print(json.dumps(results))
@@ -81,3 +99,12 @@ def test_brokers_name_their_extra_when_the_client_is_missing() -> None:
         "nats",
         "kafka",
     ]
+    assert [results[f"consumer-{m}"] for m in ("redis", "rabbitmq", "nats", "kafka")] == [
+        "redis",
+        "rabbitmq",
+        "nats",
+        "kafka",
+    ]
+    assert results["consumer-url"] == "nats"
+    assert results["consumers-loaded-by-sagaz"] is False
+    assert results["outbox.consume"] is True

@@ -326,8 +326,10 @@ async def read_group(
     """New entries for `consumer` of consumer group `group` (XREADGROUP ... >), decoded.
 
     Acknowledge each once processed: `await client.xack(stream, group, m.raw[0])`. An
-    entry that is never acknowledged stays pending and can be claimed again (XAUTOCLAIM):
-    delivery is at-least-once; use the inbox for exactly-once processing.
+    entry that is never acknowledged stays pending and is *not* returned by `>` again:
+    it must be re-read (id 0) or claimed (XAUTOCLAIM) - which
+    `sagaz.outbox.consumers.redis.RedisStreamsConsumer` does, with the inbox, for
+    exactly-once processing.
     """
     response: Any = await client.xreadgroup(
         group, consumer, {stream: ">"}, count=count, block=block_ms
