@@ -65,7 +65,7 @@ def test_migrate_matches_sagaz_db_upgrade_on_postgresql(pg_empty: DatabaseUrls) 
     # the partial indexes kept their predicates
     indexes = {index[0]: index for index in migrated["sagaz_outbox"]["indexes"]}
     assert "status" in str(indexes["ix_sagaz_outbox_pending_key"])
-    assert migrations.current(database_url("default")) == "0001_initial"
+    assert migrations.current(database_url("default")) == "0004_worker_claims"
 
 
 @pytest.mark.django_db(transaction=True, databases=["sqlite"])
