@@ -19,40 +19,8 @@ from sqlalchemy.orm import Session
 from sagaz import start_saga
 from sagaz.store.schema import outbox, saga_steps, sagas
 from tests.conftest import DatabaseUrls
+from tests.worker.worker_processes import WorkerProcesses, scalar, wait_until
 from tests.worker.sagas_for_workers import ThreeStepSaga, app_metadata, payments, step_runs
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class WorkerProcesses:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *extra: str) -> subprocess.Popen[bytes]:
-        command = [
-            sys.executable, "-m", "sagaz", "worker", "--url", self.url,
-            "--import", "tests.worker.sagas_for_workers", "--no-outbox",
-            "--lease-seconds", "1", "--poll-interval", "0.1", "--shutdown-grace", "1",
-            "--log-level", "WARNING", *extra,
-        ]  # fmt: skip
-        environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-        process = subprocess.Popen(command, cwd=ROOT, env=environment)
-        self.processes.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        """SIGTERM every running worker; each must exit 0 (graceful shutdown)."""
-        running = [process for process in self.processes if process.poll() is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        for process in running:
-            try:
-                assert process.wait(timeout=30) == 0, "a worker did not exit cleanly on SIGTERM"
-            except subprocess.TimeoutExpired:
-                process.kill()
-                raise
-
 
 @pytest.fixture
 def workers(pg: DatabaseUrls) -> Iterator[WorkerProcesses]:
@@ -60,10 +28,7 @@ def workers(pg: DatabaseUrls) -> Iterator[WorkerProcesses]:
     try:
         yield group
     finally:
-        for process in group.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        group.kill_all()
 
 
 @pytest.fixture
@@ -72,19 +37,6 @@ def engine(pg: DatabaseUrls) -> Iterator[sa.Engine]:
     app_metadata.create_all(engine)
     yield engine
     engine.dispose()
-
-
-def wait_until(check: object, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
-def scalar(engine: sa.Engine, query: sa.Select[tuple[int]]) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(query) or 0
 
 
 def test_sigkilled_worker_is_taken_over_and_every_step_runs_once(
