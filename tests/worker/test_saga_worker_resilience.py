@@ -1,6 +1,7 @@
 """The saga worker against a misbehaving PostgreSQL: it rides out an outage (claims fail,
-then resume), and a write the database refuses for one saga fails that saga alone - not
-the others group-committed with it - and its retry backs off.
+then resume), a write the database refuses for one saga fails that saga alone - not
+the others group-committed with it - and its retry backs off, and runs ended by a lost
+connection do not spend the saga's give-up budget.
 
 The refusal is real: a trigger on the steps table raises for one step name."""
 
@@ -47,6 +48,25 @@ class PoisonedSaga(Saga):
     @action("poison", depends_on=["a"])
     async def poison(self, ctx: Any) -> None:
         return None
+
+
+GATE = asyncio.Event()
+ENTERED: list[int] = []
+
+
+class GatedSaga(Saga):
+    saga_name = "resilience-gated"
+
+    @action("wait")
+    async def wait(self, ctx: Any) -> None:
+        ENTERED.append(1)
+        await GATE.wait()
+
+
+async def wait_in_loop(check: Any, seconds: float = 30) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():
+            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -156,3 +176,45 @@ async def test_the_worker_rides_out_a_database_outage(
         await engine.dispose()
         await direct.dispose()
         await proxy.close()
+
+
+async def test_runs_ended_by_a_lost_connection_do_not_spend_the_give_up_budget(
+    pg: DatabaseUrls, pg_engines: tuple[AsyncEngine, sa.Engine]
+) -> None:
+    """Seven claims of one saga, the first six ended by cutting the worker's database
+    connections while the step runs: at the default max_attempts (5) the saga is not
+    given up, and completes."""
+    _async_engine, sync_engine = pg_engines
+    server = make_url(pg.async_)
+    proxy = TcpProxy((server.host or "127.0.0.1", server.port or 5432))
+    await proxy.start()
+    through_proxy = dataclasses.replace(
+        pg, async_=server.set(port=proxy.port).render_as_string(hide_password=False)
+    )
+    engine = through_proxy.async_engine()
+    worker = SagaWorker(engine, lease_seconds=2.0, poll_interval=0.05, listen=False)
+    ENTERED.clear()
+    GATE.clear()
+    direct = pg.async_engine()
+    task = asyncio.create_task(worker.run_until_stopped())
+    try:
+        (saga_id,) = await start(direct, GatedSaga, [{}])
+        for cut in range(1, 7):
+            await wait_in_loop(lambda cut=cut: len(ENTERED) == cut)
+            proxy.drop()  # the step's completion cannot be written
+            GATE.set()
+            await wait_in_loop(lambda cut=cut: worker.interrupted == cut)
+            GATE.clear()
+            proxy.restore()
+        await wait_in_loop(lambda: len(ENTERED) == 7)
+        GATE.set()
+        await wait_for(lambda: statuses(sync_engine, [saga_id]) == {"completed"})
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        await engine.dispose()
+        await direct.dispose()
+        await proxy.close()
+    with sync_engine.connect() as connection:
+        row = connection.execute(sa.select(sagas).where(sagas.c.id == saga_id)).one()
+    assert (row.attempts, row.error) == (7, None)
