@@ -52,6 +52,7 @@ class CorruptSaga:
     lease_token: int
     reason: str
 
+
 #: Prefix of the error a worker leaves on a saga no running worker knows.
 UNKNOWN_SAGA_ERROR = "sagaz: no worker has saga"
 
@@ -103,7 +104,9 @@ def _lease_to(owner: str, lease_seconds: float, now: datetime) -> dict[str, Any]
     }
 
 
-def _snapshots(rows: Sequence[sa.Row[Any]], corrupt: list[CorruptSaga] | None) -> list[SagaSnapshot]:
+def _snapshots(
+    rows: Sequence[sa.Row[Any]], corrupt: list[CorruptSaga] | None
+) -> list[SagaSnapshot]:
     snapshots = []
     for row in rows:
         try:

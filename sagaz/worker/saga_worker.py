@@ -53,8 +53,6 @@ from sagaz.errors import CorruptRowError, LeaseLostError, UnknownSagaError
 from sagaz.journal import (
     Fence,
     SagaSnapshot,
-    Transition,
-    TransitionKind,
     TransitionListener,
     utcnow,
 )
@@ -64,8 +62,9 @@ from sagaz.run_context import LeaseClock
 from sagaz.signals import Subscription, saga_signal
 from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.store.stores import AsyncSagaStore, is_connection_error
-from sagaz.types import SagaStatus, StepStatus
+from sagaz.types import SagaStatus
 from sagaz.worker import claims
+from sagaz.worker.give_up import abandon_compensation, fail_saga, give_up_reason
 
 log = logging.getLogger("sagaz.worker")
 
@@ -75,10 +74,6 @@ def _describe(error: BaseException) -> str:
 
 
 T = TypeVar("T")
-
-_NOT_UNDONE = frozenset(
-    {StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +110,7 @@ class SagaWorker:
             raise ValueError("lease_seconds and poll_interval must be > 0")
         margin = lease_seconds / 10 if lease_margin_seconds is None else lease_margin_seconds
         if not 0 <= margin < lease_seconds:
-            raise ValueError(
-                f"lease_margin_seconds must be >= 0 and < lease_seconds, got {margin}"
-            )
+            raise ValueError(f"lease_margin_seconds must be >= 0 and < lease_seconds, got {margin}")
         #: Subtracted from every lease on this process's clock (clock skew, time between
         #: the deadline check and the write reaching the database).
         self.lease_margin_seconds = margin
@@ -251,7 +244,8 @@ class SagaWorker:
             )
         )
         for bad in corrupt:
-            await self._fail(bad.saga_id, bad.saga_name, Fence(self.owner, bad.lease_token), bad.reason)
+            fence = Fence(self.owner, bad.lease_token)
+            await fail_saga(self.store, bad.saga_id, bad.saga_name, fence, bad.reason)
         if not claimed and not corrupt:
             await self._in_transaction(
                 partial(
@@ -284,9 +278,9 @@ class SagaWorker:
     async def _run_one(self, snapshot: SagaSnapshot, lease: LeaseClock) -> None:
         fence = Fence(self.owner, snapshot.lease_token)
         try:
-            give_up = self._give_up_reason(snapshot)
+            give_up = give_up_reason(snapshot, self.max_attempts)
             if give_up is not None and snapshot.status is SagaStatus.COMPENSATING:
-                await self._abandon_compensation(snapshot, fence, lease, give_up)
+                await abandon_compensation(self.store, snapshot, fence, lease, give_up)
                 return
             if give_up is not None:
                 log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
@@ -311,7 +305,7 @@ class SagaWorker:
             log.error("saga %s vanished from the registry; releasing it", snapshot.saga_id)
             await self._release(snapshot.saga_id, snapshot.lease_token)
         except CorruptRowError as error:
-            await self._fail(snapshot.saga_id, snapshot.saga_name, fence, str(error))
+            await fail_saga(self.store, snapshot.saga_id, snapshot.saga_name, fence, str(error))
         except Exception as error:
             if is_connection_error(error):
                 # The database went away (restart, network): not the saga's doing.
@@ -334,15 +328,6 @@ class SagaWorker:
             )
             await self._release(snapshot.saga_id, snapshot.lease_token, retry_in=delay)
 
-    def _give_up_reason(self, snapshot: SagaSnapshot) -> str | None:
-        if snapshot.stalled_claims < self.max_attempts:
-            return None
-        return (
-            f"gave up after {snapshot.stalled_claims} claims in a row that made no progress: "
-            "each run of this saga ended before any step finished (its worker crashed, was "
-            "killed or stalled past its lease - see the workers' logs)"
-        )
-
     def _runner(self, name: str) -> tuple[SagaDefinition, SagaEngine]:
         """The definition registered under `name` and the engine that runs it, built once
         per registered source (a saga class is instantiated once, not per run).
@@ -358,9 +343,7 @@ class SagaWorker:
             cached = self._definitions[name] = (source, saga.definition, engine)
         return cached[1], cached[2]
 
-    async def _release(
-        self, saga_id: str, token: int, *, retry_in: float = 0.0, refund: bool = False
-    ) -> None:
+    async def _release(self, saga_id: str, token: int, *, retry_in: float = 0.0) -> None:
         try:
             await self._in_transaction(
                 partial(
@@ -368,7 +351,6 @@ class SagaWorker:
                     owner=self.owner,
                     leases={saga_id: token},
                     not_before=utcnow() + timedelta(seconds=retry_in) if retry_in else None,
-                    refund=refund,
                 )
             )
         except Exception:
@@ -393,46 +375,6 @@ class SagaWorker:
             except Exception:
                 await asyncio.sleep(max(0.0, min(delay, lease.remaining())))
                 delay = min(delay * 2, 1.0)
-
-    async def _fail(self, saga_id: str, saga_name: str, fence: Fence, reason: str) -> None:
-        """End the saga FAILED with `reason`, running nothing (a row that cannot be read,
-        a compensation that keeps crashing its worker)."""
-        log.error("saga %s %s: %s", saga_name, saga_id, reason)
-        try:
-            await self.store.record(
-                Transition(
-                    kind=TransitionKind.SAGA_FINISHED,
-                    saga_id=saga_id,
-                    saga_name=saga_name,
-                    at=utcnow(),
-                    status=SagaStatus.FAILED,
-                    error=reason,
-                    fence=fence,
-                )
-            )
-        except Exception as error:
-            log.error("could not fail saga %s (%s); it will be claimed again", saga_id, error)
-
-    async def _abandon_compensation(
-        self, snapshot: SagaSnapshot, fence: Fence, lease: LeaseClock, reason: str
-    ) -> None:
-        """A saga whose compensation keeps crashing its worker: FAILED, naming the steps
-        left undone; `claims.resume_saga` hands it back to the workers."""
-        loaded = await self.store.load(snapshot.saga_id)
-        steps = sorted(
-            name
-            for name, step in (loaded.steps if loaded else {}).items()
-            if step.status in _NOT_UNDONE
-        )
-        undone = ", ".join(steps) if steps else "none"
-        lease.check(snapshot.saga_id, "failing its compensation")
-        await self._fail(
-            snapshot.saga_id,
-            snapshot.saga_name,
-            fence,
-            f"{reason}, while compensating; not compensated: {undone} (fix the cause, then "
-            "resume it with sagaz.worker.claims.resume_saga)",
-        )
 
     async def _renew_leases(self) -> None:
         interval = self.lease_seconds / 3

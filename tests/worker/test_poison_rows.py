@@ -128,8 +128,10 @@ async def test_unreadable_rows_fail_alone_and_every_other_saga_runs(
     everything = [*bad, *resumed_bad, *good]
     try:
         await wait_for(
-            lambda: {status for status, _ in rows(sync_engine, everything).values()}
-            <= {"completed", "failed"}
+            lambda: (
+                {status for status, _ in rows(sync_engine, everything).values()}
+                <= {"completed", "failed"}
+            )
         )
         await wait_for(lambda: (rows(sync_engine, [unknown])[unknown][1] or "") != "")
     finally:

@@ -4,13 +4,8 @@ middle of a saga is taken over after its lease expires, and three worker process
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,8 +14,9 @@ from sqlalchemy.orm import Session
 from sagaz import start_saga
 from sagaz.store.schema import outbox, saga_steps, sagas
 from tests.conftest import DatabaseUrls
-from tests.worker.worker_processes import WorkerProcesses, scalar, wait_until
 from tests.worker.sagas_for_workers import ThreeStepSaga, app_metadata, payments, step_runs
+from tests.worker.worker_processes import WorkerProcesses, scalar, wait_until
+
 
 @pytest.fixture
 def workers(pg: DatabaseUrls) -> Iterator[WorkerProcesses]:
