@@ -343,16 +343,23 @@ class SagaWorker:
             cached = self._definitions[name] = (source, saga.definition, engine)
         return cached[1], cached[2]
 
+    async def _give_back(
+        self, saga_id: str, token: int, *, retry_in: float = 0.0, refund: bool = False
+    ) -> None:
+        not_before = utcnow() + timedelta(seconds=retry_in) if retry_in else None
+        await self._in_transaction(
+            partial(
+                claims.release_leases,
+                owner=self.owner,
+                leases={saga_id: token},
+                not_before=not_before,
+                refund=refund,
+            )
+        )
+
     async def _release(self, saga_id: str, token: int, *, retry_in: float = 0.0) -> None:
         try:
-            await self._in_transaction(
-                partial(
-                    claims.release_leases,
-                    owner=self.owner,
-                    leases={saga_id: token},
-                    not_before=utcnow() + timedelta(seconds=retry_in) if retry_in else None,
-                )
-            )
+            await self._give_back(saga_id, token, retry_in=retry_in)
         except Exception:
             log.exception("could not release saga %s; its lease will expire", saga_id)
 
@@ -363,14 +370,7 @@ class SagaWorker:
         delay = 0.05
         while lease.held():
             try:
-                await self._in_transaction(
-                    partial(
-                        claims.release_leases,
-                        owner=self.owner,
-                        leases={saga_id: token},
-                        refund=True,
-                    )
-                )
+                await self._give_back(saga_id, token, refund=True)
                 return
             except Exception:
                 await asyncio.sleep(max(0.0, min(delay, lease.remaining())))

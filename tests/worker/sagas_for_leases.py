@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -76,45 +76,22 @@ class StallingSaga(Saga):
         raise RuntimeError("fails, so that act is compensated")
 
 
-def _slow_first_time(ctx: Mapping[str, Any], step: str) -> None:
+def _slow_first_time(ctx: Mapping[str, Any], *, step: str) -> None:
     write(ctx, step, "entered")
     if count(ctx, step=step, kind="entered") == 1:
         time.sleep(60)  # the test kills the worker in here
 
 
-class SevenStepSaga(Saga):
-    """Seven steps; the first run of each sleeps (its worker is killed there), the next
+def _six_steps() -> Saga:
+    """Six steps; the first run of each sleeps (its worker is killed there), the next
     one completes it: every claim but the last ends by a kill, each after progress."""
+    saga = Saga(name="lease-six-steps")
+    for n in range(1, 7):
+        saga.add_step(f"s{n}", partial(_slow_first_time, step=f"s{n}"))
+    return saga.register()
 
-    saga_name = "lease-seven-steps"
 
-    @action("s1")
-    def s1(self, ctx: Mapping[str, Any]) -> None:
-        _slow_first_time(ctx, "s1")
-
-    @action("s2", depends_on=["s1"])
-    def s2(self, ctx: Mapping[str, Any]) -> None:
-        _slow_first_time(ctx, "s2")
-
-    @action("s3", depends_on=["s2"])
-    def s3(self, ctx: Mapping[str, Any]) -> None:
-        _slow_first_time(ctx, "s3")
-
-    @action("s4", depends_on=["s3"])
-    def s4(self, ctx: Mapping[str, Any]) -> None:
-        _slow_first_time(ctx, "s4")
-
-    @action("s5", depends_on=["s4"])
-    def s5(self, ctx: Mapping[str, Any]) -> None:
-        _slow_first_time(ctx, "s5")
-
-    @action("s6", depends_on=["s5"])
-    def s6(self, ctx: Mapping[str, Any]) -> None:
-        _slow_first_time(ctx, "s6")
-
-    @action("s7", depends_on=["s6"])
-    def s7(self, ctx: Mapping[str, Any]) -> None:
-        _slow_first_time(ctx, "s7")
+SixStepSaga = _six_steps()
 
 
 class CrashingSaga(Saga):

@@ -10,11 +10,9 @@ JSONB, JSON or (SQLite) TEXT."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,7 +23,9 @@ from sagaz.store.stores import AsyncSagaStore
 from sagaz.worker import SagaWorker
 from sagaz.worker.claims import UNKNOWN_SAGA_ERROR
 from tests.conftest import DatabaseUrls
-from tests.worker.test_saga_worker import RunningWorker, start, wait_for
+from tests.worker.test_saga_worker import RunningWorker, engines, start, wait_for
+
+__all__ = ["engines"]  # the fixture, shared with test_saga_worker
 
 UNDONE: list[str] = []
 
@@ -44,15 +44,6 @@ class PlainSaga(Saga):
     @action("b", depends_on=["a"])
     async def b(self, ctx: Any) -> None:
         return None
-
-
-@pytest.fixture
-async def engines(db: DatabaseUrls) -> AsyncIterator[tuple[AsyncEngine, sa.Engine]]:
-    async_engine = db.async_engine()
-    sync_engine = db.sync_engine()
-    yield async_engine, sync_engine
-    await async_engine.dispose()
-    sync_engine.dispose()
 
 
 # Ids and times as sagaz binds them (SQLite keeps a UUID as 32 hex digits); the JSON is

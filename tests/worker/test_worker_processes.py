@@ -15,24 +15,23 @@ from sagaz import start_saga
 from sagaz.store.schema import outbox, saga_steps, sagas
 from tests.conftest import DatabaseUrls
 from tests.worker.sagas_for_workers import ThreeStepSaga, app_metadata, payments, step_runs
-from tests.worker.worker_processes import WorkerProcesses, scalar, wait_until
+from tests.worker.worker_processes import (
+    WorkerProcesses,
+    app_engine,
+    scalar,
+    wait_until,
+    worker_group,
+)
 
 
 @pytest.fixture
 def workers(pg: DatabaseUrls) -> Iterator[WorkerProcesses]:
-    group = WorkerProcesses(pg.url)
-    try:
-        yield group
-    finally:
-        group.kill_all()
+    yield from worker_group(pg.url, "tests.worker.sagas_for_workers")
 
 
 @pytest.fixture
 def engine(pg: DatabaseUrls) -> Iterator[sa.Engine]:
-    engine = pg.sync_engine()
-    app_metadata.create_all(engine)
-    yield engine
-    engine.dispose()
+    yield from app_engine(pg.sync_engine(), app_metadata)
 
 
 def test_sigkilled_worker_is_taken_over_and_every_step_runs_once(
