@@ -18,14 +18,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("sagaz_sagas") as batch:
-        batch.add_column(sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(
-            sa.Column("stalled_claims", sa.Integer(), server_default="0", nullable=False)
-        )
+    # Plain ALTER TABLE (no batch mode): SQLite adds these columns in place, and the
+    # offline (--sql) mode that Django's migrations use needs no reflection.
+    op.add_column("sagaz_sagas", sa.Column("claimed_at", sa.DateTime(timezone=True)))
+    op.add_column(
+        "sagaz_sagas",
+        sa.Column("stalled_claims", sa.Integer(), server_default="0", nullable=False),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("sagaz_sagas") as batch:
-        batch.drop_column("stalled_claims")
-        batch.drop_column("claimed_at")
+    op.drop_column("sagaz_sagas", "stalled_claims")  # SQLite >= 3.35 drops columns
+    op.drop_column("sagaz_sagas", "claimed_at")

@@ -9,4 +9,4 @@ from sagaz.integrations.django.operations import AlembicRevision
 
 class Migration(migrations.Migration):
     dependencies = (("sagaz", "0001_initial"),)
-    operations = (AlembicRevision("0004_worker_claims"),)
+    operations = (AlembicRevision("0004_worker_claims", down_revision="0001_initial"),)
