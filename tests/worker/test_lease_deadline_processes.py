@@ -15,9 +15,7 @@ give-up rule:
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -33,23 +31,10 @@ from tests.worker.sagas_for_leases import (
     app_metadata,
     effects,
 )
-from tests.worker.worker_processes import (
-    WorkerProcesses,
-    app_engine,
-    scalar,
-    wait_until,
-    worker_group,
-)
+from tests.worker.worker_processes import WorkerProcesses, scalar, wait_until
 
-
-@pytest.fixture
-def workers(pg: DatabaseUrls) -> Iterator[WorkerProcesses]:
-    yield from worker_group(pg.url, "tests.worker.sagas_for_leases")
-
-
-@pytest.fixture
-def engine(pg: DatabaseUrls) -> Iterator[sa.Engine]:
-    yield from app_engine(pg.sync_engine(), app_metadata)
+WORKER_MODULE = "tests.worker.sagas_for_leases"
+APP_METADATA = app_metadata
 
 
 def started(engine: sa.Engine, saga: object, pg: DatabaseUrls) -> str:

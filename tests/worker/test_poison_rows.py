@@ -19,11 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sagaz import Saga, action, compensate
 from sagaz.journal import utcnow
 from sagaz.store.schema import sagas
-from sagaz.store.stores import AsyncSagaStore
-from sagaz.worker import SagaWorker
 from sagaz.worker.claims import UNKNOWN_SAGA_ERROR
 from tests.conftest import DatabaseUrls
-from tests.worker.test_saga_worker import RunningWorker, engines, start, wait_for
+from tests.worker.test_saga_worker import RunningWorker, engines, make_worker, start, wait_for
 
 __all__ = ["engines"]  # the fixture, shared with test_saga_worker
 
@@ -107,11 +105,8 @@ async def test_unreadable_rows_fail_alone_and_every_other_saga_runs(
         resumed_bad[saga_id] = text
     unknown = insert_saga(sync_engine, context='{"n": 1}', name="poison-nobody-registered")
     good = await start(async_engine, PlainSaga, [{"n": n} for n in range(5)])
-    worker = SagaWorker(
-        async_engine,
-        store=AsyncSagaStore(async_engine, sync_engine=sync_engine),
-        lease_seconds=2.0,
-        poll_interval=0.05,
+    worker = make_worker(
+        engines,
         unknown_saga_grace_seconds=0.0,
         concurrency=3,  # several claims, each meeting bad rows first
     )

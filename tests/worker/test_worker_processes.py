@@ -5,9 +5,7 @@ middle of a saga is taken over after its lease expires, and three worker process
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -15,23 +13,10 @@ from sagaz import start_saga
 from sagaz.store.schema import outbox, saga_steps, sagas
 from tests.conftest import DatabaseUrls
 from tests.worker.sagas_for_workers import ThreeStepSaga, app_metadata, payments, step_runs
-from tests.worker.worker_processes import (
-    WorkerProcesses,
-    app_engine,
-    scalar,
-    wait_until,
-    worker_group,
-)
+from tests.worker.worker_processes import WorkerProcesses, scalar, wait_until
 
-
-@pytest.fixture
-def workers(pg: DatabaseUrls) -> Iterator[WorkerProcesses]:
-    yield from worker_group(pg.url, "tests.worker.sagas_for_workers")
-
-
-@pytest.fixture
-def engine(pg: DatabaseUrls) -> Iterator[sa.Engine]:
-    yield from app_engine(pg.sync_engine(), app_metadata)
+WORKER_MODULE = "tests.worker.sagas_for_workers"
+APP_METADATA = app_metadata
 
 
 def test_sigkilled_worker_is_taken_over_and_every_step_runs_once(

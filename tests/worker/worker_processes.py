@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -64,19 +64,3 @@ def wait_until(check: Callable[[], object], seconds: float = 60) -> None:
 def scalar(engine: sa.Engine, query: sa.Select[tuple[int]]) -> int:
     with engine.connect() as connection:
         return connection.scalar(query) or 0
-
-
-def worker_group(url: str, module: str) -> Iterator[WorkerProcesses]:
-    """A fixture body: the group, every process killed afterwards."""
-    group = WorkerProcesses(url, module)
-    try:
-        yield group
-    finally:
-        group.kill_all()
-
-
-def app_engine(engine: sa.Engine, metadata: sa.MetaData) -> Iterator[sa.Engine]:
-    """A fixture body: `engine` with the test application's tables, disposed afterwards."""
-    metadata.create_all(engine)
-    yield engine
-    engine.dispose()
