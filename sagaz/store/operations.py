@@ -59,11 +59,16 @@ SAGA_COLUMNS_AS_TEXT = [as_text(c) if c.key == "context" else c for c in sagas.c
 STEP_COLUMNS_AS_TEXT = [as_text(c) if c.key == "result" else c for c in saga_steps.c]
 
 
-def snapshot_from_row(row: sa.Row[Any]) -> SagaSnapshot:
+def snapshot_from_row(row: sa.Row[Any], *, strict: bool = True) -> SagaSnapshot:
     """A saga row as a snapshot. Raises CorruptRowError, naming the saga and column,
-    when its context or status cannot be read."""
+    when its context (unless not `strict`: then it is empty) or status cannot be read."""
     where = f"saga {row.id}: column {sagas.name}.context"
-    context = {} if row.context is None else decode_object(row.context, where)
+    try:
+        context = {} if row.context is None else decode_object(row.context, where)
+    except CorruptRowError:
+        if strict:
+            raise
+        context = {}
     try:
         status = SagaStatus(row.status)
     except ValueError:
@@ -142,15 +147,24 @@ def list_sagas(
     limit: int = 50,
     offset: int = 0,
 ) -> list[SagaSnapshot]:
-    """Sagas newest first (without their steps), filtered by status and name, paged."""
+    """Sagas newest first (without their steps), filtered by status and name, paged.
+
+    A row whose context cannot be read is listed with an empty context (a worker that
+    met it failed the saga with an error naming the column), so one bad row never hides
+    the others."""
     if limit < 1 or offset < 0:
         raise ValueError(f"limit must be >= 1 and offset >= 0, got {limit=}, {offset=}")
-    query = sa.select(sagas).order_by(sagas.c.created_at.desc(), sagas.c.id).limit(limit)
+    query = (
+        sa.select(*SAGA_COLUMNS_AS_TEXT)
+        .order_by(sagas.c.created_at.desc(), sagas.c.id)
+        .limit(limit)
+    )
     if status is not None:
         query = query.where(sagas.c.status == SagaStatus(status).value)
     if name is not None:
         query = query.where(sagas.c.name == name)
-    return [snapshot_from_row(row) for row in connection.execute(query.offset(offset))]
+    rows = connection.execute(query.offset(offset))
+    return [snapshot_from_row(row, strict=False) for row in rows]
 
 
 __all__ = ["list_sagas", "load_saga", "load_sagas", "write_transitions"]

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sagaz import Saga, action, compensate
 from sagaz.journal import utcnow
 from sagaz.store.schema import sagas
+from sagaz.store.stores import SagaStore
 from sagaz.worker.claims import UNKNOWN_SAGA_ERROR
 from tests.conftest import DatabaseUrls
 from tests.worker.test_saga_worker import RunningWorker, engines, make_worker, start, wait_for
@@ -136,3 +137,7 @@ async def test_unreadable_rows_fail_alone_and_every_other_saga_runs(
     status, error = rows(sync_engine, [unknown])[unknown]
     assert status == "pending"
     assert (error or "").startswith(UNKNOWN_SAGA_ERROR)
+    # `sagaz list` still lists every saga, the unreadable ones with an empty context.
+    listed = {snapshot.saga_id: snapshot for snapshot in SagaStore(sync_engine).list(limit=100)}
+    assert set(everything) | {unknown} <= set(listed)
+    assert all(listed[saga_id].context == {} for saga_id in bad)
