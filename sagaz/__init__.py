@@ -5,6 +5,7 @@ from sagaz.config import SagaConfig, configure, get_config
 from sagaz.context import SagaContextManager, generate_correlation_id
 from sagaz.errors import (
     ConfigurationError,
+    CorruptRowError,
     InvalidContextError,
     LeaseLostError,
     MissingExtraError,
@@ -17,6 +18,7 @@ from sagaz.errors import (
 )
 from sagaz.journal import MemoryJournal, SagaJournal, Transition, TransitionKind
 from sagaz.registry import registry
+from sagaz.run_context import StepRun, current_run
 from sagaz.saga import Saga, action, compensate
 from sagaz.start import start_saga
 from sagaz.types import (
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "CorruptRowError",
     "InvalidContextError",
     "LeaseLostError",
     "MemoryJournal",
@@ -47,6 +50,7 @@ __all__ = [
     "SagaTimeoutError",
     "SagazError",
     "StepOutcome",
+    "StepRun",
     "StepStatus",
     "StepTimeoutError",
     "Transition",
@@ -55,6 +59,7 @@ __all__ = [
     "action",
     "compensate",
     "configure",
+    "current_run",
     "generate_correlation_id",
     "outbox",
     "get_config",

@@ -10,7 +10,11 @@ The engine knows nothing of SQL. Durability, fencing and batching belong to the 
 * a failed compensation is retried; if it still fails, the steps it depends on are left
   uncompensated and the saga ends FAILED with every error recorded;
 * when a fenced write is refused (`LeaseLostError`), the run stops at once, cancelling its
-  steps, and writes nothing more.
+  steps, and writes nothing more;
+* under a worker's lease (`lease`, a `LeaseClock`), once the lease's deadline passed by
+  this process's monotonic clock the run starts no step, no compensation and no journal
+  write (LeaseLostError, raised before asking the database). Steps see their run through
+  `sagaz.current_run()`.
 
 Plain `def` steps run in the event loop's default thread pool. A thread cannot be
 interrupted: when such a step times out or is cancelled (FAIL_FAST, saga timeout), the
@@ -53,6 +57,7 @@ from sagaz.journal import (
     notify_listeners,
     utcnow,
 )
+from sagaz.run_context import LeaseClock, StepRun, reset_current_run, set_current_run
 from sagaz.types import (
     JSONDict,
     ParallelFailureStrategy,
@@ -167,6 +172,8 @@ class SagaEngine:
         fence: Fence | None = None,
         resume: bool = True,
         snapshot: SagaSnapshot | None = None,
+        lease: LeaseClock | None = None,
+        give_up: str | None = None,
     ) -> SagaResult:
         """Run (or, when the journal knows `saga_id` and `resume` is true, resume) a saga.
 
@@ -174,10 +181,16 @@ class SagaEngine:
         InvalidContextError before any transition for a non-JSON context, and
         LeaseLostError when the journal refuses a fenced write. A worker that already read
         the saga passes it as `snapshot` to save the journal a read.
+
+        `lease` is the worker's lease deadline (see the module docstring). `give_up`, a
+        reason, runs no further step: a saga still going forward is compensated at once,
+        with `give_up` as its error.
         """
         if snapshot is None and resume:
             snapshot = await self.journal.load(saga_id)
         run = _SagaRun(self, definition, saga_id, fence, snapshot, context)
+        run.lease = lease
+        run.give_up = give_up
         return await run.execute()
 
 
@@ -198,6 +211,8 @@ class _SagaRun:
         self.definition = definition
         self.saga_id = saga_id
         self.fence = fence
+        self.lease: LeaseClock | None = None
+        self.give_up: str | None = None
         self.snapshot = snapshot
         self.started_at = utcnow()
         self.outcomes = {step.name: StepOutcome(name=step.name) for step in definition.steps}
@@ -235,6 +250,8 @@ class _SagaRun:
             self.first_error = snapshot.error
 
     async def record(self, kind: TransitionKind, **fields: Any) -> None:
+        if self.lease is not None:
+            self.lease.check(self.saga_id, f"writing {kind.value}")
         transition = Transition(
             kind=kind,
             saga_id=self.saga_id,
@@ -257,6 +274,13 @@ class _SagaRun:
     async def execute(self) -> SagaResult:
         if self.status.is_terminal:
             return self.result()
+        if self.give_up is not None and self.status is not SagaStatus.COMPENSATING:
+            self.errors.append(self.give_up)
+            self.first_error = self.give_up
+            self.status = SagaStatus.COMPENSATING
+            await self.record(
+                TransitionKind.SAGA_COMPENSATING, status=self.status, error=self.give_up
+            )
         if self.status in (SagaStatus.PENDING, SagaStatus.RUNNING):
             if self.status is SagaStatus.PENDING or self.snapshot is None:
                 await self.record(
@@ -494,6 +518,8 @@ class _SagaRun:
             )
 
         def completion(result: JSONDict) -> Transition:
+            if self.lease is not None:  # called inside the step's transaction: no commit
+                self.lease.check(self.saga_id, f"committing step '{step.name}'")
             return Transition(
                 kind=TransitionKind.STEP_COMPLETED,
                 saga_id=self.saga_id,
@@ -514,6 +540,7 @@ class _SagaRun:
             completion=completion,
         )
         deadline = asyncio.timeout(limit)
+        token = set_current_run(self.step_run(step.name, attempt, compensating=False))
         try:
             async with deadline:
                 result = await journal.run_step_transaction(call)
@@ -523,6 +550,8 @@ class _SagaRun:
             raise StepTimeoutError(
                 f"step '{step.name}' attempt {attempt} timed out after {limit}s"
             ) from error
+        finally:
+            reset_current_run(token)
         if self.engine.listeners:
             await notify_listeners(self.engine.listeners, completion(result), log)
         return result
@@ -536,12 +565,35 @@ class _SagaRun:
             )
         return ensure_json_object(raw, f"result of step '{step}'")
 
+    def step_run(self, step: str, attempt: int, *, compensating: bool) -> StepRun:
+        """What `sagaz.current_run()` returns inside this step attempt."""
+        return StepRun(
+            saga_id=self.saga_id,
+            saga_name=self.definition.name,
+            step=step,
+            attempt=attempt,
+            fence=0 if self.fence is None else self.fence.token,
+            compensating=compensating,
+            lease=self.lease,
+        )
+
     async def _invoke(
-        self, step: str, function: StepFunction, limit: float | None, attempt: int
+        self,
+        step: str,
+        function: StepFunction,
+        limit: float | None,
+        attempt: int,
+        *,
+        compensating: bool = False,
     ) -> Any:
-        """Call a step function with a read-only copy of the context, bounded by `limit`."""
+        """Call a step function with a read-only copy of the context, bounded by `limit`,
+        as `current_run()`; not at all once the lease deadline passed."""
+        if self.lease is not None:
+            what = f"compensation of step '{step}'" if compensating else f"step '{step}'"
+            self.lease.check(self.saga_id, what)
         view = MappingProxyType(dict(self.context))
         deadline = asyncio.timeout(limit)
+        token = set_current_run(self.step_run(step, attempt, compensating=compensating))
         try:
             async with deadline:
                 if is_async_callable(function):
@@ -556,6 +608,8 @@ class _SagaRun:
             raise StepTimeoutError(
                 f"step '{step}' attempt {attempt} timed out after {limit}s"
             ) from error
+        finally:
+            reset_current_run(token)
 
     async def _in_thread(self, step: str, function: StepFunction, view: Mapping[str, Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -624,7 +678,9 @@ class _SagaRun:
         await self.record(TransitionKind.COMPENSATION_STARTED, step=name)
         for attempt in range(1, retries + 2):
             try:
-                await self._invoke(name, step.compensation, policy.timeout_seconds, attempt)
+                await self._invoke(
+                    name, step.compensation, policy.timeout_seconds, attempt, compensating=True
+                )
             except (asyncio.CancelledError, LeaseLostError):
                 raise
             except Exception as error:

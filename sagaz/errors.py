@@ -44,6 +44,14 @@ class LeaseLostError(SagazError):
     """
 
 
+class CorruptRowError(SagazError, ValueError):
+    """A row in sagaz's tables cannot be read (written by hand, by an older version or by
+    a bug): the message names the saga, the table and the column.
+
+    A worker fails that saga alone (FAILED, with this message as its error) and keeps
+    running the others."""
+
+
 class ConfigurationError(SagazError, ValueError):
     """A configuration value is missing or invalid; the message names the setting."""
 

@@ -125,6 +125,7 @@ class SagaSnapshot:
     lease_expires_at: datetime | None = None
     lease_token: int = 0
     attempts: int = 0
+    stalled_claims: int = 0
 
 
 def apply_transition(snapshot: SagaSnapshot, transition: Transition) -> None:

@@ -153,7 +153,7 @@ class WorkerOptions:
     default=5,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Claims before a saga fails.",
+    help="Claims in a row without progress before a saga is given up (compensated).",
 )
 @click.option(
     "--shutdown-grace",

@@ -7,12 +7,14 @@ read and write (DESIGN rule 5). Writes live in `sagaz.store.transition_writes`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from sagaz.errors import CorruptRowError
 from sagaz.journal import SagaSnapshot, StepSnapshot
 from sagaz.store.schema import saga_steps, sagas
 from sagaz.store.transition_writes import write_transitions
@@ -26,12 +28,58 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def snapshot_from_row(row: sa.Row[Any]) -> SagaSnapshot:
+def decode_document(value: Any, where: str) -> Any:
+    """A JSON column's value as read: raw text (`as_text`) is parsed here, so
+    that a malformed document raises CorruptRowError naming `where` instead of breaking
+    the whole statement that read it."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as error:
+        raise CorruptRowError(f"{where} is not valid JSON ({error})") from None
+
+
+def decode_object(value: Any, where: str) -> dict[str, Any]:
+    """`decode_document`, which must give a JSON object."""
+    document = decode_document(value, where)
+    if not isinstance(document, dict):
+        kind = "null" if document is None else type(document).__name__
+        raise CorruptRowError(f"{where} is not a JSON object (it holds a {kind})")
+    return document
+
+
+def as_text(column: sa.ColumnElement[Any]) -> sa.Label[Any]:
+    """`column` read as its stored text (a JSON column: parsed by `decode_document`)."""
+    return sa.cast(column, sa.Text).label(column.key or "")
+
+
+#: The saga columns a claim or load returns, the context as text (`decode_object`).
+SAGA_COLUMNS_AS_TEXT = [as_text(c) if c.key == "context" else c for c in sagas.c]
+STEP_COLUMNS_AS_TEXT = [as_text(c) if c.key == "result" else c for c in saga_steps.c]
+
+
+def snapshot_from_row(row: sa.Row[Any], *, strict: bool = True) -> SagaSnapshot:
+    """A saga row as a snapshot. Raises CorruptRowError, naming the saga and column,
+    when its context (unless not `strict`: then it is empty) or status cannot be read."""
+    where = f"saga {row.id}: column {sagas.name}.context"
+    try:
+        context = {} if row.context is None else decode_object(row.context, where)
+    except CorruptRowError:
+        if strict:
+            raise
+        context = {}
+    try:
+        status = SagaStatus(row.status)
+    except ValueError:
+        raise CorruptRowError(
+            f"saga {row.id}: column {sagas.name}.status holds {row.status!r}, not a status"
+        ) from None
     return SagaSnapshot(
         saga_id=str(row.id),
         saga_name=row.name,
-        status=SagaStatus(row.status),
-        context=dict(row.context or {}),
+        status=status,
+        context=context,
         error=row.error,
         correlation_id=row.correlation_id,
         created_at=as_utc(row.created_at),
@@ -41,15 +89,26 @@ def snapshot_from_row(row: sa.Row[Any]) -> SagaSnapshot:
         lease_expires_at=as_utc(row.lease_expires_at),
         lease_token=row.lease_token,
         attempts=row.attempts,
+        stalled_claims=row.stalled_claims,
     )
 
 
 def step_from_row(row: sa.Row[Any]) -> StepSnapshot:
+    """A step row as a snapshot; CorruptRowError when its result or status is unreadable."""
+    where = f"saga {row.saga_id}: column {saga_steps.name}.result of step '{row.name}'"
+    result = None if row.result is None else decode_object(row.result, where)
+    try:
+        status = StepStatus(row.status)
+    except ValueError:
+        raise CorruptRowError(
+            f"saga {row.saga_id}: column {saga_steps.name}.status of step '{row.name}' "
+            f"holds {row.status!r}, not a step status"
+        ) from None
     return StepSnapshot(
         name=row.name,
-        status=StepStatus(row.status),
+        status=status,
         attempts=row.attempts,
-        result=row.result,
+        result=result,
         error=row.error,
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
@@ -63,13 +122,13 @@ def load_sagas(
     so no claim can move a lease until this transaction ends."""
     if not saga_ids:
         return {}
-    query = sa.select(sagas).where(sagas.c.id.in_(sorted(set(saga_ids))))
+    query = sa.select(*SAGA_COLUMNS_AS_TEXT).where(sagas.c.id.in_(sorted(set(saga_ids))))
     if lock and connection.dialect.name == "postgresql":
         query = query.with_for_update(read=True)
     loaded = {str(row.id): snapshot_from_row(row) for row in connection.execute(query)}
     if loaded:
         steps = connection.execute(
-            sa.select(saga_steps).where(saga_steps.c.saga_id.in_(list(loaded)))
+            sa.select(*STEP_COLUMNS_AS_TEXT).where(saga_steps.c.saga_id.in_(list(loaded)))
         )
         for row in steps:
             loaded[str(row.saga_id)].steps[row.name] = step_from_row(row)
@@ -88,15 +147,24 @@ def list_sagas(
     limit: int = 50,
     offset: int = 0,
 ) -> list[SagaSnapshot]:
-    """Sagas newest first (without their steps), filtered by status and name, paged."""
+    """Sagas newest first (without their steps), filtered by status and name, paged.
+
+    A row whose context cannot be read is listed with an empty context (a worker that
+    met it failed the saga with an error naming the column), so one bad row never hides
+    the others."""
     if limit < 1 or offset < 0:
         raise ValueError(f"limit must be >= 1 and offset >= 0, got {limit=}, {offset=}")
-    query = sa.select(sagas).order_by(sagas.c.created_at.desc(), sagas.c.id).limit(limit)
+    query = (
+        sa.select(*SAGA_COLUMNS_AS_TEXT)
+        .order_by(sagas.c.created_at.desc(), sagas.c.id)
+        .limit(limit)
+    )
     if status is not None:
         query = query.where(sagas.c.status == SagaStatus(status).value)
     if name is not None:
         query = query.where(sagas.c.name == name)
-    return [snapshot_from_row(row) for row in connection.execute(query.offset(offset))]
+    rows = connection.execute(query.offset(offset))
+    return [snapshot_from_row(row, strict=False) for row in rows]
 
 
 __all__ = ["list_sagas", "load_saga", "load_sagas", "write_transitions"]

@@ -54,11 +54,17 @@ sagas = sa.Table(
     sa.Column("lease_expires_at", Timestamp, nullable=True),
     # Fencing token: incremented by every claim; a write must carry the current value.
     sa.Column("lease_token", sa.BigInteger(), nullable=False, server_default="0"),
-    # How many times a worker claimed the saga (a saga that keeps crashing is failed).
+    # How many times a worker claimed the saga.
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    # When the current (or last) claim was made: a step finished since then is progress.
+    sa.Column("claimed_at", Timestamp, nullable=True),
+    # Claims in a row that ended without progress (no step finished), not counting runs
+    # ended by a known infrastructure failure; a saga that keeps crashing its worker is
+    # given up once this reaches the worker's max_attempts.
+    sa.Column("stalled_claims", sa.Integer(), nullable=False, server_default="0"),
     sa.UniqueConstraint("name", "idempotency_key", name="uq_sagaz_sagas_name_idempotency_key"),
     sa.Index(
         "ix_sagaz_sagas_runnable",

@@ -45,7 +45,7 @@ def _halves_by_saga(batch: list[_Entry]) -> tuple[list[_Entry], list[_Entry]] | 
     )
 
 
-def _is_connection_error(error: Exception) -> bool:
+def is_connection_error(error: Exception) -> bool:
     """The database could not be reached or the connection broke: splitting the batch
     cannot help, every part would fail the same way."""
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
@@ -156,7 +156,7 @@ class AsyncSagaStore:
             async with self.engine.begin() as connection:
                 refused = await connection.run_sync(operations.write_transitions, transitions)
         except Exception as error:
-            halves = None if _is_connection_error(error) else _halves_by_saga(batch)
+            halves = None if is_connection_error(error) else _halves_by_saga(batch)
             if halves is None:
                 for transition, future in batch:
                     self._settle(transition, future, error)

@@ -5,19 +5,53 @@ A claim is one statement: on PostgreSQL `UPDATE ... WHERE id IN (SELECT ... FOR 
 SKIP LOCKED)`, so concurrent workers never block on or double-claim a row; on SQLite the
 same guarded `UPDATE ... RETURNING`, atomic because SQLite serialises writers. Every claim
 bumps `lease_token`, fencing out whatever the previous holder still tries to write.
+
+The give-up budget: a claim also records `claimed_at` and counts, in `stalled_claims`,
+the claims in a row that ended without progress - no step finished (completed, failed or
+compensated) since the previous claim. A run that ends through a known infrastructure
+failure gives its count back (`release_leases(refund=True)`). After such stalled claims
+the next claim's lease runs longer by a backoff (1 s doubling, at most
+`MAX_CLAIM_BACKOFF_SECONDS`), so a saga that crashes its worker is retried more and more
+slowly. A row whose context cannot be read is claimed like any other but reported apart
+(`CorruptSaga`): it fails alone, it never breaks the claim of the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from sagaz.errors import CorruptRowError
 from sagaz.journal import SagaSnapshot
-from sagaz.store.operations import snapshot_from_row
-from sagaz.store.schema import RUNNABLE_SAGA_STATUSES, sagas
+from sagaz.store.operations import SAGA_COLUMNS_AS_TEXT, snapshot_from_row
+from sagaz.store.schema import RUNNABLE_SAGA_STATUSES, saga_steps, sagas
+
+#: The longest a stalled saga's next claim is held back, on top of the lease.
+MAX_CLAIM_BACKOFF_SECONDS = 30.0
+
+
+def claim_backoff(stalled_claims: int) -> float:
+    """Seconds added to the lease of a claim after `stalled_claims` claims in a row that
+    made no progress: 0, then 1, 2, 4, ... at most MAX_CLAIM_BACKOFF_SECONDS."""
+    if stalled_claims <= 0:
+        return 0.0
+    return min(2.0 ** (stalled_claims - 1), MAX_CLAIM_BACKOFF_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptSaga:
+    """A claimed saga whose row cannot be read: the claim holds it so that it can be
+    failed with `reason` (which names the column)."""
+
+    saga_id: str
+    saga_name: str
+    lease_token: int
+    reason: str
+
 
 #: Prefix of the error a worker leaves on a saga no running worker knows.
 UNKNOWN_SAGA_ERROR = "sagaz: no worker has saga"
@@ -30,19 +64,58 @@ def _runnable(now: datetime) -> sa.ColumnElement[bool]:
     )
 
 
+def _progressed() -> sa.ColumnElement[bool]:
+    """The previous claim made progress (or there was none): a step finished since."""
+    finished_since = (
+        sa.select(saga_steps.c.saga_id)
+        .where(
+            saga_steps.c.saga_id == sagas.c.id,
+            saga_steps.c.finished_at >= sagas.c.claimed_at,
+        )
+        .exists()
+    )
+    return sa.or_(sagas.c.claimed_at.is_(None), finished_since)
+
+
 def _lease_to(owner: str, lease_seconds: float, now: datetime) -> dict[str, Any]:
-    """What every claim sets: the new owner and expiry, a new fencing token, one more
-    attempt, and no more "no worker has this saga" error."""
+    """What every claim sets: the new owner and expiry (plus the backoff the saga's
+    stalled claims earned), a new fencing token, one more attempt, the stalled-claims
+    count, and no more "no worker has this saga" error."""
+    progressed = _progressed()
+    stalled = sagas.c.stalled_claims + 1
+    expires = now + timedelta(seconds=lease_seconds)
+    levels = range(1, 2 + int(MAX_CLAIM_BACKOFF_SECONDS).bit_length())
     return {
         "lease_owner": owner,
-        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "lease_expires_at": sa.case(
+            (progressed, expires),
+            (stalled <= 0, expires),
+            *((stalled == n, expires + timedelta(seconds=claim_backoff(n))) for n in levels),
+            else_=expires + timedelta(seconds=MAX_CLAIM_BACKOFF_SECONDS),
+        ),
         "lease_token": sagas.c.lease_token + 1,
         "attempts": sagas.c.attempts + 1,
+        "stalled_claims": sa.case((progressed, 0), else_=stalled),
+        "claimed_at": now,
         "error": sa.case(
             (sagas.c.error.startswith(UNKNOWN_SAGA_ERROR), sa.null()), else_=sagas.c.error
         ),
         "updated_at": now,
     }
+
+
+def _snapshots(
+    rows: Sequence[sa.Row[Any]], corrupt: list[CorruptSaga] | None
+) -> list[SagaSnapshot]:
+    snapshots = []
+    for row in rows:
+        try:
+            snapshots.append(snapshot_from_row(row))
+        except CorruptRowError as error:
+            if corrupt is None:
+                raise
+            corrupt.append(CorruptSaga(str(row.id), row.name, row.lease_token, str(error)))
+    return snapshots
 
 
 def claim_sagas(
@@ -53,8 +126,12 @@ def claim_sagas(
     limit: int,
     lease_seconds: float,
     now: datetime,
+    corrupt: list[CorruptSaga] | None = None,
 ) -> list[SagaSnapshot]:
-    """Lease up to `limit` runnable sagas named in `names`, oldest first, to `owner`."""
+    """Lease up to `limit` runnable sagas named in `names`, oldest first, to `owner`.
+
+    A claimed row that cannot be read is appended to `corrupt` (still leased to `owner`,
+    for the caller to fail it) or, without that list, raises CorruptRowError."""
     if limit <= 0 or not names:
         return []
     candidates = (
@@ -69,9 +146,9 @@ def claim_sagas(
         sa.update(sagas)
         .where(sagas.c.id.in_(candidates.scalar_subquery()), _runnable(now))
         .values(_lease_to(owner, lease_seconds, now))
-        .returning(*sagas.c)
+        .returning(*SAGA_COLUMNS_AS_TEXT)
     )
-    return [snapshot_from_row(row) for row in connection.execute(statement)]
+    return _snapshots(connection.execute(statement).all(), corrupt)
 
 
 def renew_leases(
@@ -82,13 +159,16 @@ def renew_leases(
     lease_seconds: float,
     now: datetime,
 ) -> set[str]:
-    """Extend `owner`'s leases (saga id -> token); returns the ids still held."""
+    """Extend `owner`'s leases (saga id -> token); returns the ids still held. A lease
+    never gets shorter (the claim's backoff stays)."""
     if not leases:
         return set()
+    expires = now + timedelta(seconds=lease_seconds)
+    later = sa.case((sagas.c.lease_expires_at > expires, sagas.c.lease_expires_at), else_=expires)
     rows = connection.execute(
         sa.update(sagas)
         .where(sagas.c.id.in_(sorted(leases)), sagas.c.lease_owner == owner)
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .values(lease_expires_at=later)
         .returning(sagas.c.id, sagas.c.lease_token)
     )
     return {str(row.id) for row in rows if leases.get(str(row.id)) == row.lease_token}
@@ -100,20 +180,29 @@ def release_leases(
     owner: str,
     leases: dict[str, int],
     not_before: datetime | None = None,
-) -> None:
+    refund: bool = False,
+) -> int:
     """Give leases back (graceful shutdown, a run that failed unexpectedly), so another
     worker can claim the sagas without waiting for expiry - at once, or from `not_before`
-    on (a backoff). Fenced by token."""
+    on (a backoff). Fenced by token; returns how many were released.
+
+    `refund`: the runs ended through an infrastructure failure (shutdown, a lost
+    connection), not through the saga: their claims do not count as stalled."""
+    values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": not_before}
+    if refund:
+        values["stalled_claims"] = sagas.c.stalled_claims - 1
+    released = 0
     for saga_id, token in sorted(leases.items()):
-        connection.execute(
+        released += connection.execute(
             sa.update(sagas)
             .where(
                 sagas.c.id == saga_id,
                 sagas.c.lease_owner == owner,
                 sagas.c.lease_token == token,
             )
-            .values(lease_owner=None, lease_expires_at=not_before)
-        )
+            .values(values)
+        ).rowcount
+    return released
 
 
 def mark_unknown_sagas(
@@ -168,7 +257,33 @@ def claim_saga(
         sa.update(sagas)
         .where(sagas.c.id == saga_id, _runnable(now))
         .values(_lease_to(owner, lease_seconds, now))
-        .returning(*sagas.c)
+        .returning(*SAGA_COLUMNS_AS_TEXT)
     )
     row = connection.execute(statement).one_or_none()
     return None if row is None else snapshot_from_row(row)
+
+
+def resume_saga(connection: sa.Connection, saga_id: str, *, now: datetime) -> bool:
+    """Hand a FAILED saga back to the workers, to compensate what it left undone.
+
+    For an operator, once the cause is fixed: a saga given up while compensating (its
+    error lists the steps not compensated), or one whose compensation failed. It becomes
+    COMPENSATING with a fresh give-up budget and no lease, so the next worker claims it
+    at once and compensates every step whose action succeeded and is not compensated yet
+    (dependents first); compensated steps are not run again. Its error is kept until the
+    run ends. Returns False, changing nothing, unless the saga exists and is FAILED.
+    Runs in the caller's transaction (commit it).
+    """
+    statement = (
+        sa.update(sagas)
+        .where(sagas.c.id == saga_id, sagas.c.status == "failed")
+        .values(
+            status="compensating",
+            stalled_claims=0,
+            claimed_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+    )
+    return bool(connection.execute(statement).rowcount)

@@ -9,8 +9,19 @@ Guarantees:
   last completed step: completed steps' results are read back, not re-executed. Ordinary
   steps are therefore at-least-once (a step interrupted mid-way runs again);
   transactional steps (taking a `session`) are exactly-once in their database effects.
-* A saga is claimed at most `max_attempts` times; a saga that keeps killing its worker is
-  then moved to FAILED with an error saying so.
+* A run knows its lease deadline by its own monotonic clock (from the start of the claim
+  or renewal request, minus `lease_margin_seconds`): past it, it starts no step, no
+  compensation and no commit, without asking the database, and stops (see
+  `sagaz.run_context`).
+* Give-up: a saga whose last `max_attempts` claims in a row made no progress (no step
+  finished: its worker crashed, was killed or stalled each time) is given up. Claims
+  that ended through a lost database connection or a shutdown do not count; each
+  stalled claim delays the next one more (`claims.claim_backoff`). A given-up saga going
+  forward is compensated (COMPENSATED, or FAILED if a compensation fails); one whose
+  compensation keeps crashing is FAILED with the steps left undone listed, and can be
+  resumed by an operator (`claims.resume_saga`).
+* A saga row that cannot be read (its context not a JSON object, a step's result not
+  valid JSON) fails alone: FAILED, its error naming the column; the others run.
 * A saga whose name no running worker has registered is never dropped: it stays runnable
   and, after `unknown_saga_grace_seconds`, carries an error that says what is missing.
 * `stop()` is graceful: claiming stops, in-flight sagas get `shutdown_grace_seconds` to
@@ -25,8 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import TypeVar
@@ -36,22 +49,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz.definition import SagaDefinition
 from sagaz.engine import RunOptions, SagaEngine, backoff_delay
-from sagaz.errors import LeaseLostError, UnknownSagaError
+from sagaz.errors import CorruptRowError, LeaseLostError, UnknownSagaError
 from sagaz.journal import (
     Fence,
     SagaSnapshot,
-    Transition,
-    TransitionKind,
     TransitionListener,
     utcnow,
 )
 from sagaz.outbox.listen import NotificationListener
 from sagaz.registry import SagaRegistry, registry
+from sagaz.run_context import LeaseClock
 from sagaz.signals import Subscription, saga_signal
 from sagaz.store.statements import SAGA_CHANNEL
-from sagaz.store.stores import AsyncSagaStore
+from sagaz.store.stores import AsyncSagaStore, is_connection_error
 from sagaz.types import SagaStatus
 from sagaz.worker import claims
+from sagaz.worker.give_up import abandon_compensation, fail_saga, give_up_reason
 
 log = logging.getLogger("sagaz.worker")
 
@@ -61,6 +74,13 @@ def _describe(error: BaseException) -> str:
 
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    task: asyncio.Task[None]
+    token: int
+    lease: LeaseClock
 
 
 class SagaWorker:
@@ -82,11 +102,18 @@ class SagaWorker:
         listeners: Iterable[TransitionListener] = (),
         owner: str | None = None,
         listen: bool = True,
+        lease_margin_seconds: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be > 0")
+        margin = lease_seconds / 10 if lease_margin_seconds is None else lease_margin_seconds
+        if not 0 <= margin < lease_seconds:
+            raise ValueError(f"lease_margin_seconds must be >= 0 and < lease_seconds, got {margin}")
+        #: Subtracted from every lease on this process's clock (clock skew, time between
+        #: the deadline check and the write reaching the database).
+        self.lease_margin_seconds = margin
         self.engine = engine
         self.store = store or AsyncSagaStore(engine)
         self.sagas = sagas
@@ -99,11 +126,13 @@ class SagaWorker:
         self.owner = owner or f"saga-worker-{uuid.uuid4().hex[:12]}"
         self.listen = listen
         self._saga_engine = SagaEngine(self.store, options or RunOptions(), tuple(listeners))
-        self._running: dict[str, tuple[asyncio.Task[None], int]] = {}
+        self._running: dict[str, _Run] = {}
         self._definitions: dict[str, tuple[object, SagaDefinition, SagaEngine]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.completed = 0
+        #: Runs ended by a lost database connection (their claims are given back).
+        self.interrupted = 0
 
     @property
     def in_flight(self) -> int:
@@ -171,17 +200,17 @@ class SagaWorker:
 
     async def _shutdown(self) -> None:
         if self._running:
-            tasks = [task for task, _token in self._running.values()]
+            tasks = [run.task for run in self._running.values()]
             await asyncio.wait(tasks, timeout=self.shutdown_grace_seconds)
         leftover = dict(self._running)
-        for task, _token in leftover.values():
-            task.cancel()
-        await asyncio.gather(*(task for task, _ in leftover.values()), return_exceptions=True)
+        for run in leftover.values():
+            run.task.cancel()
+        await asyncio.gather(*(run.task for run in leftover.values()), return_exceptions=True)
         if leftover:
-            leases = {saga_id: token for saga_id, (_task, token) in leftover.items()}
+            leases = {saga_id: run.token for saga_id, run in leftover.items()}
             try:
                 await self._in_transaction(
-                    partial(claims.release_leases, owner=self.owner, leases=leases)
+                    partial(claims.release_leases, owner=self.owner, leases=leases, refund=True)
                 )
             except Exception as error:
                 log.error(
@@ -199,8 +228,10 @@ class SagaWorker:
         free = self.concurrency - len(self._running)
         if free <= 0:
             return 0
+        started = time.monotonic()  # before the request: the lease may start any time after
         now = utcnow()
         known = self.sagas.names()
+        corrupt: list[claims.CorruptSaga] = []
         claimed: list[SagaSnapshot] = await self._in_transaction(
             partial(
                 claims.claim_sagas,
@@ -209,9 +240,13 @@ class SagaWorker:
                 limit=free,
                 lease_seconds=self.lease_seconds,
                 now=now,
+                corrupt=corrupt,
             )
         )
-        if not claimed:
+        for bad in corrupt:
+            fence = Fence(self.owner, bad.lease_token)
+            await fail_saga(self.store, bad.saga_id, bad.saga_name, fence, bad.reason)
+        if not claimed and not corrupt:
             await self._in_transaction(
                 partial(
                     claims.mark_unknown_sagas,
@@ -222,10 +257,13 @@ class SagaWorker:
                 )
             )
         for snapshot in claimed:
-            task = asyncio.create_task(self._run_one(snapshot), name=f"sagaz:{snapshot.saga_id}")
-            self._running[snapshot.saga_id] = (task, snapshot.lease_token)
+            lease = LeaseClock(self.lease_seconds, self.lease_margin_seconds, started)
+            task = asyncio.create_task(
+                self._run_one(snapshot, lease), name=f"sagaz:{snapshot.saga_id}"
+            )
+            self._running[snapshot.saga_id] = _Run(task, snapshot.lease_token, lease)
             task.add_done_callback(partial(self._finished, snapshot.saga_id))
-        return len(claimed)
+        return len(claimed) + len(corrupt)
 
     def _finished(self, saga_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(saga_id, None)
@@ -237,12 +275,15 @@ class SagaWorker:
 
     # -- running -------------------------------------------------------------------
 
-    async def _run_one(self, snapshot: SagaSnapshot) -> None:
+    async def _run_one(self, snapshot: SagaSnapshot, lease: LeaseClock) -> None:
         fence = Fence(self.owner, snapshot.lease_token)
         try:
-            if snapshot.attempts > self.max_attempts:
-                await self._give_up(snapshot, fence)
+            give_up = give_up_reason(snapshot, self.max_attempts)
+            if give_up is not None and snapshot.status is SagaStatus.COMPENSATING:
+                await abandon_compensation(self.store, snapshot, fence, lease, give_up)
                 return
+            if give_up is not None:
+                log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
             resumed = snapshot.status is not SagaStatus.PENDING
             definition, saga_engine = self._runner(snapshot.saga_name)
             result = await saga_engine.run(
@@ -251,6 +292,8 @@ class SagaWorker:
                 saga_id=snapshot.saga_id,
                 fence=fence,
                 snapshot=None if resumed else snapshot,
+                lease=lease,
+                give_up=give_up,
             )
             self.completed += 1
             log.debug("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, result.status)
@@ -261,7 +304,19 @@ class SagaWorker:
         except UnknownSagaError:
             log.error("saga %s vanished from the registry; releasing it", snapshot.saga_id)
             await self._release(snapshot.saga_id, snapshot.lease_token)
-        except Exception:
+        except CorruptRowError as error:
+            await fail_saga(self.store, snapshot.saga_id, snapshot.saga_name, fence, str(error))
+        except Exception as error:
+            if is_connection_error(error):
+                # The database went away (restart, network): not the saga's doing.
+                self.interrupted += 1
+                log.warning(
+                    "running saga %s stopped, the database connection failed: %s",
+                    snapshot.saga_id,
+                    _describe(error),
+                )
+                await self._release_after_outage(snapshot.saga_id, snapshot.lease_token, lease)
+                return
             # Not a step failure (those are the saga's business) but e.g. its journal
             # writes failing: retry later, backing off so that a saga that fails this way
             # every time does not spin through its max_attempts claims.
@@ -288,45 +343,48 @@ class SagaWorker:
             cached = self._definitions[name] = (source, saga.definition, engine)
         return cached[1], cached[2]
 
+    async def _give_back(
+        self, saga_id: str, token: int, *, retry_in: float = 0.0, refund: bool = False
+    ) -> None:
+        not_before = utcnow() + timedelta(seconds=retry_in) if retry_in else None
+        await self._in_transaction(
+            partial(
+                claims.release_leases,
+                owner=self.owner,
+                leases={saga_id: token},
+                not_before=not_before,
+                refund=refund,
+            )
+        )
+
     async def _release(self, saga_id: str, token: int, *, retry_in: float = 0.0) -> None:
         try:
-            await self._in_transaction(
-                partial(
-                    claims.release_leases,
-                    owner=self.owner,
-                    leases={saga_id: token},
-                    not_before=utcnow() + timedelta(seconds=retry_in) if retry_in else None,
-                )
-            )
+            await self._give_back(saga_id, token, retry_in=retry_in)
         except Exception:
             log.exception("could not release saga %s; its lease will expire", saga_id)
 
-    async def _give_up(self, snapshot: SagaSnapshot, fence: Fence) -> None:
-        message = (
-            f"gave up after {snapshot.attempts - 1} claims: every run of this saga ended "
-            "before finishing it (the worker crashed, was killed or lost its lease, or the "
-            "run failed with an error - see the workers' logs)"
-        )
-        log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, message)
-        await self.store.record(
-            Transition(
-                kind=TransitionKind.SAGA_FINISHED,
-                saga_id=snapshot.saga_id,
-                saga_name=snapshot.saga_name,
-                at=utcnow(),
-                status=SagaStatus.FAILED,
-                error=message,
-                fence=fence,
-            )
-        )
+    async def _release_after_outage(self, saga_id: str, token: int, lease: LeaseClock) -> None:
+        """Give the saga back with its claim refunded, retrying while the database is away
+        and the lease is still ours (renewals keep extending it once the database is back);
+        otherwise the lease expires and the claim counts as stalled."""
+        delay = 0.05
+        while lease.held():
+            try:
+                await self._give_back(saga_id, token, refund=True)
+                return
+            except Exception:
+                await asyncio.sleep(max(0.0, min(delay, lease.remaining())))
+                delay = min(delay * 2, 1.0)
 
     async def _renew_leases(self) -> None:
         interval = self.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            leases = {saga_id: token for saga_id, (_task, token) in self._running.items()}
-            if not leases:
+            running = dict(self._running)
+            if not running:
                 continue
+            leases = {saga_id: run.token for saga_id, run in running.items()}
+            started = time.monotonic()  # the renewed leases start no earlier than this
             try:
                 held = await self._in_transaction(
                     partial(
@@ -338,10 +396,15 @@ class SagaWorker:
                     )
                 )
             except Exception:
+                # The deadlines stay where the last renewal put them: a run past its own
+                # deadline stops by itself.
                 log.exception("renewing leases failed; will retry")
                 continue
-            for saga_id in set(leases) - held:
-                entry = self._running.get(saga_id)
-                if entry is not None:
+            for saga_id, run in running.items():
+                if saga_id in held:
+                    run.lease.granted(started)
+                    continue
+                run.lease.lost()
+                if self._running.get(saga_id) is run:
                     log.warning("lease of saga %s was taken over; stopping its run", saga_id)
-                    entry[0].cancel()
+                    run.task.cancel()

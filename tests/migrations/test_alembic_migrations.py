@@ -23,7 +23,7 @@ from sagaz.store.schema import TABLE_NAMES, metadata
 from tests.conftest import DatabaseUrls
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0001_initial"
+HEAD = "0004_worker_claims"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -1,5 +1,6 @@
 """Transactional steps (taking a `session`) time out cleanly: nothing they wrote commits,
-for async steps (cancelled) and plain def steps (their thread rolls back)."""
+for async steps (cancelled) and plain def steps (their thread rolls back). Past the run's
+lease deadline they commit nothing either, and they see their run (`current_run()`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
-from sagaz import Saga, SagaStatus
+from sagaz import LeaseLostError, Saga, SagaStatus, StepRun, current_run
 from sagaz.engine import SagaEngine
+from sagaz.run_context import LeaseClock
 from sagaz.store.stores import AsyncSagaStore
 
 app = sa.MetaData()
@@ -66,3 +69,33 @@ async def test_a_timeout_raised_by_the_step_is_not_reported_as_a_step_timeout(
     assert result.status is SagaStatus.COMPENSATED
     assert "the payment API timed out" in (result.error or "")
     assert "timed out after" not in (result.error or "")
+
+
+async def test_transactional_steps_past_the_lease_deadline_commit_nothing(
+    async_engine: AsyncEngine, sync_engine: sa.Engine
+) -> None:
+    app.create_all(sync_engine)
+    store = AsyncSagaStore(async_engine, sync_engine=sync_engine)
+    now = [0.0]
+    seen: list[StepRun] = []
+
+    def late_sync(ctx: Any, session: Session) -> None:
+        seen.append(current_run())
+        session.execute(sa.insert(writes).values(name="sync"))
+        now[0] += 60  # paused past the lease inside the step
+
+    async def late_async(ctx: Any, session: Any) -> None:
+        seen.append(current_run())
+        await session.execute(sa.insert(writes).values(name="async"))
+        now[0] += 60
+
+    for index, step in enumerate((late_sync, late_async)):
+        lease = LeaseClock(10.0, 1.0, started_at=now[0], clock=lambda: now[0])
+        saga = Saga(name=f"tx-late-{index}").add_step("late", step)
+        with pytest.raises(LeaseLostError, match="committing step 'late' not started"):
+            await SagaEngine(store).run(
+                saga.definition, {}, saga_id=f"20000000-0000-4000-8000-00000000001{index}",
+                lease=lease,
+            )  # fmt: skip
+    assert [(run.step, run.attempt, run.lease_held()) for run in seen] == [("late", 1, False)] * 2
+    assert await asyncio.to_thread(count, sync_engine) == 0

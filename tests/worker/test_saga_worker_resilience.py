@@ -1,6 +1,7 @@
 """The saga worker against a misbehaving PostgreSQL: it rides out an outage (claims fail,
-then resume), and a write the database refuses for one saga fails that saga alone - not
-the others group-committed with it - and its retry backs off.
+then resume), a write the database refuses for one saga fails that saga alone - not
+the others group-committed with it - and its retry backs off, and runs ended by a lost
+connection do not spend the saga's give-up budget.
 
 The refusal is real: a trigger on the steps table raises for one step name."""
 
@@ -22,7 +23,7 @@ from sagaz.store.stores import AsyncSagaStore
 from sagaz.worker import SagaWorker
 from tests.brokers.broker_helpers import TcpProxy
 from tests.conftest import DatabaseUrls
-from tests.worker.test_saga_worker import start, wait_for
+from tests.worker.test_saga_worker import RunningWorker, start, wait_for
 
 
 class QuickSaga(Saga):
@@ -47,6 +48,25 @@ class PoisonedSaga(Saga):
     @action("poison", depends_on=["a"])
     async def poison(self, ctx: Any) -> None:
         return None
+
+
+GATE = asyncio.Event()
+ENTERED: list[int] = []
+
+
+class GatedSaga(Saga):
+    saga_name = "resilience-gated"
+
+    @action("wait")
+    async def wait(self, ctx: Any) -> None:
+        ENTERED.append(1)
+        await GATE.wait()
+
+
+async def wait_in_loop(check: Any, seconds: float = 30) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():
+            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -121,11 +141,9 @@ async def test_a_refused_write_fails_its_saga_alone_and_its_retry_backs_off(
     assert attempts == {1}  # none of the innocent sagas was failed and run again
 
 
-async def test_the_worker_rides_out_a_database_outage(
-    pg: DatabaseUrls, pg_engines: tuple[AsyncEngine, sa.Engine], caplog: pytest.LogCaptureFixture
-) -> None:
-    """The worker's connections (pool and LISTEN) go through a proxy that drops them."""
-    _async_engine, sync_engine = pg_engines
+@pytest.fixture
+async def proxied(pg: DatabaseUrls) -> AsyncIterator[tuple[TcpProxy, AsyncEngine, AsyncEngine]]:
+    """A proxy in front of PostgreSQL, an engine through it and one not."""
     server = make_url(pg.async_)
     proxy = TcpProxy((server.host or "127.0.0.1", server.port or 5432))
     await proxy.start()
@@ -133,26 +151,68 @@ async def test_the_worker_rides_out_a_database_outage(
         pg, async_=server.set(port=proxy.port).render_as_string(hide_password=False)
     )
     engine = through_proxy.async_engine()
+    direct = pg.async_engine()
+    try:
+        yield proxy, engine, direct
+    finally:
+        await engine.dispose()
+        await direct.dispose()
+        await proxy.close()
+
+
+async def test_the_worker_rides_out_a_database_outage(
+    pg_engines: tuple[AsyncEngine, sa.Engine],
+    proxied: tuple[TcpProxy, AsyncEngine, AsyncEngine],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker's connections (pool and LISTEN) go through a proxy that drops them."""
+    _async_engine, sync_engine = pg_engines
+    proxy, engine, direct = proxied
     worker = SagaWorker(
         engine,
         store=AsyncSagaStore(engine, sync_engine=sync_engine),
         lease_seconds=2.0,
         poll_interval=0.2,
     )
-    task = asyncio.create_task(worker.run_until_stopped())
-    direct = pg.async_engine()
+    running = RunningWorker(worker)
     try:
         before = await start(direct, QuickSaga, [{"n": 1}])
         await wait_for(lambda: statuses(sync_engine, before) == {"completed"})
         proxy.drop()
         during = await start(direct, QuickSaga, [{"n": 2}])
         await wait_for(lambda: "claiming failed" in caplog.text)
-        assert not task.done()  # the worker is still running
+        assert not running.task.done()  # the worker is still running
         proxy.restore()
         await wait_for(lambda: statuses(sync_engine, during) == {"completed"})
     finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
-        await engine.dispose()
-        await direct.dispose()
-        await proxy.close()
+        await running.stop()
+
+
+async def test_runs_ended_by_a_lost_connection_do_not_spend_the_give_up_budget(
+    pg_engines: tuple[AsyncEngine, sa.Engine], proxied: tuple[TcpProxy, AsyncEngine, AsyncEngine]
+) -> None:
+    """Seven claims of one saga, the first six ended by cutting the worker's database
+    connections while the step runs: at the default max_attempts (5) the saga is not
+    given up, and completes."""
+    _async_engine, sync_engine = pg_engines
+    proxy, engine, direct = proxied
+    ENTERED.clear()
+    GATE.clear()
+    running = RunningWorker(SagaWorker(engine, lease_seconds=2.0, poll_interval=0.05))
+    try:
+        (saga_id,) = await start(direct, GatedSaga, [{}])
+        for cut in range(1, 7):
+            await wait_in_loop(lambda cut=cut: len(ENTERED) == cut)
+            proxy.drop()  # the step's completion cannot be written
+            GATE.set()
+            await wait_in_loop(lambda cut=cut: running.worker.interrupted == cut)
+            GATE.clear()
+            proxy.restore()
+        await wait_in_loop(lambda: len(ENTERED) == 7)
+        GATE.set()
+        await wait_for(lambda: statuses(sync_engine, [saga_id]) == {"completed"})
+    finally:
+        await running.stop()
+    with sync_engine.connect() as connection:
+        row = connection.execute(sa.select(sagas).where(sagas.c.id == saga_id)).one()
+    assert (row.attempts, row.error) == (7, None)

@@ -4,15 +4,8 @@ middle of a saga is taken over after its lease expires, and three worker process
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -20,71 +13,10 @@ from sagaz import start_saga
 from sagaz.store.schema import outbox, saga_steps, sagas
 from tests.conftest import DatabaseUrls
 from tests.worker.sagas_for_workers import ThreeStepSaga, app_metadata, payments, step_runs
+from tests.worker.worker_processes import WorkerProcesses, scalar, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class WorkerProcesses:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *extra: str) -> subprocess.Popen[bytes]:
-        command = [
-            sys.executable, "-m", "sagaz", "worker", "--url", self.url,
-            "--import", "tests.worker.sagas_for_workers", "--no-outbox",
-            "--lease-seconds", "1", "--poll-interval", "0.1", "--shutdown-grace", "1",
-            "--log-level", "WARNING", *extra,
-        ]  # fmt: skip
-        environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-        process = subprocess.Popen(command, cwd=ROOT, env=environment)
-        self.processes.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        """SIGTERM every running worker; each must exit 0 (graceful shutdown)."""
-        running = [process for process in self.processes if process.poll() is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        for process in running:
-            try:
-                assert process.wait(timeout=30) == 0, "a worker did not exit cleanly on SIGTERM"
-            except subprocess.TimeoutExpired:
-                process.kill()
-                raise
-
-
-@pytest.fixture
-def workers(pg: DatabaseUrls) -> Iterator[WorkerProcesses]:
-    group = WorkerProcesses(pg.url)
-    try:
-        yield group
-    finally:
-        for process in group.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
-@pytest.fixture
-def engine(pg: DatabaseUrls) -> Iterator[sa.Engine]:
-    engine = pg.sync_engine()
-    app_metadata.create_all(engine)
-    yield engine
-    engine.dispose()
-
-
-def wait_until(check: object, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
-def scalar(engine: sa.Engine, query: sa.Select[tuple[int]]) -> int:
-    with engine.connect() as connection:
-        return connection.scalar(query) or 0
+WORKER_MODULE = "tests.worker.sagas_for_workers"
+APP_METADATA = app_metadata
 
 
 def test_sigkilled_worker_is_taken_over_and_every_step_runs_once(

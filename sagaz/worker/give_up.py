@@ -1,0 +1,77 @@
+"""How a worker ends a saga it will not run: given up after claims that made no progress,
+or a row it cannot read.
+
+* A saga going forward whose last `max_attempts` claims in a row made no progress is
+  compensated (the engine runs with `give_up=`; it ends COMPENSATED, or FAILED if a
+  compensation fails), its error saying why.
+* A saga given up while compensating (its compensation keeps crashing the worker) is
+  FAILED at once, running nothing; its error lists the steps left undone. Once the cause
+  is fixed, `sagaz.worker.claims.resume_saga` hands it back to the workers.
+* A saga whose row cannot be read is FAILED with the reason (naming the column).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sagaz.journal import Fence, SagaJournal, SagaSnapshot, Transition, TransitionKind, utcnow
+from sagaz.run_context import LeaseClock
+from sagaz.types import SagaStatus, StepStatus
+
+log = logging.getLogger("sagaz.worker")
+
+#: Step statuses whose effects are still in place (their action succeeded, not undone).
+NOT_UNDONE = frozenset(
+    {StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED}
+)
+
+
+def give_up_reason(snapshot: SagaSnapshot, max_attempts: int) -> str | None:
+    """Why the claimed saga is given up, or None to run it."""
+    if snapshot.stalled_claims < max_attempts:
+        return None
+    return (
+        f"gave up after {snapshot.stalled_claims} claims in a row that made no progress: "
+        "each run of this saga ended before any step finished (its worker crashed, was "
+        "killed or stalled past its lease - see the workers' logs)"
+    )
+
+
+async def fail_saga(
+    journal: SagaJournal, saga_id: str, saga_name: str, fence: Fence, reason: str
+) -> None:
+    """End the saga FAILED with `reason`, running nothing. Fenced; a write that fails is
+    logged (the saga is claimed again later)."""
+    log.error("saga %s %s: %s", saga_name, saga_id, reason)
+    try:
+        await journal.record(
+            Transition(
+                kind=TransitionKind.SAGA_FINISHED,
+                saga_id=saga_id,
+                saga_name=saga_name,
+                at=utcnow(),
+                status=SagaStatus.FAILED,
+                error=reason,
+                fence=fence,
+            )
+        )
+    except Exception as error:
+        log.error("could not fail saga %s (%s); it will be claimed again", saga_id, error)
+
+
+async def abandon_compensation(
+    journal: SagaJournal, snapshot: SagaSnapshot, fence: Fence, lease: LeaseClock, reason: str
+) -> None:
+    """FAILED, naming the steps left undone (read back from the journal)."""
+    loaded = await journal.load(snapshot.saga_id)
+    steps = loaded.steps if loaded is not None else {}
+    undone = ", ".join(sorted(n for n, step in steps.items() if step.status in NOT_UNDONE))
+    lease.check(snapshot.saga_id, "failing its compensation")
+    await fail_saga(
+        journal,
+        snapshot.saga_id,
+        snapshot.saga_name,
+        fence,
+        f"{reason}, while compensating; not compensated: {undone or 'none'} (fix the "
+        "cause, then resume it with sagaz.worker.claims.resume_saga)",
+    )
