@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from sagaz.errors import ConfigurationError
 from sagaz.store.engines import create_engine
-from sagaz.store.urls import sync_url
+from sagaz.store.urls import redacted, sync_url
 
 #: SQLSTATE of PostgreSQL's "relation does not exist".
 UNDEFINED_TABLE = "42P01"
@@ -21,10 +21,7 @@ UNDEFINED_TABLE = "42P01"
 
 def shown(url: str | sa.URL) -> str:
     """The URL fit for a message: its password hidden."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<an unparseable URL>"
+    return redacted(url)
 
 
 def parse_url(url: str, *, origin: str = "--url") -> sa.URL:

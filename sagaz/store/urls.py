@@ -46,3 +46,15 @@ def sync_url(url: str | URL) -> URL:
     """The URL with a sync driver: psycopg for PostgreSQL, sqlite3 for SQLite."""
     parsed = _parse(url)
     return parsed.set(drivername=_TO_SYNC.get(parsed.drivername, parsed.drivername))
+
+
+def redacted(url: str | URL) -> str:
+    """`url` fit for a message or a log line: its password (also one given as a
+    ``password`` query parameter) shown as ``***``. Never raises."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return "<an unparseable URL>"
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
