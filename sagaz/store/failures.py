@@ -27,6 +27,8 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 
+from sagaz.store.urls import scrub_passwords
+
 #: SQLSTATE classes (first two characters) and codes that retrying cannot fix.
 FATAL_CLASSES = frozenset({"42", "28", "3D", "3F"})
 """42: syntax error or access rule violation (privilege, undefined table/column);
@@ -68,7 +70,6 @@ _HINTS = {
 }
 
 _QUOTED_VALUE = re.compile(r"'[^']*'")
-_URL_PASSWORD = re.compile(r"(\w://[^:/@\s]*:)[^@\s]+@")
 _MAX_LENGTH = 400
 
 log = logging.getLogger("sagaz.store")
@@ -147,7 +148,7 @@ def describe_failure(error: BaseException) -> str:
     text = lines[0] if lines else ""
     if code is not None and code[:2] in _VALUE_QUOTING_CLASSES:
         text = _QUOTED_VALUE.sub("'...'", text.split(":", 1)[0])
-    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = scrub_passwords(text)
     kind = type(driver).__name__
     line = f"{kind}: {text}" if text else kind
     if code is not None:
