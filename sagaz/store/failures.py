@@ -161,9 +161,7 @@ def describe_failure(error: BaseException) -> str:
     return line if len(line) <= _MAX_LENGTH else line[: _MAX_LENGTH - 3] + "..."
 
 
-def log_failure(
-    logger: logging.Logger, error: BaseException, message: str, *args: object
-) -> None:
+def log_failure(logger: logging.Logger, error: BaseException, message: str, *args: object) -> None:
     """Log `message % args` followed by `: <describe_failure(error)>` on one line -
     WARNING when the failure is transient, ERROR otherwise - and the traceback only at
     DEBUG (a separate record, emitted only when DEBUG is enabled)."""

@@ -15,6 +15,9 @@ Guarantees:
   and, after `unknown_saga_grace_seconds`, carries an error that says what is missing.
 * `stop()` is graceful: claiming stops, in-flight sagas get `shutdown_grace_seconds` to
   finish, then are cancelled and their leases released for another worker.
+* Database failures are logged on one line each (WARNING when a retry may get past them,
+  else ERROR), without statement parameters; tracebacks only at DEBUG. A claim failing
+  in a way retrying cannot fix stops the worker (`run_until_stopped` raises it).
 
 Wake-ups: a commit in this process that started sagas wakes the worker at once (the
 post-commit signal); on PostgreSQL, LISTEN on `sagaz_sagas` wakes it when another process
@@ -48,16 +51,13 @@ from sagaz.journal import (
 from sagaz.outbox.listen import NotificationListener
 from sagaz.registry import SagaRegistry, registry
 from sagaz.signals import Subscription, saga_signal
+from sagaz.store.failures import is_fatal, log_failure
 from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.store.stores import AsyncSagaStore
 from sagaz.types import SagaStatus
 from sagaz.worker import claims
 
 log = logging.getLogger("sagaz.worker")
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
 
 
 T = TypeVar("T")
@@ -118,7 +118,12 @@ class SagaWorker:
         self._wake.set()
 
     async def run_until_stopped(self) -> None:
-        """Claim and run sagas until `stop()`; then shut down gracefully."""
+        """Claim and run sagas until `stop()`; then shut down gracefully.
+
+        A failed claim that retrying may get past (the database restarting) is logged on
+        one line and retried; one that it cannot fix (no privilege, no table: see
+        `sagaz.store.failures.is_fatal`) is logged, in-flight sagas are shut down as by
+        `stop()`, and the database error is raised."""
         subscription = saga_signal.subscribe()
         helpers = [
             asyncio.create_task(self._forward_signal(subscription), name="sagaz:saga-signal"),
@@ -133,12 +138,18 @@ class SagaWorker:
                 try:
                     claimed = await self.claim_and_start()
                 except Exception as error:
+                    if is_fatal(error):  # no privilege, no table...: stop, say why
+                        log_failure(
+                            log, error, "saga worker %s: claiming failed, stopping", self.owner
+                        )
+                        raise
                     # The database is down or restarting: keep running sagas, retry soon.
                     error_delay = min(max(error_delay * 2, 0.05), self.poll_interval)
-                    log.error(
-                        "saga worker %s: claiming failed: %s; retrying in %.2fs",
+                    log_failure(
+                        log,
+                        error,
+                        "saga worker %s: claiming failed, retrying in %.2fs",
                         self.owner,
-                        _describe(error),
                         error_delay,
                     )
                     await self._sleep(error_delay)
@@ -184,10 +195,11 @@ class SagaWorker:
                     partial(claims.release_leases, owner=self.owner, leases=leases)
                 )
             except Exception as error:
-                log.error(
-                    "could not release %d in-flight sagas (%s); their leases will expire",
+                log_failure(
+                    log,
+                    error,
+                    "could not release %d in-flight sagas; their leases will expire",
                     len(leases),
-                    _describe(error),
                 )
             else:
                 log.info("released %d in-flight sagas for another worker", len(leases))
@@ -261,12 +273,14 @@ class SagaWorker:
         except UnknownSagaError:
             log.error("saga %s vanished from the registry; releasing it", snapshot.saga_id)
             await self._release(snapshot.saga_id, snapshot.lease_token)
-        except Exception:
+        except Exception as error:
             # Not a step failure (those are the saga's business) but e.g. its journal
             # writes failing: retry later, backing off so that a saga that fails this way
             # every time does not spin through its max_attempts claims.
             delay = backoff_delay(1.0, snapshot.attempts, 60.0)
-            log.exception(
+            log_failure(
+                log,
+                error,
                 "running saga %s failed; releasing it for a retry in %.1fs",
                 snapshot.saga_id,
                 delay,
@@ -298,8 +312,8 @@ class SagaWorker:
                     not_before=utcnow() + timedelta(seconds=retry_in) if retry_in else None,
                 )
             )
-        except Exception:
-            log.exception("could not release saga %s; its lease will expire", saga_id)
+        except Exception as error:
+            log_failure(log, error, "could not release saga %s; its lease will expire", saga_id)
 
     async def _give_up(self, snapshot: SagaSnapshot, fence: Fence) -> None:
         message = (
@@ -337,8 +351,8 @@ class SagaWorker:
                         now=utcnow(),
                     )
                 )
-            except Exception:
-                log.exception("renewing leases failed; will retry")
+            except Exception as error:
+                log_failure(log, error, "renewing leases failed; will retry")
                 continue
             for saga_id in set(leases) - held:
                 entry = self._running.get(saga_id)
