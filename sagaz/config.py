@@ -231,15 +231,14 @@ def _check_database_url(value: Any) -> None:
     """A URL sagaz can build its engines from: parsed and its backend checked, no I/O."""
     from sqlalchemy.engine import make_url
 
-    from sagaz.outbox.brokers.common import redact_url
-    from sagaz.store.urls import async_url, sync_url
+    from sagaz.store.urls import async_url, scrub_passwords, sync_url
 
     try:
         make_url(value)
     except Exception:
         raise ConfigurationError(
             "SagaConfig.database_url is not a valid SQLAlchemy URL "
-            f"(dialect+driver://user:password@host/database), got {redact_url(str(value))!r}"
+            f"(dialect+driver://user:password@host/database), got {scrub_passwords(str(value))!r}"
         ) from None
     try:
         sync_url(value)
@@ -252,12 +251,12 @@ def _check_broker_url(value: Any) -> None:
     """A broker URL whose scheme `broker_from_url` knows (its options are checked when the
     broker is built: that may need the broker's extra)."""
     from sagaz.outbox.brokers import SCHEMES
-    from sagaz.outbox.brokers.common import redact_url
+    from sagaz.store.urls import scrub_passwords
 
     schemes = ", ".join(f"{scheme}://" for scheme in SCHEMES)
     if not isinstance(value, str) or "://" not in value:
         raise ConfigurationError(
-            f"SagaConfig.broker_url must look like scheme://..., got {redact_url(str(value))!r}; "
+            f"SagaConfig.broker_url must look like scheme://..., got {scrub_passwords(str(value))!r}; "
             f"schemes: {schemes}"
         )
     scheme = value.split("://", 1)[0].lower()

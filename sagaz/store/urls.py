@@ -52,11 +52,12 @@ def sync_url(url: str | URL) -> URL:
     return parsed.set(drivername=_TO_SYNC.get(parsed.drivername, parsed.drivername))
 
 
-_PASSWORD = re.compile(r"(\w://[^:/@\s]*:)[^\s,]*@")
+_PASSWORD = re.compile(r"((?:^|(?<=[\s,'\"(]))(?:[\w+.-]+://)?[^:/@\s,'\"]*:)[^\s,'\"]*@")
 
 
 def scrub_passwords(text: str) -> str:
-    """`text` with the password of every ``scheme://user:password@`` in it shown as ``***``."""
+    """`text` with the password of every ``scheme://user:password@`` (or a schemeless
+    ``user:password@``) in it shown as ``***``."""
     return _PASSWORD.sub(r"\1***@", text)
 
 
