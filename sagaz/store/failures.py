@@ -166,9 +166,9 @@ def log_failure(logger: logging.Logger, error: BaseException, message: str, *arg
     WARNING when the failure is transient, ERROR otherwise - and the traceback only at
     DEBUG (a separate record, emitted only when DEBUG is enabled)."""
     level = logging.WARNING if is_transient(error) else logging.ERROR
-    logger.log(level, message + ": %s", *args, describe_failure(error))
+    logger.log(level, message + ": %s", *args, describe_failure(error), stacklevel=2)
     if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("the failure above, in full:", exc_info=error)
+        logger.debug("the failure above, in full:", exc_info=error, stacklevel=2)
 
 
 __all__ = [
