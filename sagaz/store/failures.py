@@ -102,6 +102,20 @@ def _driver_error(error: BaseException) -> BaseException:
     return links[-1] if links else error
 
 
+_CONNECTION_KINDS = frozenset({"OperationalError", "InterfaceError"})
+_DATABASE_KINDS = frozenset({"DatabaseError", *_CONNECTION_KINDS})
+
+
+def _is_database_error(error: BaseException, kinds: frozenset[str] = _DATABASE_KINDS) -> bool:
+    """Whether `error` is one of these DB-API error kinds: wrapped by SQLAlchemy or raised
+    by the driver itself (the LISTEN connection talks to psycopg and asyncpg directly)."""
+    if isinstance(error, sa.exc.DBAPIError):
+        error = _driver_error(error)
+        if isinstance(error, sa.exc.DBAPIError):
+            return True
+    return any(kind.__name__ in kinds for kind in type(error).__mro__)
+
+
 def _message(error: BaseException) -> str:
     return str(_driver_error(error)).lower()
 
@@ -112,7 +126,7 @@ def is_fatal(error: BaseException) -> bool:
     code = sqlstate(error)
     if code is not None:
         return code[:2] in FATAL_CLASSES
-    if not isinstance(error, sa.exc.DBAPIError) or error.connection_invalidated:
+    if not _is_database_error(error) or getattr(error, "connection_invalidated", False):
         return False
     message = _message(error)
     return any(marker in message for marker in _FATAL_MESSAGES)
@@ -131,7 +145,7 @@ def is_transient(error: BaseException) -> bool:
         return False
     if isinstance(error, sa.exc.TimeoutError | OSError | TimeoutError):
         return True  # a pool timeout; connection refused/reset (asyncpg raises OSError)
-    if isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError):
+    if _is_database_error(error, kinds=_CONNECTION_KINDS):
         message = _message(error)
         if "sqlite" in type(_driver_error(error)).__module__:
             return any(marker in message for marker in _TRANSIENT_MESSAGES)

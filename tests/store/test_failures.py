@@ -176,6 +176,20 @@ async def test_an_unreachable_server_is_transient(postgres_server_url: str, driv
     assert "refused" in line.lower() or "connect call failed" in line.lower(), line
 
 
+def test_errors_the_driver_raises_itself_are_classified(postgres_server_url: str) -> None:
+    """The LISTEN connection talks to the driver directly: its errors are not wrapped."""
+    import psycopg
+
+    server = make_url(postgres_server_url)
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(host=server.host, port=closed_port(), password=PASSWORD)
+    assert is_transient(refused.value) and not is_fatal(refused.value)
+    with pytest.raises(psycopg.OperationalError) as unknown_role:
+        psycopg.connect(host=server.host, port=server.port, user="no_such_role_x")
+    assert is_fatal(unknown_role.value) and not is_transient(unknown_role.value)
+    assert_described(unknown_role.value, "no_such_role_x")
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 async def test_a_terminated_connection_is_transient(pg: DatabaseUrls, asynchronous: bool) -> None:
     """What every connection sees when PostgreSQL restarts or an administrator ends it."""
