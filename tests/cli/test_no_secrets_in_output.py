@@ -3,15 +3,16 @@ commands print, as real processes, holds neither the password of the database an
 broker URLs nor the user data of a saga whose run fails at the database.
 
 The database connection is cut through a TCP proxy while a saga's step runs (as in a
-PostgreSQL restart), so the write of the step's result - which holds the marker - fails;
-the broker URL points at a closed port, so every publish fails; other commands target a
+PostgreSQL restart), so the write of the step's result fails; another saga's result -
+which holds the marker - is refused once by the database (a trigger raising a
+serialization failure), so a statement whose parameters hold the marker fails; the
+broker URL points at a closed port, so every publish fails; other commands target a
 closed port. Failures are single lines: no traceback, no SQL, no parameters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import subprocess
@@ -34,6 +35,19 @@ from tests.store.test_failures import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "marker-c41f-user-data"
+#: The first write of a step result holding "fail-once" is refused by the database.
+REFUSE_ONCE = [
+    "CREATE SEQUENCE refuse_once",
+    """CREATE FUNCTION refuse_once() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF strpos(NEW.result::text, 'fail-once') > 0 AND nextval('refuse_once') = 1 THEN
+            RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
+        END IF;
+        RETURN NEW;
+    END $$""",
+    "CREATE TRIGGER refuse_once BEFORE INSERT OR UPDATE ON sagaz_saga_steps "
+    "FOR EACH ROW EXECUTE FUNCTION refuse_once()",
+]
 
 
 def environment() -> dict[str, str]:
@@ -94,22 +108,33 @@ async def test_failing_worker_relay_and_commands_print_no_password_and_no_user_d
     unreachable = server.set(port=closed_port(), password=PASSWORD)
     broker_url = f"redis://:{PASSWORD}@127.0.0.1:{closed_port()}/0"
     logs = {"worker": tmp_path / "worker.log", "unreachable worker": tmp_path / "down.log"}
-    direct = dataclasses.replace(pg).async_engine()
+    direct = pg.async_engine()
     sync_engine = pg.sync_engine()
     context = {
         "marker": MARKER,
         "entered": str(tmp_path / "entered"),
         "gate": str(tmp_path / "gate"),
     }
+    refused_once = {
+        "marker": f"{MARKER}-fail-once",
+        "entered": str(tmp_path / "entered-2"),
+        "gate": str(tmp_path / "gate-2"),
+    }
+    Path(refused_once["gate"]).touch()
+    with sync_engine.begin() as connection:
+        for statement in REFUSE_ONCE:
+            connection.exec_driver_sql(statement)
+    async with AsyncSession(direct) as session:
+        refused_id = start_saga(session, GatedSaga, refused_once)
+        await session.commit()
     async with AsyncSession(direct) as session:
         saga_id = start_saga(session, GatedSaga, context)
         outbox.add(session, "secrets.test", {"marker": MARKER})
         await session.commit()
 
-    def saga_status() -> str:
+    def saga_status(saga: str) -> str:
         with sync_engine.connect() as connection:
-            query = sa.select(sagas.c.status).where(sagas.c.id == saga_id)
-            return str(connection.scalar(query))
+            return str(connection.scalar(sa.select(sagas.c.status).where(sagas.c.id == saga)))
 
     def publish_failed() -> bool:
         with sync_engine.connect() as connection:
@@ -127,7 +152,9 @@ async def test_failing_worker_relay_and_commands_print_no_password_and_no_user_d
         Path(context["gate"]).touch()  # the step returns: writing its result fails
         await until(logged("worker", f"running saga {saga_id} failed"))
         proxy.restore()
-        await until(lambda: saga_status() == "completed")
+        await until(lambda: saga_status(saga_id) == "completed")
+        await until(logged("worker", f"running saga {refused_id} failed"))
+        await until(lambda: saga_status(refused_id) == "completed")
         await until(publish_failed)  # the relay tried, the broker refused
         await until(logged("unreachable worker", "claiming failed"))
         await until(logged("unreachable worker", "pass failed"))
