@@ -256,8 +256,8 @@ def _check_broker_url(value: Any) -> None:
     schemes = ", ".join(f"{scheme}://" for scheme in SCHEMES)
     if not isinstance(value, str) or "://" not in value:
         raise ConfigurationError(
-            f"SagaConfig.broker_url must look like scheme://..., got {scrub_passwords(str(value))!r}; "
-            f"schemes: {schemes}"
+            "SagaConfig.broker_url must look like scheme://..., "
+            f"got {scrub_passwords(str(value))!r}; schemes: {schemes}"
         )
     scheme = value.split("://", 1)[0].lower()
     if scheme not in SCHEMES:

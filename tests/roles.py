@@ -30,13 +30,17 @@ def limited_role(server_url: str, urls: DatabaseUrls, *grants: str) -> Iterator[
         for grant in grants:
             connection.exec_driver_sql(grant.format(role=role, schema=f'"{urls.schema}"'))
     try:
-        yield make_url(urls.url).set(username=role, password=PASSWORD).render_as_string(
-            hide_password=False
+        yield (
+            make_url(urls.url)
+            .set(username=role, password=PASSWORD)
+            .render_as_string(hide_password=False)
         )
     finally:
         with admin.begin() as connection:
             connection.execute(
-                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"
+                ),
                 {"r": role},
             )
             connection.exec_driver_sql(f"DROP OWNED BY {role}")

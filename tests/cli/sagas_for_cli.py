@@ -8,7 +8,7 @@ Its step fails `ctx["failures"]` times, counting attempts in the file `ctx["coun
 
 from __future__ import annotations
 
-import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ class GatedSaga(Saga):
     saga_name = "cli-gated"
 
     @action("echo")
-    async def echo(self, ctx: Any) -> dict[str, Any]:
+    def echo(self, ctx: Any) -> dict[str, Any]:  # sync: it runs in a thread
         Path(ctx["entered"]).touch()
         while not Path(ctx["gate"]).exists():
-            await asyncio.sleep(0.02)
+            time.sleep(0.02)
         return {"echo": ctx["marker"]}

@@ -42,7 +42,8 @@ def sagaz(*args: str, cwd: Path) -> tuple[int, str]:
 def assert_one_line_failure(status: int, output: str, *fragments: str) -> str:
     """Exit status 1, one `Error:` line naming the cause, no traceback, no password."""
     assert status == 1, output
-    assert "Traceback" not in output and PASSWORD not in output, output
+    assert "Traceback" not in output, output
+    assert PASSWORD not in output, output
     errors = [line for line in output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, output
     for fragment in fragments:
@@ -76,7 +77,9 @@ def test_upgrade_into_a_schema_it_may_not_create_in_is_one_line(
     assert_one_line_failure(status, output, "permission denied", "42501")
     engine = pg_empty.sync_engine()
     with engine.connect() as connection:
-        created = connection.scalar(sa.text("SELECT to_regclass('pg_catalog.sagaz_alembic_version')"))
+        created = connection.scalar(
+            sa.text("SELECT to_regclass('pg_catalog.sagaz_alembic_version')")
+        )
     engine.dispose()
     assert created is None
 
@@ -118,7 +121,8 @@ def test_a_worker_whose_role_may_only_select_stops_with_one_line(
             cwd=tmp_path,
         )  # fmt: skip
     assert_one_line_failure(status, output, "permission denied for table", table, "42501")
-    assert "[SQL:" not in output and "starting anyway" not in output
+    assert "[SQL:" not in output
+    assert "starting anyway" not in output
     failures = [line for line in output.splitlines() if "permission denied" in line]
     assert len(failures) <= 4, output  # a line per runner (+ retention), the command's error
 

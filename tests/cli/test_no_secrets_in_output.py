@@ -120,7 +120,7 @@ async def test_failing_worker_relay_and_commands_print_no_password_and_no_user_d
         "entered": str(tmp_path / "entered-2"),
         "gate": str(tmp_path / "gate-2"),
     }
-    Path(refused_once["gate"]).touch()
+    await asyncio.to_thread(Path(refused_once["gate"]).touch)
     with sync_engine.begin() as connection:
         for statement in REFUSE_ONCE:
             connection.exec_driver_sql(statement)
@@ -149,7 +149,7 @@ async def test_failing_worker_relay_and_commands_print_no_password_and_no_user_d
     try:
         await until(Path(context["entered"]).exists)
         proxy.drop()  # every connection of the worker breaks, new ones are refused
-        Path(context["gate"]).touch()  # the step returns: writing its result fails
+        await asyncio.to_thread(Path(context["gate"]).touch)  # the step returns: its write fails
         await until(logged("worker", f"running saga {saga_id} failed"))
         proxy.restore()
         await until(lambda: saga_status(saga_id) == "completed")

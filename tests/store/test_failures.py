@@ -21,6 +21,7 @@ from tests.conftest import DatabaseUrls
 from tests.roles import PASSWORD, SELECT_ONLY, limited_role
 
 MARKER = "marker-5b1e-user-data"
+FAILURES = (sa.exc.SQLAlchemyError, OSError)
 
 
 def closed_port() -> int:
@@ -30,7 +31,7 @@ def closed_port() -> int:
 
 
 def failure(engine: sa.Engine, statement: str, **parameters: object) -> Exception:
-    with pytest.raises(Exception) as caught, engine.begin() as connection:
+    with pytest.raises(FAILURES) as caught, engine.begin() as connection:
         connection.execute(sa.text(statement), parameters)
     return caught.value
 
@@ -40,7 +41,7 @@ async def async_failure(
 ) -> Exception:
     engine = create_async_engine(url, connect_args=connect_args or {})
     try:
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(FAILURES) as caught:
             async with engine.begin() as connection:
                 await connection.execute(sa.text(statement), parameters)
         return caught.value
@@ -51,7 +52,8 @@ async def async_failure(
 def assert_described(error: BaseException, *fragments: str) -> str:
     line = describe_failure(error)
     assert "\n" not in line
-    assert MARKER not in line and PASSWORD not in line
+    assert MARKER not in line
+    assert PASSWORD not in line
     for fragment in fragments:
         assert fragment in line, line
     return line
@@ -74,7 +76,8 @@ def test_engines_sagaz_creates_hide_parameters_from_errors(db: DatabaseUrls) -> 
 async def test_async_engines_sagaz_creates_hide_parameters_from_errors(db: DatabaseUrls) -> None:
     error = await async_failure(db.async_, "SELECT :value FROM no_such_table", value=MARKER)
     assert MARKER not in str(error)
-    assert is_fatal(error) and not is_transient(error)
+    assert is_fatal(error)
+    assert not is_transient(error)
 
 
 def test_hide_parameters_can_be_turned_off_for_debugging(sqlite: DatabaseUrls) -> None:
@@ -104,7 +107,8 @@ def test_a_missing_privilege_is_fatal(postgres_server_url: str, pg: DatabaseUrls
         finally:
             engine.dispose()
     assert sqlstate(error) == "42501"
-    assert is_fatal(error) and not is_transient(error)
+    assert is_fatal(error)
+    assert not is_transient(error)
     assert_described(error, "permission denied for table sagaz_sagas", "42501", "privilege")
 
 
@@ -119,7 +123,8 @@ async def test_a_missing_privilege_is_fatal_through_asyncpg(
             {"server_settings": {"search_path": str(pg.schema)}},
             c=MARKER,
         )
-    assert is_fatal(error) and not is_transient(error)
+    assert is_fatal(error)
+    assert not is_transient(error)
     assert_described(error, "permission denied for table sagaz_sagas", "42501")
 
 
@@ -136,7 +141,8 @@ def test_missing_tables_columns_and_schemas_are_fatal(
 ) -> None:
     error = failure(pg_sync, statement)
     assert sqlstate(error) == code
-    assert is_fatal(error) and not is_transient(error)
+    assert is_fatal(error)
+    assert not is_transient(error)
     assert_described(error, code)
 
 
@@ -149,7 +155,8 @@ async def test_a_refused_login_is_fatal(
 ) -> None:
     url = make_url(postgres_server_url).set(drivername=driver, password=PASSWORD, **change)
     error = await async_failure(url.render_as_string(hide_password=False), "SELECT 1")
-    assert is_fatal(error) and not is_transient(error)
+    assert is_fatal(error)
+    assert not is_transient(error)
     assert_described(error, "does not exist")
 
 
@@ -160,7 +167,8 @@ def test_a_read_only_sqlite_file_is_fatal(sqlite: DatabaseUrls, tmp_path: Path) 
         error = failure(engine, "UPDATE sagaz_sagas SET error = :c", c=MARKER)
     finally:
         engine.dispose()
-    assert is_fatal(error) and not is_transient(error)
+    assert is_fatal(error)
+    assert not is_transient(error)
     assert_described(error, "readonly database")
 
 
@@ -169,9 +177,12 @@ def test_a_read_only_sqlite_file_is_fatal(sqlite: DatabaseUrls, tmp_path: Path) 
 
 @pytest.mark.parametrize("driver", ["postgresql+psycopg", "postgresql+asyncpg"])
 async def test_an_unreachable_server_is_transient(postgres_server_url: str, driver: str) -> None:
-    url = make_url(postgres_server_url).set(drivername=driver, port=closed_port(), password=PASSWORD)
+    url = make_url(postgres_server_url).set(
+        drivername=driver, port=closed_port(), password=PASSWORD
+    )
     error = await async_failure(url.render_as_string(hide_password=False), "SELECT 1")
-    assert is_transient(error) and not is_fatal(error)
+    assert is_transient(error)
+    assert not is_fatal(error)
     line = assert_described(error)
     assert "refused" in line.lower() or "connect call failed" in line.lower(), line
 
@@ -183,10 +194,12 @@ def test_errors_the_driver_raises_itself_are_classified(postgres_server_url: str
     server = make_url(postgres_server_url)
     with pytest.raises(psycopg.OperationalError) as refused:
         psycopg.connect(host=server.host, port=closed_port(), password=PASSWORD)
-    assert is_transient(refused.value) and not is_fatal(refused.value)
+    assert is_transient(refused.value)
+    assert not is_fatal(refused.value)
     with pytest.raises(psycopg.OperationalError) as unknown_role:
         psycopg.connect(host=server.host, port=server.port, user="no_such_role_x")
-    assert is_fatal(unknown_role.value) and not is_transient(unknown_role.value)
+    assert is_fatal(unknown_role.value)
+    assert not is_transient(unknown_role.value)
     assert_described(unknown_role.value, "no_such_role_x")
 
 
@@ -202,7 +215,8 @@ async def test_a_terminated_connection_is_transient(pg: DatabaseUrls, asynchrono
             error = failure(engine, statement, value=MARKER)
         finally:
             engine.dispose()
-    assert is_transient(error) and not is_fatal(error)
+    assert is_transient(error)
+    assert not is_fatal(error)
     assert_described(error, "terminating connection due to administrator command")
 
 
@@ -210,9 +224,12 @@ async def test_a_terminated_connection_is_transient(pg: DatabaseUrls, asynchrono
 def test_serialization_failures_deadlocks_and_shutdowns_are_transient(
     pg_sync: sa.Engine, code: str
 ) -> None:
-    error = failure(pg_sync, f"DO $$BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END$$")
+    error = failure(
+        pg_sync, f"DO $$BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END$$"
+    )
     assert sqlstate(error) == code
-    assert is_transient(error) and not is_fatal(error)
+    assert is_transient(error)
+    assert not is_fatal(error)
 
 
 def test_a_busy_sqlite_file_is_transient(sqlite: DatabaseUrls, tmp_path: Path) -> None:
@@ -225,7 +242,8 @@ def test_a_busy_sqlite_file_is_transient(sqlite: DatabaseUrls, tmp_path: Path) -
         engine.dispose()
         holder.execute("ROLLBACK")
         holder.close()
-    assert is_transient(error) and not is_fatal(error)
+    assert is_transient(error)
+    assert not is_fatal(error)
     assert_described(error, "database is locked")
 
 
@@ -233,7 +251,9 @@ def test_a_busy_sqlite_file_is_transient(sqlite: DatabaseUrls, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-async def test_values_quoted_by_data_errors_are_left_out(pg: DatabaseUrls, asynchronous: bool) -> None:
+async def test_values_quoted_by_data_errors_are_left_out(
+    pg: DatabaseUrls, asynchronous: bool
+) -> None:
     statement = "SELECT CAST(:value AS uuid)"
     if asynchronous:
         error = await async_failure(pg.async_, statement, value=MARKER)
@@ -243,7 +263,8 @@ async def test_values_quoted_by_data_errors_are_left_out(pg: DatabaseUrls, async
             error = failure(engine, statement, value=MARKER)
         finally:
             engine.dispose()
-    assert not is_fatal(error) and not is_transient(error)
+    assert not is_fatal(error)
+    assert not is_transient(error)
     assert_described(error, "22")
 
 
@@ -280,10 +301,11 @@ def test_log_failure_logs_one_line_and_the_traceback_only_at_debug(
         (logging.ERROR, None),
     ]
     assert records[0].getMessage().startswith("claiming failed, retrying in 0.5s: AdminShutdown")
-    assert "relation \"no_such_table\" does not exist" in records[1].getMessage()
+    assert 'relation "no_such_table" does not exist' in records[1].getMessage()
 
     records = captured(logging.DEBUG)
     log_failure(logger, fatal, "claiming failed")
     assert [r.levelno for r in records] == [logging.ERROR, logging.DEBUG]
-    assert records[1].exc_info is not None and records[1].exc_info[1] is fatal
+    assert records[1].exc_info is not None
+    assert records[1].exc_info[1] is fatal
     assert MARKER not in "".join(logging.Formatter().format(r) for r in records)

@@ -105,7 +105,8 @@ async def test_a_cut_connection_is_one_line_per_failure_without_parameters(
     for record in caplog.records:
         message = record.getMessage()
         assert record.exc_info is None, message  # no traceback above DEBUG
-        assert "\n" not in message and MARKER not in message, message
+        assert "\n" not in message, message
+        assert MARKER not in message, message
     saga_failure = next(r for r in failures if f"running saga {saga_id} failed" in r.getMessage())
     assert saga_failure.levelno == logging.WARNING  # transient: not an ERROR
 
@@ -126,7 +127,8 @@ async def test_tracebacks_are_logged_at_debug(
         worker.stop()
         await asyncio.wait_for(task, 30)
     line = next(r for r in caplog.records if "claiming failed, retrying" in r.getMessage())
-    assert line.levelno == logging.WARNING and line.exc_info is None
+    assert line.levelno == logging.WARNING
+    assert line.exc_info is None
     assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)
 
 
@@ -151,5 +153,6 @@ async def test_a_role_that_may_only_select_stops_the_runner(
             await engine.dispose()
     assert sqlstate(caught.value) == "42501"
     stopping = [r for r in caplog.records if "failed, stopping" in r.getMessage()]
-    assert len(stopping) == 1 and stopping[0].levelno == logging.ERROR, caplog.text
+    assert len(stopping) == 1, caplog.text
+    assert stopping[0].levelno == logging.ERROR
     assert "permission denied for table" in stopping[0].getMessage()
