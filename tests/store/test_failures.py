@@ -49,6 +49,19 @@ async def async_failure(
         await engine.dispose()
 
 
+async def pg_failure(
+    pg: DatabaseUrls, asynchronous: bool, statement: str, **parameters: object
+) -> Exception:
+    """The error `statement` raises on the test schema, through asyncpg or psycopg."""
+    if asynchronous:
+        return await async_failure(pg.async_, statement, **parameters)
+    engine = pg.sync_engine()
+    try:
+        return failure(engine, statement, **parameters)
+    finally:
+        engine.dispose()
+
+
 def assert_described(error: BaseException, *fragments: str) -> str:
     line = describe_failure(error)
     assert "\n" not in line
@@ -207,14 +220,7 @@ def test_errors_the_driver_raises_itself_are_classified(postgres_server_url: str
 async def test_a_terminated_connection_is_transient(pg: DatabaseUrls, asynchronous: bool) -> None:
     """What every connection sees when PostgreSQL restarts or an administrator ends it."""
     statement = "SELECT pg_terminate_backend(pg_backend_pid()), :value"
-    if asynchronous:
-        error = await async_failure(pg.async_, statement, value=MARKER)
-    else:
-        engine = pg.sync_engine()
-        try:
-            error = failure(engine, statement, value=MARKER)
-        finally:
-            engine.dispose()
+    error = await pg_failure(pg, asynchronous, statement, value=MARKER)
     assert is_transient(error)
     assert not is_fatal(error)
     assert_described(error, "terminating connection due to administrator command")
@@ -254,15 +260,7 @@ def test_a_busy_sqlite_file_is_transient(sqlite: DatabaseUrls, tmp_path: Path) -
 async def test_values_quoted_by_data_errors_are_left_out(
     pg: DatabaseUrls, asynchronous: bool
 ) -> None:
-    statement = "SELECT CAST(:value AS uuid)"
-    if asynchronous:
-        error = await async_failure(pg.async_, statement, value=MARKER)
-    else:
-        engine = pg.sync_engine()
-        try:
-            error = failure(engine, statement, value=MARKER)
-        finally:
-            engine.dispose()
+    error = await pg_failure(pg, asynchronous, "SELECT CAST(:value AS uuid)", value=MARKER)
     assert not is_fatal(error)
     assert not is_transient(error)
     assert_described(error, "22")

@@ -112,9 +112,7 @@ async def test_a_cut_connection_is_one_line_per_failure_without_parameters(
 
 
 async def test_tracebacks_are_logged_at_debug(
-    pg: DatabaseUrls,
-    through_proxy: tuple[TcpProxy, AsyncEngine],
-    caplog: pytest.LogCaptureFixture,
+    through_proxy: tuple[TcpProxy, AsyncEngine], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="sagaz.worker")
     proxy, engine = through_proxy
