@@ -410,11 +410,14 @@ class SagaRuntime:
         self._tasks.append(task)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "sagaz: %s stopped with an error; restart the application or run `sagaz worker`",
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # e.g. a database role without a privilege it needs
+            log_failure(
+                log,
+                error,
+                "sagaz: %s stopped with an error; restart the application or run "
+                "`sagaz worker` (its traceback is logged at DEBUG)",
                 task.get_name(),
-                exc_info=task.exception(),
             )
 
     async def stop(self) -> None:
