@@ -62,6 +62,21 @@ class SagaConfig:
     _store: AsyncSagaStore | None = field(default=None, init=False, repr=False)
     _initialized: bool = field(default=False, init=False, repr=False)
 
+    def __repr__(self) -> str:
+        """The settings, with the passwords of `database_url` and `broker_url` hidden
+        (``***``; a broker URL's query string is left out too): safe to log."""
+        from sagaz.outbox.brokers.common import redact_url
+        from sagaz.store.urls import redacted
+
+        shown = {spec.name: getattr(self, spec.name) for spec in fields(self) if spec.repr}
+        if self.database_url:
+            shown["database_url"] = redacted(self.database_url)
+        broker_url = str(self.broker_url)
+        if "@" in broker_url or "?" in broker_url:
+            shown["broker_url"] = redact_url(broker_url)
+        settings = ", ".join(f"{name}={value!r}" for name, value in shown.items())
+        return f"{type(self).__name__}({settings})"
+
     def __post_init__(self) -> None:
         self.failure_strategy = _parse_strategy("failure_strategy", self.failure_strategy)
         for name in ("max_retries", "compensation_retries"):
@@ -216,14 +231,14 @@ def _check_database_url(value: Any) -> None:
     """A URL sagaz can build its engines from: parsed and its backend checked, no I/O."""
     from sqlalchemy.engine import make_url
 
-    from sagaz.store.urls import async_url, sync_url
+    from sagaz.store.urls import async_url, scrub_passwords, sync_url
 
     try:
         make_url(value)
     except Exception:
         raise ConfigurationError(
             "SagaConfig.database_url is not a valid SQLAlchemy URL "
-            f"(dialect+driver://user:password@host/database), got {_redacted(value)!r}"
+            f"(dialect+driver://user:password@host/database), got {scrub_passwords(str(value))!r}"
         ) from None
     try:
         sync_url(value)
@@ -236,12 +251,13 @@ def _check_broker_url(value: Any) -> None:
     """A broker URL whose scheme `broker_from_url` knows (its options are checked when the
     broker is built: that may need the broker's extra)."""
     from sagaz.outbox.brokers import SCHEMES
+    from sagaz.store.urls import scrub_passwords
 
     schemes = ", ".join(f"{scheme}://" for scheme in SCHEMES)
     if not isinstance(value, str) or "://" not in value:
         raise ConfigurationError(
-            f"SagaConfig.broker_url must look like scheme://..., got {_redacted(value)!r}; "
-            f"schemes: {schemes}"
+            "SagaConfig.broker_url must look like scheme://..., "
+            f"got {scrub_passwords(str(value))!r}; schemes: {schemes}"
         )
     scheme = value.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
@@ -249,12 +265,6 @@ def _check_broker_url(value: Any) -> None:
             f"SagaConfig.broker_url has an unknown broker URL scheme {scheme + '://'!r}; "
             f"use one of {schemes}"
         )
-
-
-def _redacted(value: object) -> str:
-    """A URL fit for an error message: no password (nor anything after an '@')."""
-    text = str(value)
-    return text.split("@", 1)[0].rsplit(":", 1)[0] + ":***@..." if "@" in text else text
 
 
 def _parse_strategy(name: str, value: Any) -> ParallelFailureStrategy:

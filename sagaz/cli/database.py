@@ -1,6 +1,8 @@
 """Reaching sagaz's database from a command: what goes wrong becomes one line, not a
 traceback - a URL that cannot be used, a SQLite file that does not exist, tables that were
-never created (`sagaz db upgrade`), a database that does not answer."""
+never created (`sagaz db upgrade`), a database that does not answer, a role without the
+privilege (see sagaz.store.failures). Neither the URL's password nor statement parameters
+appear in it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import sqlalchemy as sa
 
 from sagaz.errors import ConfigurationError
 from sagaz.store.engines import create_engine
-from sagaz.store.urls import sync_url
+from sagaz.store.failures import describe_failure
+from sagaz.store.urls import redacted, sync_url
 
 #: SQLSTATE of PostgreSQL's "relation does not exist".
 UNDEFINED_TABLE = "42P01"
@@ -21,10 +24,7 @@ UNDEFINED_TABLE = "42P01"
 
 def shown(url: str | sa.URL) -> str:
     """The URL fit for a message: its password hidden."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<an unparseable URL>"
+    return redacted(url)
 
 
 def parse_url(url: str, *, origin: str = "--url") -> sa.URL:
@@ -62,23 +62,27 @@ def no_database(path: Path) -> click.ClickException:
     )
 
 
-def is_missing_table(error: sa.exc.DBAPIError) -> bool:
+def is_missing_table(error: BaseException) -> bool:
     """Whether the database refused a statement because a table does not exist."""
-    original = error.orig
+    original = getattr(error, "orig", error)
     if getattr(original, "sqlstate", None) == UNDEFINED_TABLE:
         return True
     return "no such table" in str(original)
 
 
-def database_error(error: sa.exc.DBAPIError, url: str | sa.URL) -> click.ClickException:
-    """A one-line error for a database failure: missing tables say how to create them."""
+#: What a command catches as a failure of the database (connecting or a statement).
+DATABASE_FAILURES = (sa.exc.SQLAlchemyError, OSError)
+
+
+def database_error(error: BaseException, url: str | sa.URL) -> click.ClickException:
+    """A one-line error for a database failure (see `describe_failure`): missing tables
+    say how to create them."""
     if is_missing_table(error):
         return click.ClickException(
             f"sagaz's tables do not exist in {shown(url)}: run `sagaz db upgrade` "
             "with the same --url first"
         )
-    first_line = (str(error.orig).strip().splitlines() or [type(error.orig).__name__])[0]
-    return click.ClickException(f"database error at {shown(url)}: {first_line}")
+    return click.ClickException(f"database error at {shown(url)}: {describe_failure(error)}")
 
 
 @contextmanager
@@ -98,7 +102,7 @@ def existing_database(url: str) -> Iterator[sa.Engine]:
         raise click.UsageError(f"--url: cannot use {shown(url)}: {error}") from None
     try:
         yield engine
-    except sa.exc.DBAPIError as error:
+    except DATABASE_FAILURES as error:
         raise database_error(error, url) from error
     finally:
         engine.dispose()

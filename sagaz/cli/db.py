@@ -8,12 +8,13 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
-import sqlalchemy as sa
 from alembic.util import CommandError
 
+from sagaz.cli.database import DATABASE_FAILURES, database_error, shown
 from sagaz.cli.options import database_url_option
 from sagaz.errors import ConfigurationError
 from sagaz.store import migrations
+from sagaz.store.urls import scrub_passwords
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,19 +31,15 @@ def schema_option(function: F) -> F:
 
 
 @contextmanager
-def _reported() -> Iterator[None]:
-    """Known failures (bad URL, unknown revision) as one-line errors, not tracebacks."""
+def _reported(url: str) -> Iterator[None]:
+    """Known failures (bad URL, unknown revision, the database unreachable or refusing:
+    no privilege, a schema it may not create in) as one-line errors, not tracebacks."""
     try:
         yield
     except (ConfigurationError, CommandError) as error:
-        raise click.ClickException(str(error)) from error
-
-
-def _shown(url: str) -> str:
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+        raise click.ClickException(scrub_passwords(str(error))) from error
+    except DATABASE_FAILURES as error:
+        raise database_error(error, url) from error
 
 
 def _describe(revision: str | None) -> str:
@@ -62,7 +59,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Revision to reach.")
 def upgrade(database_url: str, schema: str | None, revision: str) -> None:
     """Create or update sagaz's tables (nothing to do when already at the revision)."""
-    with _reported():
+    with _reported(database_url):
         migrations.upgrade(database_url, revision, schema=schema)
         click.echo(f"sagaz tables at {_describe(migrations.current(database_url, schema=schema))}")
 
@@ -81,10 +78,10 @@ def downgrade(database_url: str, schema: str | None, revision: str, yes: bool) -
     """Undo sagaz's migrations down to --revision (asks first when that drops the tables)."""
     if revision == "base" and not yes:
         click.confirm(
-            f"Drop sagaz's tables and every saga and event in them at {_shown(database_url)}?",
+            f"Drop sagaz's tables and every saga and event in them at {shown(database_url)}?",
             abort=True,
         )
-    with _reported():
+    with _reported(database_url):
         migrations.downgrade(database_url, revision, schema=schema)
         click.echo(f"sagaz tables at {_describe(migrations.current(database_url, schema=schema))}")
 
@@ -95,7 +92,7 @@ def downgrade(database_url: str, schema: str | None, revision: str, yes: bool) -
 @click.option("--check", is_flag=True, help="Exit with status 1 unless at the head revision.")
 def current(database_url: str, schema: str | None, check: bool) -> None:
     """Print the revision sagaz's tables are at."""
-    with _reported():
+    with _reported(database_url):
         revision = migrations.current(database_url, schema=schema)
     click.echo(_describe(revision))
     if check and revision not in migrations.heads():

@@ -7,7 +7,10 @@ in `ctx.meta[CONFIG_META_KEY]` before the command runs; it then replaces
 `SagaConfig.from_env()`, and the options still override it.
 
 Everything is checked and built before the event loop starts, so a bad option, variable
-or URL is a one-line error (exit status 2), never a traceback.
+or URL is a one-line error (exit status 2), never a traceback. Once running, database
+failures are logged on one line each and retried, except those retrying cannot fix (no
+privilege, no table: `sagaz.store.failures`), which stop it with a one-line error (exit
+status 1).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from click.core import ParameterSource
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz.cli.database import (
+    DATABASE_FAILURES,
     database_error,
     is_missing_table,
     missing_sqlite_file,
@@ -40,6 +44,7 @@ from sagaz.outbox.brokers import Broker, broker_from_url
 from sagaz.outbox.relay import OutboxRelay
 from sagaz.registry import registry
 from sagaz.store.engines import create_async_engine
+from sagaz.store.failures import describe_failure, is_fatal
 from sagaz.store.schema import outbox, sagas
 from sagaz.worker import SagaWorker
 
@@ -251,7 +256,10 @@ def worker(
         )
     log.info("imported %s; sagas: %s", modules or "nothing", ", ".join(registry.names()))
     engine, broker, runners = build_runners(ctx, config, options)
-    asyncio.run(serve(engine, broker, runners))
+    try:
+        asyncio.run(serve(engine, broker, runners))
+    except DATABASE_FAILURES as error:  # one that retrying cannot fix (is_fatal)
+        raise database_error(error, engine.url) from error
 
 
 def worker_config(ctx: click.Context, **given: Any) -> SagaConfig:
@@ -347,7 +355,12 @@ async def serve(
             loop.add_signal_handler(number, _stop_all, runners)
         log.info("sagaz worker running (%s)", ", ".join(type(r).__name__ for r in runners))
         try:
-            await asyncio.gather(*(runner.run_until_stopped() for runner in runners))
+            outcomes = await asyncio.gather(
+                *(_run(runner, runners) for runner in runners), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
         finally:
             for number in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(number)
@@ -361,20 +374,32 @@ async def serve(
         log.info("sagaz worker stopped")
 
 
+async def _run(runner: SagaWorker | OutboxRelay, runners: list[SagaWorker | OutboxRelay]) -> None:
+    """Run one runner; if it stops on a failure (one retrying cannot fix), stop the others
+    too, so the command exits with that failure once they have finished."""
+    try:
+        await runner.run_until_stopped()
+    except BaseException:
+        _stop_all(runners)
+        raise
+
+
 async def _check_tables(engine: AsyncEngine, runners: list[SagaWorker | OutboxRelay]) -> None:
-    """Refuse to start on a database without sagaz's tables. A database that does not
-    answer yet is only logged: the runners retry until it does."""
+    """Refuse to start on a database without sagaz's tables, or that refuses this role
+    (any failure retrying cannot fix, see sagaz.store.failures). A database that does not
+    answer yet is only logged, on one line: the runners retry until it does."""
     tables = [sagas if isinstance(runner, SagaWorker) else outbox for runner in runners]
     try:
         async with engine.connect() as connection:
             for table in tables:
                 await connection.execute(sa.select(sa.literal(1)).select_from(table).limit(0))
-    except sa.exc.DBAPIError as error:
-        if is_missing_table(error):
+    except DATABASE_FAILURES as error:
+        if is_missing_table(error) or is_fatal(error):
             raise database_error(error, engine.url) from None
         log.warning(
-            "%s; starting anyway, retrying until it answers",
-            database_error(error, engine.url).message,
+            "database at %s: %s; starting anyway, retrying until it answers",
+            shown(engine.url),
+            describe_failure(error),
         )
 
 

@@ -38,6 +38,7 @@ from sagaz.outbox.relay import OutboxRelay
 from sagaz.registry import SagaRegistry, registry
 from sagaz.saga import Saga
 from sagaz.start import start_saga
+from sagaz.store.failures import log_failure
 from sagaz.store.unit_of_work import sync_session_of
 from sagaz.types import SagaResult, SagaStatus
 from sagaz.worker import SagaWorker, claims
@@ -257,8 +258,8 @@ class BackgroundSagaRunner:
                 log.warning("sagaz: lease of saga %s was taken over; stopped its run", saga_id)
                 return None
             raise
-        except Exception:
-            log.exception("sagaz: running saga %s failed; released for a worker", saga_id)
+        except Exception as error:
+            log_failure(log, error, "sagaz: running saga %s failed; released for a worker", saga_id)
             await self._release(saga_id, token)
             return None
         finally:
@@ -281,8 +282,8 @@ class BackgroundSagaRunner:
                         now=utcnow(),
                     )
                 )
-            except Exception:
-                log.warning("sagaz: renewing the lease of saga %s failed", saga_id, exc_info=True)
+            except Exception as error:
+                log_failure(log, error, "sagaz: renewing the lease of saga %s failed", saga_id)
                 continue
             if saga_id not in held:
                 lost.set()
@@ -294,8 +295,10 @@ class BackgroundSagaRunner:
             await self._in_transaction(
                 partial(claims.release_leases, owner=self.owner, leases={saga_id: token})
             )
-        except Exception:
-            log.exception("sagaz: could not release saga %s; its lease will expire", saga_id)
+        except Exception as error:
+            log_failure(
+                log, error, "sagaz: could not release saga %s; its lease will expire", saga_id
+            )
 
     async def _in_transaction(self, operation: Callable[[sa.Connection], T]) -> T:
         async with self.config.engine.begin() as connection:
@@ -407,11 +410,14 @@ class SagaRuntime:
         self._tasks.append(task)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "sagaz: %s stopped with an error; restart the application or run `sagaz worker`",
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # e.g. a database role without a privilege it needs
+            log_failure(
+                log,
+                error,
+                "sagaz: %s stopped with an error; restart the application or run "
+                "`sagaz worker` (its traceback is logged at DEBUG)",
                 task.get_name(),
-                exc_info=task.exception(),
             )
 
     async def stop(self) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from sagaz.store.failures import log_failure
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,10 +66,11 @@ class NotificationListener:
             try:
                 connection = await self._connect()
             except Exception as error:
-                logger.warning(
-                    "outbox LISTEN %s: cannot connect (%s); retrying in %.1fs",
-                    self.channel,
+                log_failure(
+                    logger,
                     error,
+                    "outbox LISTEN %s: cannot connect, retrying in %.1fs",
+                    self.channel,
                     delay,
                 )
                 await asyncio.sleep(delay)
@@ -79,8 +82,8 @@ class NotificationListener:
                 self.on_notify()
                 await self._receive(connection)
             except Exception as error:
-                logger.warning(
-                    "outbox LISTEN %s: connection lost (%s); reconnecting", self.channel, error
+                log_failure(
+                    logger, error, "outbox LISTEN %s: connection lost, reconnecting", self.channel
                 )
             finally:
                 self.listening.clear()

@@ -40,6 +40,7 @@ from sagaz.outbox.claims import ClaimedEvent, Failure, Settled
 from sagaz.outbox.listen import NotificationListener
 from sagaz.outbox.maintenance import RetentionResult, retain
 from sagaz.signals import Subscription, outbox_signal
+from sagaz.store.failures import is_fatal, log_failure
 from sagaz.store.statements import OUTBOX_CHANNEL
 
 logger = logging.getLogger(__name__)
@@ -241,9 +242,7 @@ class OutboxRelay:
                         expires=utcnow() + timedelta(seconds=self.claim_seconds),
                     )
             except Exception as error:
-                logger.warning(
-                    "outbox relay %s: renewing claims failed: %s", self.owner, describe(error)
-                )
+                log_failure(logger, error, "outbox relay %s: renewing claims failed", self.owner)
                 continue
             seqs = [seq for seq in seqs if seq in held]
 
@@ -305,7 +304,10 @@ class OutboxRelay:
 
         Stopping finishes the batch in flight - publishing it and recording the outcome -
         and returns; a cancelled relay leaves its claims to expire. Database errors are
-        logged and retried with growing delays (up to `poll_interval`).
+        logged on one line each (no statement parameters; tracebacks at DEBUG) and retried
+        with growing delays (up to `poll_interval`), except those retrying cannot fix (no
+        privilege, no table: `sagaz.store.failures.is_fatal`), which stop the relay and
+        are raised.
         """
         if self._running:
             raise RuntimeError("this OutboxRelay is already running")
@@ -366,7 +368,12 @@ class OutboxRelay:
     async def _loop(self, wake: asyncio.Event) -> None:
         # Each pass in flight claims under an owner of its own, so fencing tells them apart.
         owners = [self.owner] + [f"{self.owner}#{n}" for n in range(1, self.concurrency)]
-        await asyncio.gather(*(self._lane(wake, owner) for owner in owners))
+        outcomes = await asyncio.gather(
+            *(self._lane(wake, owner) for owner in owners), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _lane(self, wake: asyncio.Event, owner: str) -> None:
         error_delay = 0.0
@@ -375,11 +382,16 @@ class OutboxRelay:
             try:
                 result = await self._pass(owner)
             except Exception as error:
+                if is_fatal(error):  # no privilege, no table...: stop every lane, say why
+                    log_failure(logger, error, "outbox relay %s: pass failed, stopping", owner)
+                    self.stop()
+                    raise
                 error_delay = min(max(error_delay * 2, 0.05), self.poll_interval)
-                logger.error(
-                    "outbox relay %s: pass failed: %s; retrying in %.2fs",
+                log_failure(
+                    logger,
+                    error,
+                    "outbox relay %s: pass failed, retrying in %.2fs",
                     owner,
-                    describe(error),
                     error_delay,
                 )
                 await self._wait(wake, error_delay)
@@ -438,7 +450,7 @@ class OutboxRelay:
                         result.inbox,
                     )
             except Exception as error:
-                logger.warning("outbox relay %s: retention failed: %s", self.owner, describe(error))
+                log_failure(logger, error, "outbox relay %s: retention failed", self.owner)
             await _wait_for(stopped, self.retention_interval)
 
     async def apply_retention(self) -> RetentionResult:

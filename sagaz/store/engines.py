@@ -7,6 +7,10 @@ transaction takes the write lock when it starts, so a read-then-write transactio
 fails half-way with "database is locked" when another writer got in between). An
 application that writes sagaz rows through its own SQLite engine can call
 `configure_sqlite(engine)` on it for the same behaviour.
+
+Every engine sagaz creates hides statement parameters (`hide_parameters=True`): saga
+contexts, step results and event payloads are user data, and must not end up in an
+exception's text or a log line. Pass `hide_parameters=False` to see them while debugging.
 """
 
 from __future__ import annotations
@@ -58,20 +62,22 @@ DRIVER_EXTRAS = {
 
 
 def create_engine(url: str | URL, **options: Any) -> sa.Engine:
-    """A sync engine for `url` (an async driver in it is swapped for its sync twin).
+    """A sync engine for `url` (an async driver in it is swapped for its sync twin),
+    hiding statement parameters from errors and logs unless `hide_parameters=False`.
 
     Raises MissingExtraError naming the extra to install when the driver is missing
     (``pip install 'sagaz[postgres]'`` for psycopg).
     """
     parsed = sync_url(url)
     with _driver_needed(parsed):
-        engine = sa.create_engine(parsed, **options)
+        engine = sa.create_engine(parsed, **{"hide_parameters": True, **options})
     configure_sqlite(engine)
     return engine
 
 
 def create_async_engine(url: str | URL, **options: Any) -> sa_asyncio.AsyncEngine:
-    """An async engine for `url` (a sync driver in it is swapped for its async twin).
+    """An async engine for `url` (a sync driver in it is swapped for its async twin),
+    hiding statement parameters from errors and logs unless `hide_parameters=False`.
 
     Raises MissingExtraError naming the extra to install when the driver is missing
     (``'sagaz[postgres]'`` for psycopg, ``'sagaz[asyncpg]'``, ``'sagaz[sqlite]'`` for
@@ -79,7 +85,7 @@ def create_async_engine(url: str | URL, **options: Any) -> sa_asyncio.AsyncEngin
     """
     parsed = async_url(url)
     with _driver_needed(parsed):
-        engine = sa_asyncio.create_async_engine(parsed, **options)
+        engine = sa_asyncio.create_async_engine(parsed, **{"hide_parameters": True, **options})
     configure_sqlite(engine)
     return engine
 

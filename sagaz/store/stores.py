@@ -24,6 +24,7 @@ from sagaz.errors import LeaseLostError
 from sagaz.journal import WRITE_BEHIND, SagaSnapshot, TransactionalStepCall, Transition
 from sagaz.store import operations
 from sagaz.store.engines import create_engine
+from sagaz.store.failures import describe_failure
 from sagaz.types import JSONDict, SagaStatus
 
 log = logging.getLogger("sagaz.store")
@@ -162,11 +163,10 @@ class AsyncSagaStore:
                     self._settle(transition, future, error)
                 return
             log.warning(
-                "a group commit of %d transitions failed (%s: %s); writing it in halves "
+                "a group commit of %d transitions failed (%s); writing it in halves "
                 "to isolate the saga that caused it",
                 len(batch),
-                type(error).__name__,
-                error,
+                describe_failure(error),
             )
             for half in halves:
                 await self._write_batch(half)
@@ -190,7 +190,7 @@ class AsyncSagaStore:
                     "saga %s: %s was not written: %s",
                     transition.saga_id,
                     transition.kind.value,
-                    error,
+                    describe_failure(error),
                 )
             if not future.done():
                 future.set_result(None)

@@ -26,6 +26,9 @@ Guarantees:
   and, after `unknown_saga_grace_seconds`, carries an error that says what is missing.
 * `stop()` is graceful: claiming stops, in-flight sagas get `shutdown_grace_seconds` to
   finish, then are cancelled and their leases released for another worker.
+* Database failures are logged on one line each (WARNING when a retry may get past them,
+  else ERROR), without statement parameters; tracebacks only at DEBUG. A claim failing
+  in a way retrying cannot fix stops the worker (`run_until_stopped` raises it).
 
 Wake-ups: a commit in this process that started sagas wakes the worker at once (the
 post-commit signal); on PostgreSQL, LISTEN on `sagaz_sagas` wakes it when another process
@@ -60,6 +63,7 @@ from sagaz.outbox.listen import NotificationListener
 from sagaz.registry import SagaRegistry, registry
 from sagaz.run_context import LeaseClock
 from sagaz.signals import Subscription, saga_signal
+from sagaz.store.failures import is_fatal, log_failure
 from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.store.stores import AsyncSagaStore, is_connection_error
 from sagaz.types import SagaStatus
@@ -67,10 +71,6 @@ from sagaz.worker import claims
 from sagaz.worker.give_up import abandon_compensation, fail_saga, give_up_reason
 
 log = logging.getLogger("sagaz.worker")
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
 
 
 T = TypeVar("T")
@@ -147,7 +147,12 @@ class SagaWorker:
         self._wake.set()
 
     async def run_until_stopped(self) -> None:
-        """Claim and run sagas until `stop()`; then shut down gracefully."""
+        """Claim and run sagas until `stop()`; then shut down gracefully.
+
+        A failed claim that retrying may get past (the database restarting) is logged on
+        one line and retried; one that it cannot fix (no privilege, no table: see
+        `sagaz.store.failures.is_fatal`) is logged, in-flight sagas are shut down as by
+        `stop()`, and the database error is raised."""
         subscription = saga_signal.subscribe()
         helpers = [
             asyncio.create_task(self._forward_signal(subscription), name="sagaz:saga-signal"),
@@ -162,12 +167,18 @@ class SagaWorker:
                 try:
                     claimed = await self.claim_and_start()
                 except Exception as error:
+                    if is_fatal(error):  # no privilege, no table...: stop, say why
+                        log_failure(
+                            log, error, "saga worker %s: claiming failed, stopping", self.owner
+                        )
+                        raise
                     # The database is down or restarting: keep running sagas, retry soon.
                     error_delay = min(max(error_delay * 2, 0.05), self.poll_interval)
-                    log.error(
-                        "saga worker %s: claiming failed: %s; retrying in %.2fs",
+                    log_failure(
+                        log,
+                        error,
+                        "saga worker %s: claiming failed, retrying in %.2fs",
                         self.owner,
-                        _describe(error),
                         error_delay,
                     )
                     await self._sleep(error_delay)
@@ -213,10 +224,11 @@ class SagaWorker:
                     partial(claims.release_leases, owner=self.owner, leases=leases, refund=True)
                 )
             except Exception as error:
-                log.error(
-                    "could not release %d in-flight sagas (%s); their leases will expire",
+                log_failure(
+                    log,
+                    error,
+                    "could not release %d in-flight sagas; their leases will expire",
                     len(leases),
-                    _describe(error),
                 )
             else:
                 log.info("released %d in-flight sagas for another worker", len(leases))
@@ -310,10 +322,11 @@ class SagaWorker:
             if is_connection_error(error):
                 # The database went away (restart, network): not the saga's doing.
                 self.interrupted += 1
-                log.warning(
-                    "running saga %s stopped, the database connection failed: %s",
+                log_failure(
+                    log,
+                    error,
+                    "running saga %s stopped, the database connection failed",
                     snapshot.saga_id,
-                    _describe(error),
                 )
                 await self._release_after_outage(snapshot.saga_id, snapshot.lease_token, lease)
                 return
@@ -321,7 +334,9 @@ class SagaWorker:
             # writes failing: retry later, backing off so that a saga that fails this way
             # every time does not spin through its max_attempts claims.
             delay = backoff_delay(1.0, snapshot.attempts, 60.0)
-            log.exception(
+            log_failure(
+                log,
+                error,
                 "running saga %s failed; releasing it for a retry in %.1fs",
                 snapshot.saga_id,
                 delay,
@@ -360,8 +375,8 @@ class SagaWorker:
     async def _release(self, saga_id: str, token: int, *, retry_in: float = 0.0) -> None:
         try:
             await self._give_back(saga_id, token, retry_in=retry_in)
-        except Exception:
-            log.exception("could not release saga %s; its lease will expire", saga_id)
+        except Exception as error:
+            log_failure(log, error, "could not release saga %s; its lease will expire", saga_id)
 
     async def _release_after_outage(self, saga_id: str, token: int, lease: LeaseClock) -> None:
         """Give the saga back with its claim refunded, retrying while the database is away
@@ -395,10 +410,10 @@ class SagaWorker:
                         now=utcnow(),
                     )
                 )
-            except Exception:
+            except Exception as error:
                 # The deadlines stay where the last renewal put them: a run past its own
                 # deadline stops by itself.
-                log.exception("renewing leases failed; will retry")
+                log_failure(log, error, "renewing leases failed; will retry")
                 continue
             for saga_id, run in running.items():
                 if saga_id in held:

@@ -3,10 +3,12 @@
 Its step fails `ctx["failures"]` times, counting attempts in the file `ctx["counter"]`
 (which survives the retries and is readable by the test), then succeeds. It leaves
 `max_retries` unset, so the worker's SagaConfig decides how often it is retried.
+`GatedSaga` waits for a file between its start and its result (see its docstring).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +26,18 @@ class FlakySaga(Saga):
         if attempt <= ctx["failures"]:
             raise RuntimeError(f"flaky failure {attempt} of {ctx['failures']}")
         return {"attempts": attempt}
+
+
+class GatedSaga(Saga):
+    """Its step touches the file `ctx["entered"]`, waits until the file `ctx["gate"]`
+    exists (the test cuts the database connection in between), then returns the
+    context's marker: the write of its result is the statement that fails."""
+
+    saga_name = "cli-gated"
+
+    @action("echo")
+    def echo(self, ctx: Any) -> dict[str, Any]:  # sync: it runs in a thread
+        Path(ctx["entered"]).touch()
+        while not Path(ctx["gate"]).exists():
+            time.sleep(0.02)
+        return {"echo": ctx["marker"]}

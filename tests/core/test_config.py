@@ -335,3 +335,50 @@ def test_build_listeners_follows_the_switches_without_initializing() -> None:
     assert config.build_listeners() == (log_transition, extra)
     assert SagaConfig().build_listeners() == ()
     assert not config.initialized
+
+
+SECRET = "s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    ("settings", "shown"),
+    [
+        (
+            {
+                "database_url": f"postgresql+psycopg://app:{SECRET}@db:5432/app",
+                "broker_url": f"redis://:{SECRET}@cache:6379/0",
+            },
+            ["postgresql+psycopg://app:***@db:5432/app", "redis://:***@cache:6379/0"],
+        ),
+        (
+            {
+                "database_url": f"postgresql://app@db/app?password={SECRET}",
+                "broker_url": f"amqp://user:{SECRET}@mq/vhost?token={SECRET}",
+            },
+            ["postgresql://app@db/app?password=", "amqp://user:***@mq/vhost"],
+        ),
+        (
+            {"broker_url": f"nats://a:{SECRET}@n1:4222,nats://b:{SECRET}@n2:4222"},
+            ["nats://a:***@n1:4222,nats://b:***@n2:4222", "database_url=None"],
+        ),
+        ({}, ["broker_url='memory://'", "lease_seconds=30.0"]),
+    ],
+)
+def test_repr_and_str_hide_passwords(settings: dict[str, Any], shown: list[str]) -> None:
+    config = SagaConfig(**settings)
+    for text in (repr(config), str(config), f"{config}", f"{config!r}"):
+        assert SECRET not in text
+        for fragment in shown:
+            assert fragment in text, text
+    assert config.database_url == settings.get("database_url")  # the setting is intact
+
+
+def test_errors_about_unusable_urls_hide_passwords() -> None:
+    for settings in (
+        {"database_url": f"postgresql://app:{SECRET}@db:notaport/app"},
+        {"broker_url": f"bogus://app:{SECRET}@host"},
+        {"broker_url": f"app:{SECRET}@host-without-scheme"},
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            SagaConfig(**settings)
+        assert SECRET not in str(caught.value)

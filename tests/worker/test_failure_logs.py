@@ -1,0 +1,156 @@
+"""What the saga worker and the outbox relay log when the database fails under them.
+
+* A connection cut (a PostgreSQL restart, seen through a TCP proxy that drops every
+  connection) while a saga is in flight: one line per failure, at WARNING, without the
+  statement's parameters (the saga's context and results: user data); the traceback only
+  at DEBUG. It used to be an ERROR with a 110-line traceback per saga, parameters included.
+* A role that may only SELECT: the worker and the relay stop and raise the error, instead
+  of logging it every poll forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from sagaz import Saga, action, outbox
+from sagaz.outbox.brokers.memory import InMemoryBroker
+from sagaz.outbox.relay import OutboxRelay
+from sagaz.store.engines import create_async_engine
+from sagaz.store.failures import sqlstate
+from sagaz.store.schema import sagas
+from sagaz.worker import SagaWorker
+from tests.brokers.broker_helpers import TcpProxy
+from tests.conftest import DatabaseUrls
+from tests.roles import SELECT_ONLY, limited_role
+from tests.worker.test_saga_worker import start, wait_for
+
+MARKER = "marker-7d2a-user-data"
+gates: dict[str, asyncio.Event] = {}
+entered: dict[str, asyncio.Event] = {}
+
+
+class GatedSaga(Saga):
+    """Its step returns the context's marker once the test opens its gate."""
+
+    saga_name = "failure-logs-gated"
+
+    @action("echo")
+    async def echo(self, ctx: Any) -> dict[str, Any]:
+        entered[ctx["gate"]].set()
+        await gates[ctx["gate"]].wait()
+        return {"echo": ctx["marker"]}
+
+
+@pytest.fixture
+async def through_proxy(pg: DatabaseUrls) -> AsyncIterator[tuple[TcpProxy, AsyncEngine]]:
+    server = make_url(pg.async_)
+    proxy = TcpProxy((server.host or "127.0.0.1", server.port or 5432))
+    await proxy.start()
+    proxied = dataclasses.replace(
+        pg, async_=server.set(port=proxy.port).render_as_string(hide_password=False)
+    )
+    engine = proxied.async_engine()
+    yield proxy, engine
+    await engine.dispose()
+    await proxy.close()
+
+
+def status_of(engine: sa.Engine, saga_id: str) -> str:
+    with engine.connect() as connection:
+        return str(connection.scalar(sa.select(sagas.c.status).where(sagas.c.id == saga_id)))
+
+
+async def test_a_cut_connection_is_one_line_per_failure_without_parameters(
+    pg: DatabaseUrls,
+    through_proxy: tuple[TcpProxy, AsyncEngine],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sagaz")
+    proxy, engine = through_proxy
+    gate = "cut"
+    gates[gate], entered[gate] = asyncio.Event(), asyncio.Event()
+    worker = SagaWorker(engine, lease_seconds=2.0, poll_interval=0.2, listen=False)
+    relay = OutboxRelay(engine, InMemoryBroker(), poll_interval=0.2, listen=False)
+    direct, sync_engine = pg.async_engine(), pg.sync_engine()
+    tasks = [asyncio.create_task(runner.run_until_stopped()) for runner in (worker, relay)]
+    try:
+        [saga_id] = await start(direct, GatedSaga, [{"marker": MARKER, "gate": gate}])
+        await asyncio.wait_for(entered[gate].wait(), 30)
+        proxy.drop()  # what every connection sees when PostgreSQL restarts
+        async with AsyncSession(direct) as session:
+            outbox.add(session, "failure-logs", {"marker": MARKER})
+            await session.commit()
+        gates[gate].set()  # the step finishes: writing its result fails
+        await wait_for(lambda: f"running saga {saga_id} failed" in caplog.text)
+        await wait_for(lambda: "pass failed" in caplog.text)
+        proxy.restore()
+        await wait_for(lambda: status_of(sync_engine, saga_id) == "completed", 60)
+    finally:
+        worker.stop()
+        relay.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        await direct.dispose()
+        sync_engine.dispose()
+    failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert failures
+    for record in caplog.records:
+        message = record.getMessage()
+        assert record.exc_info is None, message  # no traceback above DEBUG
+        assert "\n" not in message, message
+        assert MARKER not in message, message
+    saga_failure = next(r for r in failures if f"running saga {saga_id} failed" in r.getMessage())
+    assert saga_failure.levelno == logging.WARNING  # transient: not an ERROR
+
+
+async def test_tracebacks_are_logged_at_debug(
+    through_proxy: tuple[TcpProxy, AsyncEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sagaz.worker")
+    proxy, engine = through_proxy
+    proxy.drop()
+    worker = SagaWorker(engine, poll_interval=0.2, listen=False)
+    task = asyncio.create_task(worker.run_until_stopped())
+    try:
+        await wait_for(lambda: "claiming failed, retrying" in caplog.text)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+    line = next(r for r in caplog.records if "claiming failed, retrying" in r.getMessage())
+    assert line.levelno == logging.WARNING
+    assert line.exc_info is None
+    assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)
+
+
+@pytest.mark.parametrize("runner", ["worker", "relay"])
+async def test_a_role_that_may_only_select_stops_the_runner(
+    postgres_server_url: str, pg: DatabaseUrls, runner: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with limited_role(postgres_server_url, pg, SELECT_ONLY) as url:
+        engine = create_async_engine(
+            make_url(url).set(drivername="postgresql+asyncpg", query={}),
+            connect_args={"server_settings": {"search_path": str(pg.schema)}},
+        )
+        running: SagaWorker | OutboxRelay = (
+            SagaWorker(engine, poll_interval=0.1, listen=False)
+            if runner == "worker"
+            else OutboxRelay(engine, InMemoryBroker(), poll_interval=0.1, listen=False)
+        )
+        try:
+            with pytest.raises(sa.exc.DBAPIError) as caught:
+                await asyncio.wait_for(running.run_until_stopped(), 30)
+        finally:
+            await engine.dispose()
+    assert sqlstate(caught.value) == "42501"
+    stopping = [r for r in caplog.records if "failed, stopping" in r.getMessage()]
+    assert len(stopping) == 1, caplog.text
+    assert stopping[0].levelno == logging.ERROR
+    assert "permission denied for table" in stopping[0].getMessage()
