@@ -150,7 +150,7 @@ async def test_failing_worker_relay_and_commands_print_no_password_and_no_user_d
         await until(Path(context["entered"]).exists)
         proxy.drop()  # every connection of the worker breaks, new ones are refused
         await asyncio.to_thread(Path(context["gate"]).touch)  # the step returns: its write fails
-        await until(logged("worker", f"running saga {saga_id} failed"))
+        await until(logged("worker", f"running saga {saga_id} stopped"))
         proxy.restore()
         await until(lambda: saga_status(saga_id) == "completed")
         await until(logged("worker", f"running saga {refused_id} failed"))

@@ -90,7 +90,7 @@ async def test_a_cut_connection_is_one_line_per_failure_without_parameters(
             outbox.add(session, "failure-logs", {"marker": MARKER})
             await session.commit()
         gates[gate].set()  # the step finishes: writing its result fails
-        await wait_for(lambda: f"running saga {saga_id} failed" in caplog.text)
+        await wait_for(lambda: f"running saga {saga_id} stopped" in caplog.text)
         await wait_for(lambda: "pass failed" in caplog.text)
         proxy.restore()
         await wait_for(lambda: status_of(sync_engine, saga_id) == "completed", 60)
@@ -107,7 +107,7 @@ async def test_a_cut_connection_is_one_line_per_failure_without_parameters(
         assert record.exc_info is None, message  # no traceback above DEBUG
         assert "\n" not in message, message
         assert MARKER not in message, message
-    saga_failure = next(r for r in failures if f"running saga {saga_id} failed" in r.getMessage())
+    saga_failure = next(r for r in failures if f"running saga {saga_id} stopped" in r.getMessage())
     assert saga_failure.levelno == logging.WARNING  # transient: not an ERROR
 
 
