@@ -40,8 +40,11 @@ REFUSE_ONCE = [
     "CREATE SEQUENCE refuse_once",
     """CREATE FUNCTION refuse_once() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF strpos(NEW.result::text, 'fail-once') > 0 AND nextval('refuse_once') = 1 THEN
-            RAISE EXCEPTION 'injected' USING ERRCODE = '40001';
+        -- nested: AND does not short-circuit, and nextval must count refused rows only
+        IF strpos(COALESCE(NEW.result::text, ''), 'fail-once') > 0 THEN
+            IF nextval('refuse_once') = 1 THEN
+                RAISE EXCEPTION 'injected';  -- P0001: not transient, not a lost connection
+            END IF;
         END IF;
         RETURN NEW;
     END $$""",
@@ -147,14 +150,15 @@ async def test_failing_worker_relay_and_commands_print_no_password_and_no_user_d
     worker = start_worker(plain(through_proxy), broker_url, logs["worker"])
     down = start_worker(plain(unreachable), broker_url, logs["unreachable worker"])
     try:
+        # first a write the database refuses (not a connection failure), then the cut
+        await until(logged("worker", f"running saga {refused_id} failed"))
+        await until(lambda: saga_status(refused_id) == "completed")
         await until(Path(context["entered"]).exists)
         proxy.drop()  # every connection of the worker breaks, new ones are refused
         await asyncio.to_thread(Path(context["gate"]).touch)  # the step returns: its write fails
         await until(logged("worker", f"running saga {saga_id} stopped"))
         proxy.restore()
         await until(lambda: saga_status(saga_id) == "completed")
-        await until(logged("worker", f"running saga {refused_id} failed"))
-        await until(lambda: saga_status(refused_id) == "completed")
         await until(publish_failed)  # the relay tried, the broker refused
         await until(logged("unreachable worker", "claiming failed"))
         await until(logged("unreachable worker", "pass failed"))
