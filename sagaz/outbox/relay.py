@@ -198,13 +198,14 @@ class OutboxRelay:
                 len(unreadable),
                 "; ".join(f"seq {e.seq}: {e.problem}" for e in unreadable[:5]),
             )
-        if settled.dead:
+        worn_out = settled.dead - {event.seq for event in unreadable}
+        if worn_out:
             logger.error(
                 "outbox relay %s: dead-lettered %d event(s) after %d attempts (seq %s)",
                 self.owner,
-                len(settled.dead),
+                len(worn_out),
                 self.max_attempts,
-                sorted(settled.dead)[:20],
+                sorted(worn_out)[:20],
             )
         recorded = len(marked) + len(settled.retried) + len(settled.dead)
         if recorded < len(claimed):
