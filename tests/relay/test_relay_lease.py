@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -52,7 +51,7 @@ async def test_events_of_a_relay_killed_mid_batch_are_published_again_within_the
         "--poll-interval", "0.1", "--log-level", "ERROR",
     ]  # fmt: skip
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "SAGAZ_RELAY_LEASE_SECONDS": str(LEASE)}
-    process = subprocess.Popen(command, cwd=ROOT, env=environment)
+    process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=environment)
     relay: OutboxRelay | None = None
     task: asyncio.Task[None] | None = None
     try:
@@ -72,7 +71,7 @@ async def test_events_of_a_relay_killed_mid_batch_are_published_again_within_the
         await asyncio.sleep(LEASE)  # past the first lease: only renewals keep it now
         assert claimed()
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        await asyncio.wait_for(process.wait(), 30)
         killed_at = time.monotonic()
 
         broker = InMemoryBroker()
@@ -87,9 +86,9 @@ async def test_events_of_a_relay_killed_mid_batch_are_published_again_within_the
         # below the fixed 30 s claim this replaces.
         assert taken_over_after < LEASE + 5, f"republished {taken_over_after:.1f}s after the kill"
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-            process.wait()
+            await process.wait()
         if relay is not None and task is not None:
             relay.stop()
             await task

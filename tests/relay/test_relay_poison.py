@@ -57,7 +57,8 @@ async def test_the_dead_letter_listing_shows_unreadable_rows(sqlite: DatabaseUrl
         await relay_for(async_engine, InMemoryBroker()).relay_once()
         [dead] = list_dead(engine)
         assert (dead.seq, dead.payload, dead.headers) == (1, "{not json", {})
-        assert dead.last_error is not None and dead.last_error.startswith("payload is not")
+        assert dead.last_error is not None
+        assert dead.last_error.startswith("payload is not")
     finally:
         await async_engine.dispose()
         engine.dispose()
