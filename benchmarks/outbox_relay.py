@@ -260,8 +260,7 @@ def explain(sync_engine: sa.Engine) -> None:
     import random
     from datetime import UTC, datetime
 
-    from sagaz.outbox.claim_query import claim_statement
-    from sagaz.outbox.claims import _PLAN_SETTINGS
+    from sagaz.outbox.claims import explain_claim
     from sagaz.store.schema import outbox as outbox_table
 
     now = datetime.now(UTC)
@@ -289,26 +288,11 @@ def explain(sync_engine: sa.Engine) -> None:
         connection.execute(sa.insert(outbox_table), rows(100_000, "published"))
         connection.execute(sa.insert(outbox_table), rows(10_000, "pending"))
         connection.execute(sa.text("ANALYZE sagaz_outbox"))
-    statement = claim_statement("postgresql")
-    with sync_engine.connect() as connection:
-        compiled = statement.compile(dialect=connection.dialect)
-        parameters = {
-            **compiled.params,
-            "now": now,
-            "owner": "explain",
-            "expires": now + timedelta(seconds=30),
-            "limit": 500,
-            "window": 1000,
-        }
-        with connection.begin() as transaction:
-            connection.execute(_PLAN_SETTINGS)
-            plan = [
-                row[0]
-                for row in connection.exec_driver_sql(
-                    "EXPLAIN (ANALYZE, COSTS OFF) " + str(compiled), parameters
-                )
-            ]
-            transaction.rollback()
+    with sync_engine.connect() as connection, connection.begin() as transaction:
+        plan = explain_claim(
+            connection, now=now, limit=500, window=1000, options="ANALYZE, COSTS OFF"
+        )
+        transaction.rollback()
     print("\n".join(plan))
     sequential = [line for line in plan if "Seq Scan on sagaz_outbox" in line]
     print("\nsequential scans of sagaz_outbox:", len(sequential))

@@ -139,6 +139,32 @@ def claim_batch(
     return events
 
 
+def explain_claim(
+    connection: sa.Connection,
+    *,
+    now: datetime,
+    limit: int,
+    window: int | None = None,
+    options: str = "ANALYZE, FORMAT JSON",
+) -> list[Any]:
+    """PostgreSQL's plan of one claim, as `EXPLAIN (options)` prints it (one row per line,
+    or one JSON document). With ANALYZE the claim runs: roll the caller's transaction
+    back. A diagnostic for the claim's cost on a given table (tests and benchmarks)."""
+    statement = _statement("claim", "postgresql")
+    compiled = statement.compile(dialect=connection.dialect)
+    parameters = {
+        **compiled.params,
+        "now": now,
+        "owner": "explain",
+        "expires": now,
+        "limit": limit,
+        "window": 2 * limit if window is None else window,
+    }
+    connection.execute(_PLAN_SETTINGS)
+    result = connection.exec_driver_sql(f"EXPLAIN ({options}) {compiled}", parameters)
+    return [row[0] for row in result]
+
+
 def defer_blocked(connection: sa.Connection, *, now: datetime, window: int) -> int:
     """Move the events among the `window` oldest due ones that wait behind a key head
     backing off to that head's next attempt time; returns how many moved.

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,29 +25,22 @@ BACKLOG = 100_000
 LIMIT = 500
 
 
-@pytest.fixture
-def engine(db: DatabaseUrls) -> Iterator[sa.Engine]:
-    engine = db.sync_engine()
-    yield engine
-    engine.dispose()
-
-
-def claim(engine: sa.Engine, owner: str, *, limit: int) -> list[int]:
+def claim(sync_engine: sa.Engine, owner: str, *, limit: int) -> list[int]:
     now = datetime.now(UTC)
-    with engine.begin() as connection:
+    with sync_engine.begin() as connection:
         events = claims.claim_batch(
             connection, owner=owner, limit=limit, now=now, expires=now + timedelta(seconds=30)
         )
     return [event.seq for event in events]
 
 
-def defer(engine: sa.Engine, *, window: int) -> int:
-    with engine.begin() as connection:
+def defer(sync_engine: sa.Engine, *, window: int) -> int:
+    with sync_engine.begin() as connection:
         return claims.defer_blocked(connection, now=datetime.now(UTC), window=window)
 
 
-def set_due(engine: sa.Engine, seq: int, at: datetime) -> None:
-    with engine.begin() as connection:
+def set_due(sync_engine: sa.Engine, seq: int, at: datetime) -> None:
+    with sync_engine.begin() as connection:
         connection.execute(
             sa.text("UPDATE sagaz_outbox SET next_attempt_at = :at WHERE seq = :seq"),
             {"at": at, "seq": seq},
@@ -62,9 +54,9 @@ def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def test_the_claim_plan_on_an_unanalysed_backlog_walks_the_index(pg: DatabaseUrls) -> None:
-    engine = pg.sync_engine()
+    sync_engine = pg.sync_engine()
     try:
-        with engine.begin() as connection:
+        with sync_engine.begin() as connection:
             # A burst into a new table: 100,000 pending events over 1,000 keys, and no
             # ANALYZE (autovacuum may be off, as on this machine).
             connection.execute(
@@ -80,24 +72,9 @@ def test_the_claim_plan_on_an_unanalysed_backlog_walks_the_index(pg: DatabaseUrl
             assert connection.scalar(
                 sa.text("SELECT reltuples FROM pg_class WHERE relname = 'sagaz_outbox'")
             ) in (-1, 0)  # never analysed
-        statement = claims._statement("claim", "postgresql")
-        now = datetime.now(UTC)
-        with engine.connect() as connection:
-            compiled = statement.compile(dialect=connection.dialect)
-            parameters = {
-                **compiled.params,
-                "now": now,
-                "owner": "explain",
-                "expires": now + timedelta(seconds=30),
-                "limit": LIMIT,
-                "window": 2 * LIMIT,
-            }
-            with connection.begin() as transaction:
-                connection.execute(claims._PLAN_SETTINGS)
-                [[document]] = connection.exec_driver_sql(
-                    "EXPLAIN (ANALYZE, FORMAT JSON) " + str(compiled), parameters
-                ).all()
-                transaction.rollback()
+        with sync_engine.connect() as connection, connection.begin() as transaction:
+            [document] = claims.explain_claim(connection, now=datetime.now(UTC), limit=LIMIT)
+            transaction.rollback()
         nodes = list(
             plan_nodes(
                 (document if isinstance(document, list) else json.loads(document))[0]["Plan"]
@@ -116,50 +93,50 @@ def test_the_claim_plan_on_an_unanalysed_backlog_walks_the_index(pg: DatabaseUrl
         claimed = next(node for node in nodes if node["Node Type"] == "ModifyTable")
         assert claimed["Actual Rows"] == LIMIT
     finally:
-        engine.dispose()
+        sync_engine.dispose()
 
 
-def test_a_head_outside_the_window_is_claimed(engine: sa.Engine) -> None:
-    add_events(engine, [("t", n, "a") for n in range(3)])
+def test_a_head_outside_the_window_is_claimed(sync_engine: sa.Engine) -> None:
+    add_events(sync_engine, [("t", n, "a") for n in range(3)])
     now = datetime.now(UTC)
     # The head is due later than its followers (it was retried): the window (2 events
     # for a batch of 1) holds only followers, blocked by it.
-    set_due(engine, 1, now - timedelta(seconds=1))
-    set_due(engine, 2, now - timedelta(minutes=2))
-    set_due(engine, 3, now - timedelta(minutes=1))
-    assert claim(engine, "one", limit=1) == [1]
-    assert claim(engine, "two", limit=5) == []
+    set_due(sync_engine, 1, now - timedelta(seconds=1))
+    set_due(sync_engine, 2, now - timedelta(minutes=2))
+    set_due(sync_engine, 3, now - timedelta(minutes=1))
+    assert claim(sync_engine, "one", limit=1) == [1]
+    assert claim(sync_engine, "two", limit=5) == []
 
 
 def test_events_behind_a_backing_off_head_are_deferred_out_of_the_window(
-    engine: sa.Engine,
+    sync_engine: sa.Engine,
 ) -> None:
     # seq: 1-5 key a (1 is backing off), 6 unkeyed
-    add_events(engine, [("t", n, "a") for n in range(5)] + [("t", 5, None)])
+    add_events(sync_engine, [("t", n, "a") for n in range(5)] + [("t", 5, None)])
     retry_at = datetime.now(UTC) + timedelta(minutes=5)
-    set_due(engine, 1, retry_at)
-    assert claim(engine, "one", limit=1) == []  # the window (2, 3) is blocked by 1
-    assert defer(engine, window=2) == 2
-    assert claim(engine, "one", limit=1) == []  # now (4, 5)
-    assert defer(engine, window=2) == 2
-    assert claim(engine, "one", limit=1) == [6]
-    assert defer(engine, window=2) == 0
-    stored = {row.seq: row for row in rows(engine)}
+    set_due(sync_engine, 1, retry_at)
+    assert claim(sync_engine, "one", limit=1) == []  # the window (2, 3) is blocked by 1
+    assert defer(sync_engine, window=2) == 2
+    assert claim(sync_engine, "one", limit=1) == []  # now (4, 5)
+    assert defer(sync_engine, window=2) == 2
+    assert claim(sync_engine, "one", limit=1) == [6]
+    assert defer(sync_engine, window=2) == 0
+    stored = {row.seq: row for row in rows(sync_engine)}
     assert {stored[seq].next_attempt_at.replace(tzinfo=UTC) for seq in (2, 3, 4, 5)} == {
         retry_at.replace(microsecond=retry_at.microsecond)
     }
     # Once the head is due, the key goes out in order.
     past = datetime.now(UTC) - timedelta(seconds=1)
     for seq in range(1, 6):
-        set_due(engine, seq, past)
-    assert claim(engine, "two", limit=10) == [1, 2, 3, 4, 5]
+        set_due(sync_engine, seq, past)
+    assert claim(sync_engine, "two", limit=10) == [1, 2, 3, 4, 5]
 
 
 async def test_a_relay_gets_past_a_key_stuck_behind_a_failed_event(
-    engine: sa.Engine, async_engine: AsyncEngine
+    sync_engine: sa.Engine, async_engine: AsyncEngine
 ) -> None:
-    ids = add_events(engine, [("t", n, "a") for n in range(6)] + [("t", 6, None)])
-    set_due(engine, 1, datetime.now(UTC) + timedelta(minutes=5))
+    ids = add_events(sync_engine, [("t", n, "a") for n in range(6)] + [("t", 6, None)])
+    set_due(sync_engine, 1, datetime.now(UTC) + timedelta(minutes=5))
     broker = InMemoryBroker()
     relay = OutboxRelay(async_engine, broker, batch_size=1, poll_interval=30, listen=False)
     task = asyncio.create_task(relay.run_until_stopped())
@@ -168,4 +145,4 @@ async def test_a_relay_gets_past_a_key_stuck_behind_a_failed_event(
     finally:
         relay.stop()
         await task
-    assert [row.status for row in rows(engine)] == ["pending"] * 6 + ["published"]
+    assert [row.status for row in rows(sync_engine)] == ["pending"] * 6 + ["published"]
