@@ -27,12 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import random
-import socket
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -45,38 +40,13 @@ from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.claims import ClaimedEvent, Failure, Settled
 from sagaz.outbox.listen import NotificationListener
 from sagaz.outbox.maintenance import RetentionResult, retain
+from sagaz.outbox.relay_pass import PassResult, backoff_delay, default_owner, split_outcomes
 from sagaz.signals import Subscription, outbox_signal
 from sagaz.store.statements import OUTBOX_CHANNEL
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class PassResult:
-    """What one relay pass did."""
-
-    claimed: int = 0
-    published: int = 0
-    retried: int = 0
-    dead: int = 0
-    released: int = 0
-    """Events handed back untouched: they followed a failed event of their key."""
-    fenced: int = 0
-    """Events whose outcome was not recorded because another relay had claimed them."""
-    deferred: int = 0
-    """Events moved behind a failed (backing off) event of their key, out of the way."""
-
-
-def default_owner() -> str:
-    """A claim owner unique to this relay instance: host, pid and a random suffix."""
-    return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def backoff_delay(attempts: int, base: float, maximum: float) -> float:
-    """Seconds until the next attempt after `attempts` failed ones: exponential, capped at
-    `maximum`, with "equal jitter" (between half and all of it) so retries spread out."""
-    ceiling = min(maximum, base * 2.0 ** min(attempts, 62))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+__all__ = ["OutboxRelay", "PassResult", "backoff_delay", "default_owner"]
 
 
 class OutboxRelay:
@@ -276,38 +246,13 @@ class OutboxRelay:
     def _outcomes(
         self, events: Sequence[ClaimedEvent], results: Sequence[BaseException | None]
     ) -> tuple[list[int], list[Failure]]:
-        """Split a batch into confirmed events and failures; after a failed keyed event
-        the rest of its key is held back (released without counting an attempt)."""
-        now = utcnow()
-        published: list[int] = []
-        failures: list[Failure] = []
-        failed_keys: set[str] = set()
-        for event, error in zip(events, results, strict=True):
-            key = event.message.key
-            if key is not None and key in failed_keys:
-                if error is None:
-                    logger.error(
-                        "outbox relay %s: broker %s confirmed event %s after an earlier "
-                        "event of key %r failed (it breaks the Broker ordering contract)",
-                        self.owner,
-                        type(self.broker).__name__,
-                        event.message.id,
-                        key,
-                    )
-                    published.append(event.seq)
-                else:
-                    failures.append(Failure(event.seq, False, event.next_attempt_at))
-                continue
-            if error is None:
-                published.append(event.seq)
-                continue
-            delay = backoff_delay(event.attempts, self.base_backoff, self.max_backoff)
-            failures.append(
-                Failure(event.seq, True, now + timedelta(seconds=delay), describe(error))
-            )
-            if key is not None:
-                failed_keys.add(key)
-        return published, failures
+        return split_outcomes(
+            events,
+            results,
+            base_backoff=self.base_backoff,
+            max_backoff=self.max_backoff,
+            who=f"outbox relay {self.owner}: broker {type(self.broker).__name__}",
+        )
 
     async def _record(
         self, owner: str, published: Sequence[int], failures: Sequence[Failure]
