@@ -15,10 +15,18 @@
 
 The relays poll every 30 s in 2 and 3, so the latencies are the wake-ups' own.
 
+5. Backlog drain (`--backlog N [--no-analyze]`, instead of 1-4): N pending events are
+   written with one INSERT ... SELECT (keys as `--keys`), the table is left unanalysed
+   with `--no-analyze` (autovacuum may be off too: a burst into a new table), and one
+   relay drains it to the in-memory broker. It prints the claim statement's time per
+   batch at the start, middle and end of the drain, events/s, and this process's RSS
+   after 100,000 events and at the end.
+
 Run:  .venv/bin/python benchmarks/outbox_relay.py
         [--url postgresql://postgres@127.0.0.1:5432/postgres] [--events 10000] [--repeat 3]
         [--batch-size 1000] [--concurrency 2] [--keys 1000] [--latency-samples 500]
         [--brokers memory://,redis://127.0.0.1:6379,nats://127.0.0.1:4222?...] [--explain]
+        [--backlog 1000000 [--no-analyze]]
 It creates and drops its own schema (sagaz_bench_relay_<random>) in that database.
 """
 
@@ -252,7 +260,7 @@ def explain(sync_engine: sa.Engine) -> None:
     import random
     from datetime import UTC, datetime
 
-    from sagaz.outbox.claims import claim_statement
+    from sagaz.outbox.claims import explain_claim
     from sagaz.store.schema import outbox as outbox_table
 
     now = datetime.now(UTC)
@@ -280,27 +288,136 @@ def explain(sync_engine: sa.Engine) -> None:
         connection.execute(sa.insert(outbox_table), rows(100_000, "published"))
         connection.execute(sa.insert(outbox_table), rows(10_000, "pending"))
         connection.execute(sa.text("ANALYZE sagaz_outbox"))
-    statement = claim_statement("postgresql")
-    with sync_engine.connect() as connection:
-        compiled = statement.compile(dialect=connection.dialect)
-        parameters = {
-            **compiled.params,
-            "now": now,
-            "owner": "explain",
-            "expires": now + timedelta(seconds=30),
-            "limit": 500,
-        }
-        with connection.begin() as transaction:
-            plan = [
-                row[0]
-                for row in connection.exec_driver_sql(
-                    "EXPLAIN (ANALYZE, COSTS OFF) " + str(compiled), parameters
-                )
-            ]
-            transaction.rollback()
+    with sync_engine.connect() as connection, connection.begin() as transaction:
+        plan = explain_claim(
+            connection, now=now, limit=500, window=1000, options="ANALYZE, COSTS OFF"
+        )
+        transaction.rollback()
     print("\n".join(plan))
     sequential = [line for line in plan if "Seq Scan on sagaz_outbox" in line]
     print("\nsequential scans of sagaz_outbox:", len(sequential))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def seed_backlog(sync_engine: sa.Engine, count: int, keys: int, analyze: bool) -> None:
+    """`count` pending events in chunks of one INSERT ... SELECT each (not timed)."""
+    key = f"'k' || (g % {keys})" if keys else "NULL"
+    with sync_engine.begin() as connection:
+        connection.execute(sa.text("TRUNCATE sagaz_outbox"))
+    for start in range(0, count, 100_000):
+        with sync_engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO sagaz_outbox (id, topic, key, payload, headers, status, "
+                    "attempts, next_attempt_at, created_at) "
+                    f"SELECT gen_random_uuid(), :topic, {key}, "
+                    "json_build_object('n', g, 'pad', repeat('x', 64)), "
+                    "json_build_object('correlation-id', md5(g::text)), 'pending', 0, "
+                    "clock_timestamp(), clock_timestamp() "
+                    "FROM generate_series(:start, :stop) g"
+                ),
+                {"topic": TOPIC, "start": start, "stop": min(count, start + 100_000) - 1},
+            )
+    if analyze:
+        with sync_engine.begin() as connection:
+            connection.execute(sa.text("ANALYZE sagaz_outbox"))
+
+
+async def backlog_drain(
+    sync_engine: sa.Engine, engine: AsyncEngine, args: argparse.Namespace
+) -> None:
+    from sagaz.outbox import claims
+    from sagaz.outbox.brokers.memory import InMemoryBroker
+
+    began = time.perf_counter()
+    seed_backlog(sync_engine, args.backlog, args.keys, analyze=not args.no_analyze)
+    with sync_engine.connect() as connection:
+        reltuples = connection.scalar(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = 'sagaz_outbox'::regclass")
+        )
+    print(
+        f"seeded {args.backlog} pending events in {time.perf_counter() - began:.1f} s; "
+        f"pg_class.reltuples={reltuples:.0f} ({'never analysed' if reltuples < 0 else 'analysed'})",
+        flush=True,
+    )
+
+    class Counting(InMemoryBroker):
+        """Keeps a count, not the messages: the broker's memory is not the relay's."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+            self.done = asyncio.Event()
+
+        async def publish_batch(
+            self, messages: Sequence[OutboxMessage]
+        ) -> Sequence[BaseException | None]:
+            self.count += len(messages)
+            if self.count >= args.backlog:
+                self.done.set()
+            return [None] * len(messages)
+
+    broker = Counting()
+    timings: list[tuple[int, float]] = []
+    original = claims.claim_batch
+
+    def timed_claim(*positional: Any, **keywords: Any) -> Any:
+        start = time.perf_counter()
+        events = original(*positional, **keywords)
+        timings.append((broker.count, (time.perf_counter() - start) * 1000))
+        return events
+
+    claims.claim_batch = timed_claim  # type: ignore[assignment]
+    rss_start = rss_mb()
+    rss_100k: float | None = None
+    relay = relay_for(
+        engine, broker, batch_size=args.batch_size, concurrency=args.concurrency, listen=False
+    )
+    began = time.perf_counter()
+    task = asyncio.create_task(relay.run_until_stopped())
+    progress = time.perf_counter()
+    while not broker.done.is_set():
+        await asyncio.sleep(0.2)
+        if rss_100k is None and broker.count >= min(100_000, args.backlog):
+            rss_100k = rss_mb()
+        if time.perf_counter() - progress > 10:
+            progress = time.perf_counter()
+            rate = broker.count / (progress - began)
+            print(f"  ... {broker.count} published, {rate:.0f} events/s", flush=True)
+    elapsed = time.perf_counter() - began
+    relay.stop()
+    await task
+    claims.claim_batch = original  # type: ignore[assignment]
+    rss_end = rss_mb()
+    full = [(at, ms) for at, ms in timings]
+
+    def phase(name: str, low: float, high: float) -> None:
+        picked = [ms for at, ms in full if low * args.backlog <= at < high * args.backlog]
+        if picked:
+            print(
+                f"claim ms per batch, {name:<6} median {statistics.median(picked):6.1f}  "
+                f"max {max(picked):6.1f}  (n={len(picked)})"
+            )
+
+    print(
+        f"drained {broker.count} events in {elapsed:.1f} s: {broker.count / elapsed:.0f} events/s"
+    )
+    phase("start", 0.0, 0.05)
+    phase("middle", 0.475, 0.525)
+    phase("end", 0.95, 1.01)
+    growth = (
+        ""
+        if rss_100k is None
+        else f"  growth from 100k to end: {100 * (rss_end / rss_100k - 1):+.1f}%"
+    )
+    print(
+        f"RSS MB: before {rss_start:.0f}, after 100k events {rss_100k or 0:.0f}, "
+        f"at the end {rss_end:.0f}{growth}"
+    )
 
 
 async def idle_cost(engine: AsyncEngine, seconds: float) -> str:
@@ -340,6 +457,13 @@ async def main(args: argparse.Namespace) -> None:
         f"latency_samples={args.latency_samples}"
     )
     try:
+        if args.backlog:
+            print(
+                f"\n## backlog drain: {args.backlog} events, "
+                f"{'never analysed' if args.no_analyze else 'analysed'}, memory broker"
+            )
+            await backlog_drain(sync_engine, engine, args)
+            return
         if args.explain:
             print("\n## EXPLAIN ANALYZE of a claim (100k published + 10k pending events)")
             explain(sync_engine)
@@ -381,6 +505,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument(
         "--explain", action="store_true", help="print the claim's plan on a large table, only"
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=0, help="drain this many pending events, only"
+    )
+    parser.add_argument(
+        "--no-analyze", action="store_true", help="with --backlog: leave the table unanalysed"
     )
     parser.add_argument("--produce", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)

@@ -102,6 +102,7 @@ class WorkerOptions:
     poll_interval: float
     max_attempts: int
     shutdown_grace: float
+    relay_lease_seconds: float
     published_retention: timedelta | None
     inbox_retention: timedelta | None
     retention_interval: float
@@ -145,6 +146,16 @@ class WorkerOptions:
     type=float,  # > 0, checked by SagaConfig (a range would show in help after the default)
     show_default="SAGAZ_LEASE_SECONDS, else 30",
     help="Saga lease length (env: SAGAZ_LEASE_SECONDS).",
+)
+@click.option(
+    "--relay-lease-seconds",
+    envvar="SAGAZ_RELAY_LEASE_SECONDS",
+    default=5.0,
+    show_default=True,
+    type=POSITIVE_SECONDS,
+    help="The relay's claim on a batch of events: renewed while it publishes, so events "
+    "of a relay that died are published again within this time "
+    "(env: SAGAZ_RELAY_LEASE_SECONDS).",
 )
 @click.option(
     "--poll-interval",
@@ -212,6 +223,7 @@ def worker(
     batch_size: int,
     broker_url: str | None,
     lease_seconds: float | None,
+    relay_lease_seconds: float,
     poll_interval: float,
     max_attempts: int,
     shutdown_grace: float,
@@ -245,6 +257,7 @@ def worker(
         poll_interval=poll_interval,
         max_attempts=max_attempts,
         shutdown_grace=shutdown_grace,
+        relay_lease_seconds=relay_lease_seconds,
         published_retention=published_retention,
         inbox_retention=inbox_retention,
         retention_interval=retention_interval,
@@ -325,6 +338,7 @@ def build_runners(
                     engine,
                     broker,
                     batch_size=options.batch_size,
+                    claim_seconds=options.relay_lease_seconds,
                     poll_interval=options.poll_interval,
                     listen=postgres,
                     published_retention=options.published_retention,

@@ -1,22 +1,21 @@
 """The outbox relay's statements, written once against a sync `Connection`.
 
 The relay runs them from async code through `AsyncConnection.run_sync` (DESIGN rule 5);
-tests and tools may call them directly. Each function is one statement, so one
-round trip per batch whatever the batch size, and each write is fenced by `claim_owner`:
-a relay whose claim was taken over by another relay changes nothing.
+tests and tools may call them directly. Each function is one statement (the claim adds
+one planner setting on PostgreSQL), so one round trip per batch whatever the batch size,
+and each write is fenced by `claim_owner`: a relay whose claim was taken over by another
+relay changes nothing.
 
 Claimable ("due") events are pending, have `next_attempt_at <= now` and are not claimed
-(or their claim expired). Per-key order across relays rests on one rule: an event with a
-key is claimed only as the *head* of its key (no earlier pending event with that key
-exists, whatever its state) or as a *follower* of a head claimed in the same statement
-(every pending event of the key between the head and it is due and unclaimed too). On
-PostgreSQL the heads are locked with `FOR UPDATE SKIP LOCKED`; a relay that skips a
-locked head sees it pending and so claims nothing of that key. A dead-lettered event is
-no longer pending and stops blocking its key.
+(or their claim expired). Which of them a claim takes, and how per-key order is kept
+across relays while the claim's cost stays bounded by the batch size, is described in
+`sagaz.outbox.claim_query`. A dead-lettered event is no longer pending and stops
+blocking its key.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,14 +25,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
+from sagaz.outbox import claim_query
 from sagaz.outbox.brokers.base import OutboxMessage
 from sagaz.store.schema import Timestamp, outbox
 
-PENDING = "pending"
+PENDING = claim_query.PENDING
 PUBLISHED = "published"
 DEAD = "dead"
-
-_MAX_SEQ = 2**63 - 1
 
 #: Longest `last_error` stored (the rest is cut).
 MAX_ERROR_LENGTH = 2000
@@ -47,6 +45,9 @@ class ClaimedEvent:
     attempts: int
     next_attempt_at: datetime
     message: OutboxMessage
+    problem: str | None = None
+    """Why the row cannot be published (its payload or headers unreadable, the column
+    named), or None. Such an event is claimed like the others, to be dead-lettered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +55,16 @@ class Failure:
     """An unpublished event to hand back.
 
     `counted` failures add one attempt, store `error` and wait until `next_attempt_at`
-    (and are dead-lettered at `max_attempts`); uncounted ones (events held back behind a
-    failed event of their key) are only released, unchanged.
+    (and are dead-lettered at `max_attempts`, or at once when `final`); uncounted ones
+    (events held back behind a failed event of their key) are only released, unchanged.
     """
 
     seq: int
     counted: bool
     next_attempt_at: datetime
     error: str | None = None
+    final: bool = False
+    """Dead-letter now, whatever the attempts (an event that can never be published)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,166 +75,181 @@ class Settled:
     dead: frozenset[int]
 
 
-def _now(name: str = "now") -> sa.BindParameter[datetime]:
-    return sa.bindparam(name, type_=Timestamp)
-
-
-def _unclaimed(table: sa.FromClause, now: ColumnElement[Any]) -> ColumnElement[bool]:
-    return sa.or_(table.c.claim_expires_at.is_(None), table.c.claim_expires_at <= now)
-
-
-def _ready(table: sa.FromClause, now: ColumnElement[Any]) -> ColumnElement[bool]:
-    return sa.and_(table.c.next_attempt_at <= now, _unclaimed(table, now))
-
-
-def _seq_in(seqs: Sequence[int], dialect: str) -> ColumnElement[bool]:
+def _seq_in(seqs: Sequence[int], dialect: str, name: str = "seqs") -> ColumnElement[bool]:
     if dialect == "postgresql":
         # One array parameter: the same SQL text (and prepared statement) for any batch size.
         return outbox.c.seq == sa.any_(
-            sa.bindparam("seqs", list(seqs), type_=postgresql.ARRAY(sa.BigInteger()))
+            sa.bindparam(name, list(seqs), type_=postgresql.ARRAY(sa.BigInteger()))
         )
     return outbox.c.seq.in_(list(seqs))
 
 
-def claim_statement(dialect: str) -> sa.Update:
-    """The claim of one batch: `UPDATE ... WHERE seq IN (heads and followers) RETURNING`.
+_STATEMENTS: dict[tuple[str, str], sa.Update] = {}
 
-    Parameters: `now`, `owner`, `expires` (the claim's expiry) and `limit`.
-    """
-    now = _now()
-    limit = sa.bindparam("limit", type_=sa.Integer())
-    head = outbox.alias("head")
-    earlier = outbox.alias("earlier")
-    earlier_pending = (
-        sa.exists()
-        .where(earlier.c.status == PENDING)
-        .where(earlier.c.key == head.c.key)
-        .where(earlier.c.seq < head.c.seq)
-    )
-    heads_query = (
-        sa.select(head.c.seq, head.c.key)
-        .where(head.c.status == PENDING)
-        .where(_ready(head, now))
-        .where(sa.or_(head.c.key.is_(None), ~earlier_pending))
-        # The order of the partial index on pending rows: the scan stops after `limit`.
-        .order_by(head.c.next_attempt_at, head.c.seq)
-        .limit(limit)
-    )
-    if dialect == "postgresql":
-        heads_query = heads_query.with_for_update(skip_locked=True, of=head)
-    heads = heads_query.cte("heads")
-
-    # Followers only fill the room the heads left: with many distinct keys the batch is
-    # full of heads and no follower is looked for.
-    room = (limit - sa.select(sa.func.count()).select_from(heads).scalar_subquery()).label("room")
-    nxt = outbox.alias("nxt")
-    if dialect == "postgresql":
-        # The next `limit` pending events of each head's key, in order, kept up to the
-        # first one that is not ready (a running AND over the key's events).
-        upcoming = (
-            sa.select(nxt.c.seq, _ready(nxt, now).label("ready"))
-            .where(nxt.c.status == PENDING)
-            .where(nxt.c.key == heads.c.key)
-            .where(nxt.c.seq > heads.c.seq)
-            .order_by(nxt.c.seq)
-            .limit(room)
-            .lateral("upcoming")
-        )
-        run = (
-            sa.select(
-                upcoming.c.seq,
-                sa.func.bool_and(upcoming.c.ready)
-                .over(partition_by=heads.c.seq, order_by=upcoming.c.seq)
-                .label("unbroken"),
-            )
-            .select_from(heads.join(upcoming, sa.true()))
-            .where(heads.c.key.is_not(None))
-            .subquery("run")
-        )
-        followers = sa.select(run.c.seq).where(run.c.unbroken)
-    else:
-        blocker = outbox.alias("blocker")
-        first_blocker = (
-            sa.select(sa.func.min(blocker.c.seq))
-            .where(blocker.c.status == PENDING)
-            .where(blocker.c.key == heads.c.key)
-            .where(blocker.c.seq > heads.c.seq)
-            .where(~_ready(blocker, now))
-            .scalar_subquery()
-        )
-        followers = (
-            sa.select(nxt.c.seq)
-            .select_from(
-                heads.join(nxt, sa.and_(nxt.c.key == heads.c.key, nxt.c.seq > heads.c.seq))
-            )
-            .where(nxt.c.status == PENDING)
-            .where(nxt.c.seq < sa.func.coalesce(first_blocker, _MAX_SEQ))
-            .where(room > 0)
-        )
-    candidates = sa.union_all(sa.select(heads.c.seq), followers).subquery("candidates")
-    # Cut by seq: a kept follower always keeps its (lower) head and the events between.
-    chosen = sa.select(candidates.c.seq).order_by(candidates.c.seq).limit(limit)
-    return (
-        sa.update(outbox)
-        # Re-checked by PostgreSQL against the latest row version before the update.
-        .where(outbox.c.status == PENDING)
-        .where(_unclaimed(outbox, now))
-        .where(outbox.c.seq.in_(chosen))
-        .values(claim_owner=sa.bindparam("owner"), claim_expires_at=_now("expires"))
-        .returning(
-            outbox.c.seq,
-            outbox.c.id,
-            outbox.c.topic,
-            outbox.c.key,
-            outbox.c.payload,
-            outbox.c.headers,
-            outbox.c.attempts,
-            outbox.c.next_attempt_at,
-            outbox.c.created_at,
-            outbox.c.saga_id,
-        )
-    )
+#: Planner settings of the claim's transaction on PostgreSQL (SET LOCAL): without them a
+#: table whose statistics are missing or stale (a burst into a never-analysed table) gets
+#: a bitmap scan of every pending row and a sort - minutes for 200,000 events - instead of
+#: reading the pending index in order and stopping after the window.
+_PLAN_SETTINGS = sa.text(
+    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)"
+)
 
 
-_CLAIM_STATEMENTS: dict[str, sa.Update] = {}
+def _statement(kind: str, dialect: str) -> sa.Update:
+    statement = _STATEMENTS.get((kind, dialect))
+    if statement is None:
+        build = claim_query.claim_statement if kind == "claim" else claim_query.defer_statement
+        statement = _STATEMENTS[kind, dialect] = build(dialect)
+    return statement
 
 
 def claim_batch(
-    connection: sa.Connection, *, owner: str, limit: int, now: datetime, expires: datetime
+    connection: sa.Connection,
+    *,
+    owner: str,
+    limit: int,
+    now: datetime,
+    expires: datetime,
+    window: int | None = None,
 ) -> list[ClaimedEvent]:
     """Claim up to `limit` due events for `owner` until `expires`; returns them in seq order.
 
-    One statement. The claim is visible to other relays once the caller's transaction
-    commits; an event whose claim expires becomes claimable again.
+    One statement, whose cost is bounded by `window` (default `2 * limit`: how many of
+    the oldest due events it looks at), whatever the backlog. The claim is visible to
+    other relays once the caller's transaction commits; an event whose claim expires
+    becomes claimable again. On PostgreSQL the rest of the caller's transaction runs with
+    `enable_seqscan` and `enable_bitmapscan` off (SET LOCAL): give it a transaction of its
+    own. An event whose payload or headers cannot be read (not JSON, headers not an
+    object of strings) is claimed and returned with `problem` set, to be dead-lettered.
     """
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    window = 2 * limit if window is None else window
+    if window < limit:
+        raise ValueError(f"window must be >= limit ({limit}), got {window}")
     dialect = connection.dialect.name
-    statement = _CLAIM_STATEMENTS.get(dialect)
-    if statement is None:
-        statement = _CLAIM_STATEMENTS[dialect] = claim_statement(dialect)
+    if dialect == "postgresql":
+        connection.execute(_PLAN_SETTINGS)
     rows = connection.execute(
-        statement, {"now": now, "owner": owner, "expires": expires, "limit": limit}
+        _statement("claim", dialect),
+        {"now": now, "owner": owner, "expires": expires, "limit": limit, "window": window},
     )
-    events = []
-    for seq, event_id, topic, key, payload, headers, attempts, next_at, created, saga in rows:
-        # SQLite returns naive timestamps; every timestamp sagaz writes is UTC.
-        if next_at.tzinfo is None:
-            next_at = next_at.replace(tzinfo=UTC)
-        if created is not None and created.tzinfo is None:
-            created = created.replace(tzinfo=UTC)
-        message = OutboxMessage(
-            str(event_id),
-            topic,
-            payload,
-            key,
-            headers if isinstance(headers, dict) else dict(headers or {}),
-            created,
-            None if saga is None else str(saga),
-        )
-        events.append(ClaimedEvent(seq, attempts, next_at, message))
+    events = [_claimed(*row) for row in rows]
     events.sort(key=lambda event: event.seq)
     return events
+
+
+def explain_claim(
+    connection: sa.Connection,
+    *,
+    now: datetime,
+    limit: int,
+    window: int | None = None,
+    options: str = "ANALYZE, FORMAT JSON",
+) -> list[Any]:
+    """PostgreSQL's plan of one claim, as `EXPLAIN (options)` prints it (one row per line,
+    or one JSON document). With ANALYZE the claim runs: roll the caller's transaction
+    back. A diagnostic for the claim's cost on a given table (tests and benchmarks)."""
+    statement = _statement("claim", "postgresql")
+    compiled = statement.compile(dialect=connection.dialect)
+    parameters = {
+        **compiled.params,
+        "now": now,
+        "owner": "explain",
+        "expires": now,
+        "limit": limit,
+        "window": 2 * limit if window is None else window,
+    }
+    connection.execute(_PLAN_SETTINGS)
+    result = connection.exec_driver_sql(f"EXPLAIN ({options}) {compiled}", parameters)
+    return [row[0] for row in result]
+
+
+def defer_blocked(connection: sa.Connection, *, now: datetime, window: int) -> int:
+    """Move the events among the `window` oldest due ones that wait behind a key head
+    backing off to that head's next attempt time; returns how many moved.
+
+    They could not be claimed before their head anyway; moved, they stop filling the
+    claim's window, so events behind them are reached. One statement, bounded by
+    `window`. Run it after `claim_batch` (same transaction) when that came back short.
+    """
+    return len(
+        connection.execute(
+            _statement("defer", connection.dialect.name), {"now": now, "window": window}
+        ).all()
+    )
+
+
+def _claimed(
+    seq: int,
+    event_id: Any,
+    topic: str,
+    key: str | None,
+    payload_text: str,
+    headers_text: str,
+    attempts: int,
+    next_at: datetime,
+    created: datetime | None,
+    saga: Any,
+) -> ClaimedEvent:
+    # SQLite returns naive timestamps; every timestamp sagaz writes is UTC.
+    if next_at.tzinfo is None:
+        next_at = next_at.replace(tzinfo=UTC)
+    if created is not None and created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    payload, headers, problem = decode_row(payload_text, headers_text)
+    message = OutboxMessage(
+        str(event_id),
+        topic,
+        payload,
+        key,
+        headers,
+        created,
+        None if saga is None else str(saga),
+    )
+    return ClaimedEvent(seq, attempts, next_at, message, problem)
+
+
+def decode_row(payload_text: str, headers_text: str) -> tuple[Any, dict[str, str], str | None]:
+    """The payload and headers of an outbox row from their stored JSON text, and what
+    makes the row unpublishable (None when nothing): text that is not JSON, headers that
+    are not an object of string values. The problem names the column."""
+    try:
+        payload = json.loads(payload_text)
+    except (TypeError, ValueError) as error:
+        return None, {}, f"payload is not valid JSON ({_short(error)}): {payload_text!r:.80}"
+    try:
+        headers = json.loads(headers_text)
+    except (TypeError, ValueError) as error:
+        return payload, {}, f"headers is not valid JSON ({_short(error)}): {headers_text!r:.80}"
+    if not isinstance(headers, dict):
+        return payload, {}, f"headers must be a JSON object, got {_json_kind(headers)}"
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            return (
+                payload,
+                {},
+                f"headers must map names to strings, got {_json_kind(value)} for {name!r:.80}",
+            )
+    return payload, headers, None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if value is None:
+        return "null"
+    return "an object"
+
+
+def _short(error: BaseException) -> str:
+    return str(error).split("\n")[0][:200]
 
 
 def mark_published(
@@ -266,11 +284,13 @@ def settle_failures(
     """Hand back unpublished events `owner` still holds, releasing its claim on them.
 
     One statement. A counted failure adds an attempt, stores its error and next attempt
-    time, and dead-letters the event (status 'dead') once it reached `max_attempts`.
+    time, and dead-letters the event (status 'dead') once it reached `max_attempts` - or
+    at once for a `final` failure.
     """
     if not failures:
         return Settled(frozenset(), frozenset())
     counted = [failure for failure in failures if failure.counted]
+    final = [failure.seq for failure in failures if failure.final]
     attempts: ColumnElement[Any] = outbox.c.attempts
     next_attempt_at: ColumnElement[Any] = outbox.c.next_attempt_at
     last_error: ColumnElement[Any] = outbox.c.last_error
@@ -288,6 +308,9 @@ def settle_failures(
             value=outbox.c.seq,
             else_=outbox.c.last_error,
         )
+    dead: ColumnElement[bool] = attempts >= max_attempts
+    if final:
+        dead = sa.or_(dead, _seq_in(final, connection.dialect.name, "final"))
     statement = (
         sa.update(outbox)
         .where(_seq_in([failure.seq for failure in failures], connection.dialect.name))
@@ -297,7 +320,7 @@ def settle_failures(
             attempts=attempts,
             next_attempt_at=next_attempt_at,
             last_error=last_error,
-            status=sa.case((attempts >= max_attempts, DEAD), else_=PENDING),
+            status=sa.case((dead, DEAD), else_=PENDING),
             claim_owner=None,
             claim_expires_at=None,
         )

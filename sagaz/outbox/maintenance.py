@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sagaz.journal import utcnow
-from sagaz.outbox.claims import DEAD, PENDING, PUBLISHED
+from sagaz.outbox.claims import DEAD, PENDING, PUBLISHED, decode_row
 from sagaz.store.operations import as_utc
 from sagaz.store.schema import inbox, outbox
 from sagaz.store.statements import OUTBOX_CHANNEL
@@ -143,29 +143,45 @@ def read_dead(
     limit: int = 100,
     after_seq: int | None = None,
 ) -> list[DeadEvent]:
-    """Dead-lettered events in publish order (seq), `limit` at a time after `after_seq`."""
+    """Dead-lettered events in publish order (seq), `limit` at a time after `after_seq`.
+    A row whose payload is not JSON shows its stored text as the payload; headers that
+    are not an object of strings show as `{}` (`last_error` says what was wrong)."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    query = sa.select(outbox).where(outbox.c.status == DEAD).order_by(outbox.c.seq).limit(limit)
+    columns = [column for column in outbox.c if column.name not in ("payload", "headers")]
+    query = (
+        sa.select(
+            *columns,
+            # As text: a row dead-lettered because it could not be read is listed too.
+            sa.cast(outbox.c.payload, sa.Text()).label("payload"),
+            sa.cast(outbox.c.headers, sa.Text()).label("headers"),
+        )
+        .where(outbox.c.status == DEAD)
+        .order_by(outbox.c.seq)
+        .limit(limit)
+    )
     if topic is not None:
         query = query.where(outbox.c.topic == topic)
     if after_seq is not None:
         query = query.where(outbox.c.seq > after_seq)
-    return [
-        DeadEvent(
-            id=str(row.id),
-            seq=row.seq,
-            topic=row.topic,
-            key=row.key,
-            payload=row.payload,
-            headers=dict(row.headers or {}),
-            attempts=row.attempts,
-            last_error=row.last_error,
-            created_at=as_utc(row.created_at),
-            saga_id=None if row.saga_id is None else str(row.saga_id),
+    events = []
+    for row in connection.execute(query):
+        payload, headers, problem = decode_row(row.payload, row.headers)
+        events.append(
+            DeadEvent(
+                id=str(row.id),
+                seq=row.seq,
+                topic=row.topic,
+                key=row.key,
+                payload=row.payload if problem and problem.startswith("payload") else payload,
+                headers=headers,
+                attempts=row.attempts,
+                last_error=row.last_error,
+                created_at=as_utc(row.created_at),
+                saga_id=None if row.saga_id is None else str(row.saga_id),
+            )
         )
-        for row in connection.execute(query)
-    ]
+    return events
 
 
 @overload

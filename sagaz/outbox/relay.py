@@ -12,9 +12,14 @@ waiting for a wake-up - the in-process post-commit signal, PostgreSQL LISTEN/NOT
 other processes, an event's retry time - or `poll_interval` at the latest. It also
 deletes published events and inbox rows past their retention every `retention_interval`.
 
+The claim is a lease of `claim_seconds` (5 s by default), renewed every third of it
+while the broker publishes the batch: events claimed by a relay that died are claimable
+again within `claim_seconds`. An event whose payload or headers cannot be read is
+dead-lettered alone, its reason naming the column; the rest of its batch is published.
+
 Delivery is at-least-once: an event is published again when its claim expires before it
-was marked (a crash, a lost database connection), so consumers deduplicate by message id
-(see the consumer inbox).
+was marked (a crash, a lost database connection, a relay stalled past its lease), so
+consumers deduplicate by message id (see the consumer inbox).
 """
 
 from __future__ import annotations
@@ -22,59 +27,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import random
-import socket
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz.engine import _describe as describe
 from sagaz.journal import utcnow
 from sagaz.outbox import claims
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.claims import ClaimedEvent, Failure, Settled
 from sagaz.outbox.listen import NotificationListener
 from sagaz.outbox.maintenance import RetentionResult, retain
+from sagaz.outbox.relay_pass import PassResult, backoff_delay, default_owner, split_outcomes
 from sagaz.signals import Subscription, outbox_signal
 from sagaz.store.failures import is_fatal, log_failure
 from sagaz.store.statements import OUTBOX_CHANNEL
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class PassResult:
-    """What one relay pass did."""
-
-    claimed: int = 0
-    published: int = 0
-    retried: int = 0
-    dead: int = 0
-    released: int = 0
-    """Events handed back untouched: they followed a failed event of their key."""
-    fenced: int = 0
-    """Events whose outcome was not recorded because another relay had claimed them."""
-
-
-def default_owner() -> str:
-    """A claim owner unique to this relay instance: host, pid and a random suffix."""
-    return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def backoff_delay(attempts: int, base: float, maximum: float) -> float:
-    """Seconds until the next attempt after `attempts` failed ones: exponential, capped at
-    `maximum`, with "equal jitter" (between half and all of it) so retries spread out."""
-    ceiling = min(maximum, base * 2.0 ** min(attempts, 62))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+__all__ = ["OutboxRelay", "PassResult", "backoff_delay", "default_owner"]
 
 
 class OutboxRelay:
@@ -92,7 +65,7 @@ class OutboxRelay:
         broker: Broker,
         *,
         batch_size: int = 500,
-        claim_seconds: float = 30.0,
+        claim_seconds: float = 5.0,
         max_attempts: int = 10,
         base_backoff: float = 1.0,
         max_backoff: float = 300.0,
@@ -153,20 +126,34 @@ class OutboxRelay:
 
     async def _pass(self, owner: str) -> PassResult:
         now = utcnow()
-        async with self.engine.begin() as connection:
-            events = await connection.run_sync(
-                lambda sync: claims.claim_batch(
-                    sync,
-                    owner=owner,
-                    limit=self.batch_size,
-                    now=now,
-                    expires=now + timedelta(seconds=self.claim_seconds),
-                )
+
+        def claim(connection: sa.Connection) -> tuple[list[ClaimedEvent], int]:
+            window = 2 * self.batch_size
+            events = claims.claim_batch(
+                connection,
+                owner=owner,
+                limit=self.batch_size,
+                now=now,
+                expires=now + timedelta(seconds=self.claim_seconds),
+                window=window,
             )
-        if not events:
-            return PassResult()
-        results = await self._publish(owner, events)
+            deferred = 0
+            if len(events) < self.batch_size:
+                deferred = claims.defer_blocked(connection, now=now, window=window)
+            return events, deferred
+
+        async with self.engine.begin() as connection:
+            claimed, deferred = await connection.run_sync(claim)
+        if not claimed:
+            return PassResult(deferred=deferred)
+        unreadable = [event for event in claimed if event.problem is not None]
+        events = [event for event in claimed if event.problem is None]
+        results = await self._publish(owner, events) if events else []
         published, failures = self._outcomes(events, results)
+        failures += [
+            Failure(event.seq, True, event.next_attempt_at, event.problem, final=True)
+            for event in unreadable
+        ]
         marked, settled = await self._record(owner, published, failures)
         retry_times = [
             f.next_attempt_at for f in failures if f.counted and f.seq in settled.retried
@@ -175,30 +162,39 @@ class OutboxRelay:
             earliest = min(retry_times)
             if self._next_retry_at is None or earliest < self._next_retry_at:
                 self._next_retry_at = earliest
-        if settled.dead:
+        if unreadable:
+            logger.error(
+                "outbox relay %s: dead-lettered %d unreadable event(s): %s",
+                self.owner,
+                len(unreadable),
+                "; ".join(f"seq {e.seq}: {e.problem}" for e in unreadable[:5]),
+            )
+        worn_out = settled.dead - {event.seq for event in unreadable}
+        if worn_out:
             logger.error(
                 "outbox relay %s: dead-lettered %d event(s) after %d attempts (seq %s)",
                 self.owner,
-                len(settled.dead),
+                len(worn_out),
                 self.max_attempts,
-                sorted(settled.dead)[:20],
+                sorted(worn_out)[:20],
             )
         recorded = len(marked) + len(settled.retried) + len(settled.dead)
-        if recorded < len(events):
+        if recorded < len(claimed):
             logger.warning(
                 "outbox relay %s: %d event(s) were claimed by another relay before their "
                 "outcome was recorded (claim_seconds=%s too short?)",
                 self.owner,
-                len(events) - recorded,
+                len(claimed) - recorded,
                 self.claim_seconds,
             )
         return PassResult(
-            claimed=len(events),
+            claimed=len(claimed),
             published=len(marked),
             retried=len([f for f in failures if f.counted and f.seq in settled.retried]),
             dead=len(settled.dead),
             released=len([f for f in failures if not f.counted and f.seq in settled.retried]),
-            fenced=len(events) - recorded,
+            fenced=len(claimed) - recorded,
+            deferred=deferred,
         )
 
     async def _publish(
@@ -249,38 +245,13 @@ class OutboxRelay:
     def _outcomes(
         self, events: Sequence[ClaimedEvent], results: Sequence[BaseException | None]
     ) -> tuple[list[int], list[Failure]]:
-        """Split a batch into confirmed events and failures; after a failed keyed event
-        the rest of its key is held back (released without counting an attempt)."""
-        now = utcnow()
-        published: list[int] = []
-        failures: list[Failure] = []
-        failed_keys: set[str] = set()
-        for event, error in zip(events, results, strict=True):
-            key = event.message.key
-            if key is not None and key in failed_keys:
-                if error is None:
-                    logger.error(
-                        "outbox relay %s: broker %s confirmed event %s after an earlier "
-                        "event of key %r failed (it breaks the Broker ordering contract)",
-                        self.owner,
-                        type(self.broker).__name__,
-                        event.message.id,
-                        key,
-                    )
-                    published.append(event.seq)
-                else:
-                    failures.append(Failure(event.seq, False, event.next_attempt_at))
-                continue
-            if error is None:
-                published.append(event.seq)
-                continue
-            delay = backoff_delay(event.attempts, self.base_backoff, self.max_backoff)
-            failures.append(
-                Failure(event.seq, True, now + timedelta(seconds=delay), describe(error))
-            )
-            if key is not None:
-                failed_keys.add(key)
-        return published, failures
+        return split_outcomes(
+            events,
+            results,
+            base_backoff=self.base_backoff,
+            max_backoff=self.max_backoff,
+            who=f"outbox relay {self.owner}: broker {type(self.broker).__name__}",
+        )
 
     async def _record(
         self, owner: str, published: Sequence[int], failures: Sequence[Failure]
@@ -397,9 +368,9 @@ class OutboxRelay:
                 await self._wait(wake, error_delay)
                 continue
             error_delay = 0.0
-            if result.claimed >= self.batch_size or result.dead:
-                # More may be due at once (a dead-lettered event unblocks its key): go on,
-                # and get the other passes going too.
+            if result.claimed >= self.batch_size or result.dead or result.deferred:
+                # More may be due at once (a dead-lettered event unblocks its key, deferred
+                # events make room in the claim's window): go on, and wake the other passes.
                 wake.set()
                 await asyncio.sleep(0)
                 continue

@@ -83,6 +83,7 @@ def assert_one_line_error(result: Result, fragment: str, exit_code: int = 2) -> 
         (["--published-retention-hours", "0"], "must be > 0 hours (or 'off'"),
         (["--inbox-retention-hours", "soon"], "neither a number of hours nor 'off'"),
         (["--retention-interval", "0"], "Invalid value for '--retention-interval'"),
+        (["--relay-lease-seconds", "0"], "Invalid value for '--relay-lease-seconds'"),
     ],
 )
 def test_bad_options_are_one_line_errors(
@@ -103,6 +104,7 @@ def test_bad_options_are_one_line_errors(
         ("SAGAZ_MAX_RETRIES", "three", "SAGAZ_MAX_RETRIES must be an integer"),
         ("SAGAZ_FAILURE_STRATEGY", "sometimes", "SAGAZ_FAILURE_STRATEGY must be one of"),
         ("SAGAZ_PUBLISHED_RETENTION_HOURS", "-1", "'--published-retention-hours'"),
+        ("SAGAZ_RELAY_LEASE_SECONDS", "soon", "'--relay-lease-seconds'"),
     ],
 )
 def test_bad_variables_are_one_line_errors_naming_them(
@@ -243,6 +245,19 @@ def test_defaults_without_variables(sqlite: DatabaseUrls, captured: Captured) ->
     assert relay.published_retention == timedelta(days=7)
     assert relay.inbox_retention == timedelta(days=7)
     assert relay.retention_interval == 300.0
+    assert relay.claim_seconds == 5.0
+
+
+def test_the_relay_lease_comes_from_its_option_or_variable(
+    sqlite: DatabaseUrls, captured: Captured
+) -> None:
+    env = {"SAGAZ_RELAY_LEASE_SECONDS": "2.5"}
+    result = run(["--url", sqlite.url, "--no-sagas"], env=env)
+    assert result.exit_code == 0, result.output
+    assert captured["relay"].claim_seconds == 2.5
+    result = run(["--url", sqlite.url, "--no-sagas", "--relay-lease-seconds", "1"], env=env)
+    assert result.exit_code == 0, result.output
+    assert captured["relay"].claim_seconds == 1.0
 
 
 def test_retention_options_reach_the_relay(sqlite: DatabaseUrls, captured: Captured) -> None:
