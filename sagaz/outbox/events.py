@@ -78,7 +78,7 @@ def build_event_row(
     (e.g. Django's).
     """
     _check_topic(topic)
-    ensure_json_value(payload, "payload")
+    payload = ensure_json_value(payload, "payload")
     if key is not None:
         _check_key(key)
     saga_uuid = None if saga_id is None else _checked_saga_id(saga_id)

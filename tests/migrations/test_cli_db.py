@@ -14,7 +14,7 @@ from sagaz.store import migrations
 from sagaz.store.schema import TABLE_NAMES
 from tests.conftest import DatabaseUrls
 
-HEAD = "0001_initial"
+HEAD = "0002_json_text"
 
 
 def invoke(*args: str, **kwargs: Any) -> Result:
