@@ -243,6 +243,14 @@ BAD_CALLS: list[tuple[str, Callable[[Session], object], type[Exception], str]] =
 def test_bad_input_is_refused_naming_it_and_committed_work_survives(
     sync_engine: sa.Engine, call: Callable[[Session], object], error: type[Exception], message: str
 ) -> None:
+    assert_refused_before_queueing(sync_engine, call, error, message)
+
+
+def assert_refused_before_queueing(
+    sync_engine: sa.Engine, call: Callable[[Session], object], error: type[Exception], message: str
+) -> None:
+    """`call` raises `error` with `message`, queues nothing, and the session's other work
+    still commits."""
     with Session(sync_engine) as session:
         kept = start_saga(session, HostileSaga, {"ok": True}, idempotency_key="kept")
         outbox.add(session, "kept", {"ok": True}, saga_id=kept)
