@@ -44,8 +44,8 @@ def topic_problem(topic: str) -> str | None:
         return "is empty"
     if len(topic) > MAX_TOPIC_LENGTH:
         return f"is {len(topic)} characters long; Kafka topics have at most {MAX_TOPIC_LENGTH}"
-    if not _TOPIC_CHARACTERS.fullmatch(topic):
-        bad = next(c for c in topic if not _TOPIC_CHARACTERS.fullmatch(c))
+    bad = _first_outside(_TOPIC_CHARACTERS, topic)
+    if bad is not None:
         return (
             f"contains {bad!r}; topics are made of [A-Za-z0-9._-] (Kafka's legal topic "
             "characters; NATS subjects also refuse whitespace and the wildcards * and >)"
@@ -62,8 +62,8 @@ def header_name_problem(name: str) -> str | None:
     """Why a broker would refuse (or sagaz overwrite) header `name`; None when none would."""
     if not name or len(name) > MAX_HEADER_NAME_LENGTH:
         return f"must be 1 to {MAX_HEADER_NAME_LENGTH} characters"
-    if not _HEADER_NAME.fullmatch(name):
-        bad = next(c for c in name if not _HEADER_NAME.fullmatch(c))
+    bad = _first_outside(_HEADER_NAME, name)
+    if bad is not None:
         return (
             f"contains {bad!r}; a header name must be an HTTP token (letters, digits and "
             "!#$%&'*+-.^_`|~), as NATS requires (a header line is 'Name: value')"
@@ -74,6 +74,13 @@ def header_name_problem(name: str) -> str | None:
             owner = "sagaz's own headers" if prefix == "sagaz-" else "NATS JetStream's"
             return f"starts with {prefix!r}, reserved for {owner}"
     return None
+
+
+def _first_outside(allowed: re.Pattern[str], text: str) -> str | None:
+    """The first character of `text` that `allowed` does not match, or None."""
+    if allowed.fullmatch(text):
+        return None
+    return next(c for c in text if not allowed.fullmatch(c))
 
 
 def header_value_problem(value: str) -> str | None:

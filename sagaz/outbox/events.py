@@ -134,12 +134,18 @@ def _check_key(key: object) -> None:
         raise InvalidContextError(
             f"key must be a str of at most {MAX_KEY_LENGTH} characters, got {got}"
         )
-    problem = text_problem(key)
+    _check_sent_text(key, "key", " (it travels as a header)")
+
+
+def _check_sent_text(text: str, what: str, note: str = "") -> None:
+    """Refuse `text` (named `what`) that could not be stored, or that a broker would
+    refuse or alter as a header value."""
+    problem = text_problem(text)
     if problem is not None:
-        raise InvalidContextError(f"key contains {problem}, which cannot be stored")
-    problem = header_value_problem(key)
+        raise InvalidContextError(f"{what} contains {problem}, which cannot be stored")
+    problem = header_value_problem(text)
     if problem is not None:
-        raise InvalidContextError(f"key {key!r:.80} {problem} (it travels as a header)")
+        raise InvalidContextError(f"{what} {problem}{note}")
 
 
 def _checked_saga_id(saga_id: object) -> str:
@@ -178,11 +184,6 @@ def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
                 f"header {name!r} value must be at most {MAX_HEADER_VALUE_LENGTH} characters, "
                 f"got {len(value)}"
             )
-        problem = text_problem(value)
-        if problem is not None:
-            raise InvalidContextError(f"header {name!r} value contains {problem}")
-        problem = header_value_problem(value)
-        if problem is not None:
-            raise InvalidContextError(f"header {name!r} value {problem}")
+        _check_sent_text(value, f"header {name!r} value")
         checked[name] = value
     return checked

@@ -21,60 +21,54 @@ EMPTY_TOKEN = "has an empty dot-separated token (a leading, trailing or doubled 
 TOPIC_CHARACTERS = "topics are made of [A-Za-z0-9._-] (Kafka's legal topic characters"
 HEADER_TOKEN = "a header name must be an HTTP token"
 
+
+def adding(
+    topic: object = "t", headers: dict[str, str] | None = None, key: str | None = None
+) -> Callable[[Session], object]:
+    """`outbox.add` of an event with `topic`, `headers` and `key`, through a session."""
+    return lambda s: outbox.add(s, topic, {}, key=key, headers=headers)  # type: ignore[arg-type]
+
+
+NATS_CANNOT_CARRY = "contains a control character, which NATS headers cannot carry"
+
+#: (case id, what is added, the start of the error's message)
 BROKER_CASES: list[tuple[str, Callable[[Session], object], str]] = [
-    ("nats-empty-token", lambda s: outbox.add(s, "a..b", {}), f"topic 'a..b' {EMPTY_TOKEN}"),
-    ("nats-leading-dot", lambda s: outbox.add(s, ".a", {}), EMPTY_TOKEN),
-    ("nats-trailing-dot", lambda s: outbox.add(s, "a.", {}), EMPTY_TOKEN),
-    ("kafka-dot", lambda s: outbox.add(s, ".", {}), EMPTY_TOKEN),
-    ("space", lambda s: outbox.add(s, "a b", {}), f"contains ' '; {TOPIC_CHARACTERS}"),
-    ("nats-wildcard-star", lambda s: outbox.add(s, "a.*", {}), "contains '*'"),
-    ("nats-wildcard-tail", lambda s: outbox.add(s, "a.>", {}), "contains '>'"),
-    ("kafka-colon", lambda s: outbox.add(s, "orders:created", {}), "contains ':'"),
-    ("kafka-slash", lambda s: outbox.add(s, "orders/created", {}), "contains '/'"),
-    ("empty", lambda s: outbox.add(s, "", {}), "topic '' is empty"),
-    ("not-str", lambda s: outbox.add(s, b"t", {}), "topic must be a str, got bytes"),  # type: ignore[arg-type]
+    ("nats-empty-token", adding("a..b"), f"topic 'a..b' {EMPTY_TOKEN}"),
+    ("nats-leading-dot", adding(".a"), EMPTY_TOKEN),
+    ("nats-trailing-dot", adding("a."), EMPTY_TOKEN),
+    ("kafka-dot", adding("."), EMPTY_TOKEN),
+    ("space", adding("a b"), f"contains ' '; {TOPIC_CHARACTERS}"),
+    ("nats-wildcard-star", adding("a.*"), "contains '*'"),
+    ("nats-wildcard-tail", adding("a.>"), "contains '>'"),
+    ("kafka-colon", adding("orders:created"), "contains ':'"),
+    ("kafka-slash", adding("orders/created"), "contains '/'"),
+    ("empty", adding(""), "topic '' is empty"),
+    ("not-str", adding(b"t"), "topic must be a str, got bytes"),
     (
         "nats-header-colon",
-        lambda s: outbox.add(s, "t", {}, headers={"x:colon": "v"}),
-        f"header name 'x:colon' contains ':'; {HEADER_TOKEN}",
+        adding(headers={"x:colon": "v"}),
+        f"'x:colon' contains ':'; {HEADER_TOKEN}",
     ),
-    (
-        "nats-header-space",
-        lambda s: outbox.add(s, "t", {}, headers={"x y": "v"}),
-        "header name 'x y' contains ' '",
-    ),
-    (
-        "header-empty-name",
-        lambda s: outbox.add(s, "t", {}, headers={"": "v"}),
-        "header name '' must be 1 to 128 characters",
-    ),
+    ("nats-header-space", adding(headers={"x y": "v"}), "header name 'x y' contains ' '"),
+    ("header-empty-name", adding(headers={"": "v"}), "header name '' must be 1 to 128 characters"),
     (
         "sagaz-header",
-        lambda s: outbox.add(s, "t", {}, headers={"Sagaz-Key": "k"}),
+        adding(headers={"Sagaz-Key": "k"}),
         "header name 'Sagaz-Key' starts with 'sagaz-', reserved for sagaz's own headers",
     ),
-    (
-        "jetstream-header",
-        lambda s: outbox.add(s, "t", {}, headers={"Nats-Msg-Id": "1"}),
-        "starts with 'nats-', reserved for NATS JetStream's",
-    ),
+    ("jetstream-header", adding(headers={"Nats-Msg-Id": "1"}), "reserved for NATS JetStream's"),
     (
         "nats-header-value-trimmed",
-        lambda s: outbox.add(s, "t", {}, headers={"h": " v"}),
+        adding(headers={"h": " v"}),
         "header 'h' value has leading or trailing whitespace, which NATS headers trim",
     ),
     (
         "nats-header-value-newline",
-        lambda s: outbox.add(s, "t", {}, headers={"h": "a\r\nb"}),
-        "header 'h' value contains a control character, which NATS headers cannot carry",
+        adding(headers={"h": "a\r\nb"}),
+        f"'h' value {NATS_CANNOT_CARRY}",
     ),
-    (
-        "key-newline",
-        lambda s: outbox.add(s, "t", {}, key="a\nb"),
-        "key 'a\\nb' contains a control character, which NATS headers cannot carry "
-        "(it travels as a header)",
-    ),
-    ("key-trailing-space", lambda s: outbox.add(s, "t", {}, key="k "), "NATS headers trim"),
+    ("key-newline", adding(key="a\nb"), f"key {NATS_CANNOT_CARRY} (it travels as a header)"),
+    ("key-trailing-space", adding(key="k "), "NATS headers trim"),
 ]
 
 

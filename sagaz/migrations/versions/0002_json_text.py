@@ -11,6 +11,7 @@ Create Date: 2026-12-04
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
@@ -29,28 +30,23 @@ COLUMNS = (
 
 
 def upgrade() -> None:
-    if op.get_context().dialect.name != "postgresql":
-        return
-    for table, column, nullable in COLUMNS:
-        op.alter_column(
-            table,
-            column,
-            type_=postgresql.JSON(none_as_null=True),
-            existing_type=postgresql.JSONB(none_as_null=True),
-            existing_nullable=nullable,
-            postgresql_using=f"{column}::json",
-        )
+    _convert(postgresql.JSON(none_as_null=True), postgresql.JSONB(none_as_null=True), "json")
 
 
 def downgrade() -> None:
+    _convert(postgresql.JSONB(none_as_null=True), postgresql.JSON(none_as_null=True), "jsonb")
+
+
+def _convert(to: sa.types.TypeEngine[object], was: sa.types.TypeEngine[object], cast: str) -> None:
+    """Change every document column's type to `to` on PostgreSQL (nothing on SQLite)."""
     if op.get_context().dialect.name != "postgresql":
         return
     for table, column, nullable in COLUMNS:
         op.alter_column(
             table,
             column,
-            type_=postgresql.JSONB(none_as_null=True),
-            existing_type=postgresql.JSON(none_as_null=True),
+            type_=to,
+            existing_type=was,
             existing_nullable=nullable,
-            postgresql_using=f"{column}::jsonb",
+            postgresql_using=f"{column}::{cast}",
         )
