@@ -135,11 +135,28 @@ def three_levels(session: Session) -> None:
 
 THREE_LEVELS = ([1, 7], [], ["l0", "l1"])
 
+
+def written_in_a_released_savepoint(session: Session) -> None:
+    """Outer rows written inside a savepoint that was released into another one: the
+    rollback of the outer savepoint undoes the write, and the rows survive it."""
+    start_saga(session, SavepointSaga, {"n": 1})
+    outbox.add(session, "kept.outer", {})
+    outer = session.begin_nested()
+    with session.begin_nested():
+        session.add(Item(id=2))
+        session.flush()  # the outer rows are written here
+    outer.rollback()
+    session.add(Item(id=1))
+
+
+RELEASED = ([1, 7], [1], ["kept.outer"])
+
 SCENARIOS: list[tuple[Callable[[Session], None], tuple[list[int], list[int], list[str]]]] = [
     (outer_rows_inner_flush_inner_rollback, OUTER),
     (get_or_create, GET_OR_CREATE),
     (rows_inside_a_rolled_back_savepoint, INSIDE),
     (three_levels, THREE_LEVELS),
+    (written_in_a_released_savepoint, RELEASED),
 ]
 IDS = [scenario.__name__ for scenario, _ in SCENARIOS]
 
