@@ -11,6 +11,11 @@ anything that passes can be written *and* read back:
   longer one could be written but never loaded again;
 * floats are finite (JSON has no NaN or infinity);
 * containers nest at most `MAX_DEPTH` levels and never contain themselves.
+
+What passes is stored as the text `encode_document` writes and reads back equal, type
+for type (``-0.0``, ``1e16`` and 600-digit integers included), except for these
+conversions: a mapping that is not a dict becomes a dict (at the call), a tuple a list,
+and subclasses of int, float and str (IntEnum, StrEnum, ...) their plain values.
 """
 
 from __future__ import annotations
@@ -32,22 +37,25 @@ _INT_BOUND = 10**MAX_INT_DIGITS
 def ensure_json_object(value: Any, what: str) -> dict[str, Any]:
     """Return `value` as a plain dict after checking it is a JSON object.
 
-    Raises InvalidContextError naming the path of the first value that is not plain JSON
-    (str keys; str, int, float, bool, None, list, tuple, dict values) or that could not
+    Any `Mapping` (MappingProxyType, UserDict, ...) is accepted as an object: the value
+    returned is a copy in which every mapping that is not a dict became a dict, so what
+    is stored is exactly what a read returns. Raises InvalidContextError naming the path
+    of the first value that is not plain JSON (str keys; str, int, float, bool, None,
+    list, tuple, mapping values) or that could not
     be stored and read back (see the module docstring: NUL characters, lone surrogates,
     integers longer than `MAX_INT_DIGITS` digits, NaN/infinity, nesting deeper than
     `MAX_DEPTH`, a container that contains itself).
     """
     if not isinstance(value, Mapping):
         raise InvalidContextError(f"{what} must be a mapping, got {type(value).__name__}")
-    _check_root(value, what)
-    return dict(value)
+    checked = _check_root(value, what)
+    return checked if checked is not value else dict(value)
 
 
 def ensure_json_value(value: Any, what: str) -> Any:
-    """Return `value` after checking it is plain JSON (any JSON value, not only objects)."""
-    _check_root(value, what)
-    return value
+    """Return `value` after checking it is plain JSON (any JSON value, not only objects),
+    with every mapping that is not a dict converted to one (see `ensure_json_object`)."""
+    return _check_root(value, what)
 
 
 def text_problem(text: str) -> str | None:
@@ -73,9 +81,9 @@ class _Refused(Exception):
         self.segments: list[object] = []
 
 
-def _check_root(value: Any, what: str) -> None:
+def _check_root(value: Any, what: str) -> Any:
     try:
-        _check(value, 0, set())
+        return _check(value, 0, set())
     except _Refused as refused:
         path = _path(what, refused.segments[::-1])
         raise InvalidContextError(f"{path} {refused.reason}") from None
@@ -89,26 +97,28 @@ def _path(what: str, segments: list[object]) -> str:
     return what + "".join(parts)
 
 
-def _check(value: Any, depth: int, active: set[int]) -> None:
-    """Refuse `value` (found inside `depth` containers, the ids of which are `active`)."""
+def _check(value: Any, depth: int, active: set[int]) -> Any:
+    """Refuse `value` (found inside `depth` containers, the ids of which are `active`);
+    return it, or a copy in which every mapping that is not a dict became one."""
     if isinstance(value, str):
         if (not value.isascii() or "\x00" in value) and (problem := text_problem(value)):
             raise _Refused(f"contains {problem}, which JSON cannot store")
-        return
+        return value
     if value is None or isinstance(value, bool):
-        return
+        return value
     if isinstance(value, int):
         if not -_INT_BOUND < value < _INT_BOUND:
             raise _Refused(
                 f"is an integer of more than {MAX_INT_DIGITS} digits, which could not be "
                 "read back; store it as a str"
             )
-        return
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _Refused(f"is {value!r}, which JSON cannot store")
-        return
-    is_mapping = type(value) is dict or isinstance(value, Mapping)
+        return value
+    is_dict = isinstance(value, dict)
+    is_mapping = is_dict or isinstance(value, Mapping)
     if not (is_mapping or isinstance(value, list | tuple)):
         raise _Refused(
             f"is a {type(value).__name__} ({_short_repr(value)}), which is not JSON-serialisable"
@@ -120,7 +130,9 @@ def _check(value: Any, depth: int, active: set[int]) -> None:
         raise _Refused("is a container that contains itself (a cycle)")
     active.add(identity)
     depth += 1
+    result = value
     if is_mapping:
+        converted: dict[str, Any] | None = None if is_dict else {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _Refused(
@@ -130,23 +142,50 @@ def _check(value: Any, depth: int, active: set[int]) -> None:
             if (not key.isascii() or "\x00" in key) and (problem := text_problem(key)):
                 raise _Refused(f"has a key {_short_repr(key)} with {problem}")
             try:
-                _check(item, depth, active)
+                checked = _check(item, depth, active)
             except _Refused as refused:
                 refused.segments.append(key)
                 raise
+            if converted is None and checked is not item:
+                converted = dict(value)  # copy on the first change; the rest follows
+            if converted is not None:
+                converted[key] = checked
+        if converted is not None:
+            result = converted
     else:
+        copied: list[Any] | None = None
         for index, item in enumerate(value):
             try:
-                _check(item, depth, active)
+                checked = _check(item, depth, active)
             except _Refused as refused:
                 refused.segments.append(index)
                 raise
+            if checked is not item:
+                if copied is None:
+                    copied = list(value)
+                copied[index] = checked
+        if copied is not None:
+            result = copied if isinstance(value, list) else tuple(copied)
     active.discard(identity)
+    return result
 
 
 def _short_repr(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def encode_document(value: Any) -> str:
+    """The JSON text sagaz stores for a checked `value`: keys in insertion order, floats
+    as their shortest repr (so they load back bit for bit, ``-0.0`` included), integers in
+    full, non-ASCII text as itself. Tuples become arrays; `int`, `float` and `str`
+    subclasses (IntEnum, StrEnum...) their plain values."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def decode_document(text: str) -> Any:
+    """The value of a document `encode_document` wrote."""
+    return json.loads(text)
 
 
 def dumps(value: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -11,21 +10,33 @@ from sagaz._json import ensure_json_value, text_problem
 from sagaz.context import current_correlation_id
 from sagaz.errors import InvalidContextError
 from sagaz.journal import utcnow
+from sagaz.outbox.broker_rules import (
+    MAX_HEADER_NAME_LENGTH,
+    MAX_TOPIC_LENGTH,
+    header_name_problem,
+    header_value_problem,
+    topic_problem,
+)
 from sagaz.signals import outbox_signal
 from sagaz.store.schema import outbox
 from sagaz.store.statements import OUTBOX_CHANNEL
 from sagaz.store.unit_of_work import AnySession, queue_row, sync_session_of
 
+__all__ = [
+    "CORRELATION_HEADER",
+    "MAX_HEADERS",
+    "MAX_HEADER_NAME_LENGTH",
+    "MAX_HEADER_VALUE_LENGTH",
+    "MAX_KEY_LENGTH",
+    "MAX_TOPIC_LENGTH",
+    "add",
+    "build_event_row",
+]
+
 CORRELATION_HEADER = "correlation-id"
-MAX_TOPIC_LENGTH = 255
 MAX_KEY_LENGTH = 255
 MAX_HEADERS = 32
-MAX_HEADER_NAME_LENGTH = 128
 MAX_HEADER_VALUE_LENGTH = 4096
-
-_TOPIC = re.compile(r"[A-Za-z0-9._:/-]+")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9._:-]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def add(
@@ -48,13 +59,17 @@ def add(
     a `uuid.UUID` or its str form; it is stored in canonical form and not checked against
     the sagas table.
 
-    Raises InvalidContextError before anything is queued for: a topic that is not a
-    non-empty str of at most 255 characters of `[A-Za-z0-9._:/-]`; a payload that is not
-    JSON or could not be read back (see `sagaz._json`); a key that is not a str of at most
-    255 characters without NUL characters or lone surrogates; headers that are not a
-    small mapping of str names to str values without control characters or lone
-    surrogates; a saga_id that is not a UUID. Nothing is awaited: the same call serves
-    Session and AsyncSession.
+    The payload is any JSON value (None is JSON ``null``); a mapping that is not a dict
+    inside it is converted to a dict, and it reads back exactly (see `sagaz._json`).
+
+    Raises InvalidContextError before anything is queued for: a topic, header name,
+    header value or key that a supported broker would refuse or alter (the error names
+    the broker rule; see `sagaz.outbox.broker_rules`: topics are 1 to 249 characters of
+    `[A-Za-z0-9._-]` without empty dot-separated tokens); a payload that is not JSON or
+    could not be read back (see `sagaz._json`); a key that is not a str of at most 255
+    characters, or holds a NUL character or a lone surrogate; more than 32 headers, or
+    values that are not str of at most 4096 characters without lone surrogates; a saga_id
+    that is not a UUID. Nothing is awaited: the same call serves Session and AsyncSession.
     """
     sync_session = sync_session_of(session, "outbox.add")
     row = build_event_row(topic, payload, key=key, headers=headers, saga_id=saga_id)
@@ -78,7 +93,7 @@ def build_event_row(
     (e.g. Django's).
     """
     _check_topic(topic)
-    ensure_json_value(payload, "payload")
+    payload = ensure_json_value(payload, "payload")
     if key is not None:
         _check_key(key)
     saga_uuid = None if saga_id is None else _checked_saga_id(saga_id)
@@ -106,11 +121,11 @@ def build_event_row(
 
 
 def _check_topic(topic: object) -> None:
-    if not isinstance(topic, str) or len(topic) > MAX_TOPIC_LENGTH or not _TOPIC.fullmatch(topic):
-        raise InvalidContextError(
-            f"topic must be a non-empty str of at most {MAX_TOPIC_LENGTH} characters from "
-            f"[A-Za-z0-9._:/-], got {topic!r:.80}"
-        )
+    if not isinstance(topic, str):
+        raise InvalidContextError(f"topic must be a str, got {type(topic).__name__}")
+    problem = topic_problem(topic)
+    if problem is not None:
+        raise InvalidContextError(f"topic {topic!r:.80} {problem}")
 
 
 def _check_key(key: object) -> None:
@@ -119,9 +134,18 @@ def _check_key(key: object) -> None:
         raise InvalidContextError(
             f"key must be a str of at most {MAX_KEY_LENGTH} characters, got {got}"
         )
-    problem = text_problem(key)
+    _check_sent_text(key, "key", " (it travels as a header)")
+
+
+def _check_sent_text(text: str, what: str, note: str = "") -> None:
+    """Refuse `text` (named `what`) that could not be stored, or that a broker would
+    refuse or alter as a header value."""
+    problem = text_problem(text)
     if problem is not None:
-        raise InvalidContextError(f"key contains {problem}, which cannot be stored")
+        raise InvalidContextError(f"{what} contains {problem}, which cannot be stored")
+    problem = header_value_problem(text)
+    if problem is not None:
+        raise InvalidContextError(f"{what} {problem}{note}")
 
 
 def _checked_saga_id(saga_id: object) -> str:
@@ -146,27 +170,20 @@ def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         raise InvalidContextError(f"at most {MAX_HEADERS} headers are allowed, got {len(headers)}")
     checked: dict[str, str] = {}
     for name, value in headers.items():
-        if (
-            not isinstance(name, str)
-            or len(name) > MAX_HEADER_NAME_LENGTH
-            or not _HEADER_NAME.fullmatch(name)
-        ):
-            raise InvalidContextError(
-                f"header name {name!r:.80} must be a str of at most {MAX_HEADER_NAME_LENGTH} "
-                "characters from [A-Za-z0-9._:-]"
-            )
+        if not isinstance(name, str):
+            raise InvalidContextError(f"header name {name!r:.80} must be a str")
+        problem = header_name_problem(name)
+        if problem is not None:
+            raise InvalidContextError(f"header name {name!r:.80} {problem}")
         if not isinstance(value, str):
             raise InvalidContextError(
                 f"header {name!r} must have a str value, got {type(value).__name__}"
             )
-        if (
-            len(value) > MAX_HEADER_VALUE_LENGTH
-            or _CONTROL.search(value)
-            or text_problem(value) is not None
-        ):
+        if len(value) > MAX_HEADER_VALUE_LENGTH:
             raise InvalidContextError(
-                f"header {name!r} value must be at most {MAX_HEADER_VALUE_LENGTH} characters "
-                "with no control characters or lone surrogates"
+                f"header {name!r} value must be at most {MAX_HEADER_VALUE_LENGTH} characters, "
+                f"got {len(value)}"
             )
+        _check_sent_text(value, f"header {name!r} value")
         checked[name] = value
     return checked

@@ -5,15 +5,17 @@ test proves the migrations produce exactly these tables. Everything lives on sag
 `metadata` (never the application's), with a naming convention so constraint names are
 stable across databases.
 
-Dialect notes: JSON columns are JSONB on PostgreSQL; the outbox's `seq` is a BIGINT
-identity on PostgreSQL and SQLite's INTEGER PRIMARY KEY (rowid) elsewhere; the "pending"
-indexes are partial on both PostgreSQL and SQLite.
+Dialect notes: JSON documents are stored as sagaz's own JSON text (`JSONText`: ``json``
+on PostgreSQL, a BLOB in SQLite's ``JSON`` column), so they read back exactly; the
+outbox's `seq` is a BIGINT identity on PostgreSQL and SQLite's INTEGER PRIMARY KEY
+(rowid) elsewhere; the "pending" indexes are partial on both PostgreSQL and SQLite.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+
+from sagaz.store.json_text import JSONText
 
 TABLE_PREFIX = "sagaz_"
 
@@ -27,11 +29,11 @@ NAMING_CONVENTION = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
-#: JSON everywhere, JSONB on PostgreSQL (indexable, compact, compared by value).
+#: A JSON document that reads back exactly as written (see `sagaz.store.json_text`).
 #: Python None is stored as SQL NULL (not JSON null), so COALESCE can merge documents.
-JSONDocument = sa.JSON(none_as_null=True).with_variant(
-    postgresql.JSONB(none_as_null=True), "postgresql"
-)
+JSONDocument = JSONText()
+#: The outbox payload: any JSON value, None being the JSON document ``null``.
+JSONPayload = JSONText(json_null=True)
 #: A 64-bit counter that autoincrements on PostgreSQL and SQLite alike.
 BigSerial = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)
@@ -104,7 +106,7 @@ outbox = sa.Table(
     sa.Column("id", SAGA_ID, nullable=False, unique=True),
     sa.Column("topic", sa.String(255), nullable=False),
     sa.Column("key", sa.String(255), nullable=True),
-    sa.Column("payload", JSONDocument, nullable=False),
+    sa.Column("payload", JSONPayload, nullable=False),
     sa.Column("headers", JSONDocument, nullable=False),
     sa.Column("status", sa.String(20), nullable=False, server_default="pending"),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),

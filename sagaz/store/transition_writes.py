@@ -200,6 +200,8 @@ def json_rows(rows: Sequence[Any]) -> str:
     PostgreSQL statements take a whole batch as this one parameter and unpack it with
     `json_to_recordset`: encoding it is one C-level `json.dumps`, where per-column arrays
     cost psycopg a Python-level escape of every element (twice the CPU per batch).
+    The contexts and results inside are unpacked as ``json`` (never ``jsonb``), which
+    keeps their text as `json.dumps` wrote it: numbers stay exact (see `JSONText`).
     """
     return json.dumps(rows, separators=(",", ":"), default=_iso_datetime)
 
@@ -221,7 +223,7 @@ PG_SAGA_UPDATE = sa.text(
         lease_expires_at = CASE WHEN u.b_release THEN NULL ELSE s.lease_expires_at END,
         updated_at = u.b_updated_at
     FROM json_to_recordset(CAST(:rows AS json)) AS u(
-        b_id uuid, b_status varchar, b_context jsonb, b_error text,
+        b_id uuid, b_status varchar, b_context json, b_error text,
         b_correlation_id varchar, b_release boolean, b_updated_at timestamptz
     )
     WHERE s.id = u.b_id
@@ -236,7 +238,7 @@ PG_STEP_UPSERT = sa.text(
     SELECT u.saga_id, u.name, u.status, u.result, u.attempts, u.error,
            u.started_at, u.finished_at, u.updated_at
     FROM json_to_recordset(CAST(:rows AS json)) AS u(
-        saga_id uuid, name varchar, status varchar, result jsonb, attempts integer,
+        saga_id uuid, name varchar, status varchar, result json, attempts integer,
         error text, started_at timestamptz, finished_at timestamptz, updated_at timestamptz
     )
     ON CONFLICT (saga_id, name) DO UPDATE SET

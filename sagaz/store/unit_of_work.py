@@ -8,8 +8,10 @@ flush or commit, on the session's own connection:
 
 * `after_flush` and `before_commit` write the queued rows: one INSERT per table (the
   NOTIFY on PostgreSQL rides in the same statement);
-* `after_soft_rollback` drops rows queued in the transaction or savepoint that rolled back
-  (rows already written are undone by the database itself);
+* `after_soft_rollback` of a savepoint drops the rows queued inside it, and queues again
+  the rows queued *outside* it that a flush inside it wrote (the database undid that
+  write; the next flush or commit writes them again - ``ON CONFLICT DO NOTHING`` keeps
+  the repeat harmless); a rollback of the whole transaction drops everything;
 * `after_commit` of the outermost transaction wakes this process's workers; a rollback
   wakes nobody;
 * `after_transaction_end` of the outermost transaction forgets whatever is left.
@@ -59,14 +61,21 @@ BindArguments = Mapping[str, Any] | Callable[[Session], Mapping[str, Any]]
 class _QueuedRow:
     table: sa.Table
     row: dict[str, Any]
+    #: The transaction or savepoint current when the row was queued: the row dies with it.
     transaction: SessionTransaction | None
     channel: str
     signal: WakeSignal
+    #: The savepoint current when a flush wrote the row (None: not written yet, or
+    #: written outside every savepoint, where only the whole transaction can undo it).
+    written_in: SessionTransaction | None = None
 
 
 @dataclass(slots=True)
 class _Buffer:
     queued: list[_QueuedRow] = field(default_factory=list)
+    #: Rows written inside a savepoint that is still open or released into an open one:
+    #: a rollback of that savepoint undoes the write, so they may have to be queued again.
+    written: list[_QueuedRow] = field(default_factory=list)
     signals: set[WakeSignal] = field(default_factory=set)
 
 
@@ -120,6 +129,7 @@ def _write_queued(session: Session) -> None:
         return
     connection = _connection_for_rows(session)  # may refuse: the rows stay queued
     queued, buffer.queued = buffer.queued, []
+    _remember_written(session, buffer, queued)
     dialect = connection.dialect.name
     by_table: dict[sa.Table, list[_QueuedRow]] = {}
     for item in queued:
@@ -134,6 +144,20 @@ def _write_queued(session: Session) -> None:
             )
             connection.execute(statement)
         buffer.signals.add(items[0].signal)
+
+
+def _remember_written(session: Session, buffer: _Buffer, rows: list[_QueuedRow]) -> None:
+    """Note the savepoint `rows` are written in, so that its rollback can queue them again.
+
+    Rows written outside every savepoint need no note: only a rollback of the whole
+    transaction undoes them, and that drops everything anyway.
+    """
+    savepoint = session.get_nested_transaction()
+    if savepoint is None:
+        return
+    for item in rows:
+        item.written_in = savepoint
+    buffer.written.extend(rows)
 
 
 def _connection_for_rows(session: Session) -> sa.Connection:
@@ -157,11 +181,24 @@ def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None
     buffer: _Buffer | None = session.info.get(_INFO_KEY)
     if buffer is None:
         return
+    # A flush that fails rolls back its own subtransaction, and with it - in the
+    # database - everything up to the nearest savepoint (or the whole transaction).
+    while previous.parent is not None and not previous.nested:
+        previous = previous.parent
     if previous.parent is None:
         buffer.queued.clear()
+        buffer.written.clear()
         buffer.signals.clear()
         return
-    buffer.queued = [q for q in buffer.queued if not _inside(q.transaction, previous)]
+    # The database undid every write made inside `previous`: rows queued outside it go
+    # back to the queue (oldest first, keeping their own transaction), the rest are gone.
+    undone = [q for q in buffer.written if _inside(q.written_in, previous)]
+    if undone:
+        buffer.written = [q for q in buffer.written if not _inside(q.written_in, previous)]
+        for item in undone:
+            item.written_in = None
+    survivors = [q for q in undone if not _inside(q.transaction, previous)]
+    buffer.queued = survivors + [q for q in buffer.queued if not _inside(q.transaction, previous)]
 
 
 def _inside(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:

@@ -23,7 +23,7 @@ from sagaz.store.schema import TABLE_NAMES, metadata
 from tests.conftest import DatabaseUrls
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0004_worker_claims"
+HEAD = "0003_worker_claims"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -168,7 +168,7 @@ def test_the_comparisons_notice_differences(
 
         if empty.dialect == "postgresql":
             with engine.begin() as connection:
-                connection.exec_driver_sql("ALTER TABLE sagaz_sagas ALTER context TYPE json")
+                connection.exec_driver_sql("ALTER TABLE sagaz_sagas ALTER context TYPE jsonb")
             (change,) = autogenerate_diff(engine)
             assert change[0][0] == "modify_type"
             assert change[0][3] == "context"
@@ -317,6 +317,7 @@ def test_alembic_offline_sql_script() -> None:
         "upgrade", "head", "--sql", env={"SAGAZ_DATABASE_URL": "postgresql://nowhere/x"}
     ).stdout
     assert "CREATE TABLE sagaz_sagas" in script
-    assert "JSONB" in script
+    assert "JSONB" in script  # 0001_initial
+    assert "ALTER COLUMN payload TYPE JSON USING payload::json" in script  # 0002_json_text
     assert "WHERE status = 'pending'" in script
     assert "INSERT INTO sagaz_alembic_version" in script

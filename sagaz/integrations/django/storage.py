@@ -69,7 +69,8 @@ class CompiledInsert:
         for name, value in values.items():
             processor = self.processors[name]
             parameters[self.names.get(name, name)] = (
-                processor(value) if processor is not None and value is not None else value
+                # None too: the outbox payload's processor turns it into JSON null
+                processor(value) if processor is not None else value
             )
         return parameters
 

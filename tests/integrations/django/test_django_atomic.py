@@ -28,6 +28,7 @@ from sagaz.store.engines import create_engine
 from sagaz.store.statements import OUTBOX_CHANNEL, SAGA_CHANNEL
 from tests.integrations.django.conftest import SCHEMA
 from tests.integrations.django.helpers import committed
+from tests.store.exact import same
 
 BOTH = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
 
@@ -67,6 +68,19 @@ def test_order_saga_and_event_commit_together(alias: str) -> None:
         {"correlation-id": "corr-1"},
         "pending",
     )
+
+
+@BOTH
+def test_a_none_payload_and_every_number_read_back_exactly(alias: str) -> None:
+    numbers = [-0.0, 1.0, 1e16, 2**64, 10**599]
+    with transaction.atomic(using=alias):
+        Order.objects.using(alias).create(item="exact", amount=1)
+        atomic_outbox_add("t.none", None, using=alias)
+        atomic_outbox_add("t.numbers", numbers, using=alias)
+        atomic_outbox_add("t.number", 1.0, using=alias)
+    seen = committed(alias)
+    assert seen["orders"] == ["exact"]
+    assert same([event.payload for event in seen["events"]], [None, numbers, 1.0])
 
 
 @BOTH

@@ -1,8 +1,8 @@
 """The give-up rule counts claims without progress: sagaz_sagas.claimed_at and
 sagaz_sagas.stalled_claims.
 
-Revision ID: 0004_worker_claims
-Revises: 0001_initial
+Revision ID: 0003_worker_claims
+Revises: 0002_json_text
 Create Date: 2026-12-04
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_worker_claims"
-down_revision = "0001_initial"
+revision = "0003_worker_claims"
+down_revision = "0002_json_text"
 branch_labels = None
 depends_on = None
 

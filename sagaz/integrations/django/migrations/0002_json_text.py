@@ -1,4 +1,4 @@
-"""The give-up rule counts claims without progress: Alembic revision 0004_worker_claims."""
+"""JSON documents as text (PostgreSQL ``json``): Alembic revision 0002_json_text."""
 
 from __future__ import annotations
 
@@ -9,4 +9,4 @@ from sagaz.integrations.django.operations import AlembicRevision
 
 class Migration(migrations.Migration):
     dependencies = (("sagaz", "0001_initial"),)
-    operations = (AlembicRevision("0004_worker_claims", down_revision="0001_initial"),)
+    operations = (AlembicRevision("0002_json_text", down_revision="0001_initial"),)
