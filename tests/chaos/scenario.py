@@ -1,0 +1,102 @@
+"""The chaos schedule: what is done to the running system, and when.
+
+During `seconds`: a SIGKILL of a worker every 2-3 s (replaced at once; preferably one
+whose relay holds a claim), worker pauses (SIGSTOP/SIGCONT) longer than the lease (of the
+worker running the most doomed sagas' `reserve`), an immediate restart of PostgreSQL, cuts of the
+workers' broker connections (the proxy drops them and refuses new ones for a moment) and
+a SIGKILL of the consumer. The one-off disruptions are spread so they overlap the kills
+but not each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+from sagaz.journal import utcnow
+from tests.brokers.broker_helpers import TcpProxy
+from tests.chaos.cluster import Cluster
+from tests.chaos.ledger import ChaosLog
+from tests.chaos.processes import Consumer, Workers
+from tests.chaos.targets import Targets
+
+
+@dataclass(frozen=True)
+class Schedule:
+    seconds: float = 40.0
+    kill_every: tuple[float, float] = (2.0, 3.0)
+    pauses_at: tuple[float, ...] = (6.0, 26.0)
+    pause_seconds: float = 6.0
+    restart_at: float = 17.0
+    cuts_at: tuple[float, ...] = (12.5, 33.0)
+    cut_seconds: float = 1.5
+    consumer_kill_at: float = 22.0
+
+
+async def run_chaos(
+    schedule: Schedule,
+    log: ChaosLog,
+    *,
+    workers: Workers,
+    consumer: Consumer,
+    proxy: TcpProxy,
+    cluster: Cluster,
+    targets: Targets,
+    rng: random.Random,
+) -> None:
+    """Run the schedule to its end; `log` records what was done and when it ended."""
+    start = time.monotonic()
+    log.started = utcnow()
+
+    async def at(offset: float) -> None:
+        await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
+
+    async def kills() -> None:
+        offset = 0.0
+        while True:
+            offset += rng.uniform(*schedule.kill_every)
+            if offset > schedule.seconds:
+                return
+            await at(offset)
+            holders = await targets.relay_claim_holders()
+            pid = await workers.kill_one(holders)
+            log.worker_kills = workers.kills
+            if pid in holders and await targets.still_claimed_by(pid):
+                log.kills_mid_batch += 1
+
+    async def pause(offset: float) -> None:
+        await at(offset)
+        aimed = await targets.doomed_in_reserve()
+        log.pause_targets.append(len(aimed))
+        await workers.pause_one(schedule.pause_seconds, aimed)
+        log.pauses = list(workers.pauses)
+
+    async def restart() -> None:
+        await at(schedule.restart_at)
+        process = await asyncio.create_subprocess_exec(*cluster.restart_command())
+        if await process.wait() != 0:
+            raise RuntimeError(f"{cluster.restart_command()} failed")
+        log.postgres_restarts += 1
+
+    async def cut(offset: float) -> None:
+        await at(offset)
+        proxy.drop()
+        await asyncio.sleep(schedule.cut_seconds)
+        proxy.restore()
+        log.broker_cuts += 1
+
+    async def kill_consumer() -> None:
+        await at(schedule.consumer_kill_at)
+        await consumer.kill_and_restart()
+        log.consumer_kills = consumer.kills
+
+    await asyncio.gather(
+        kills(),
+        *(pause(offset) for offset in schedule.pauses_at),
+        restart(),
+        *(cut(offset) for offset in schedule.cuts_at),
+        kill_consumer(),
+    )
+    log.ended = utcnow()
