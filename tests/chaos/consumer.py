@@ -3,10 +3,10 @@ into PostgreSQL, exactly once, through sagaz's consumer inbox.
 
     python -m tests.chaos.consumer DATABASE_URL NATS_URL STREAM DURABLE
 
-Each message is processed in one transaction - its `chaos_consumed` row and its inbox row
-(`ConsumerInbox.process`) - and acknowledged only after that commit. A message whose
-transaction failed (the database restarting) is not acknowledged: JetStream delivers it
-again after the durable consumer's `ack_wait`. A process killed between the commit and
+Each fetched batch is processed in one transaction - per message its `chaos_consumed` row
+and its inbox row (`process_once`) - and acknowledged only after that commit. Messages
+whose transaction failed (the database restarting) are not acknowledged: JetStream
+delivers them again. A process killed between the commit and
 the ack sees its messages again in its successor, which the inbox skips. Repeats skipped
 are counted in `chaos_inbox_skips`.
 
@@ -28,13 +28,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sagaz.outbox.brokers.nats import fetch, message_id_of
-from sagaz.outbox.inbox import ConsumerInbox
+from sagaz.outbox.inbox import process_once
 from sagaz.store.engines import create_async_engine
 from tests.chaos.chaos_sagas import consumed, inbox_skips
 
 CONSUMER = "chaos-consumer"
 #: Seconds JetStream waits for an ack before delivering a message again.
-ACK_WAIT = 2.0
+ACK_WAIT = 4.0
 
 
 def durable_config(durable: str) -> ConsumerConfig:
@@ -49,31 +49,43 @@ def durable_config(durable: str) -> ConsumerConfig:
     )
 
 
-async def handle(
-    inbox: ConsumerInbox, sessions: async_sessionmaker[AsyncSession], msg: Msg
-) -> None:
-    message_id = message_id_of(msg)
+async def handle_batch(sessions: async_sessionmaker[AsyncSession], batch: list[Msg]) -> None:
+    """Process `batch` in one transaction (each message through the inbox), then ack it.
 
-    async def write(session: AsyncSession) -> None:
-        await session.execute(
-            sa.insert(consumed).values(
-                message_id=message_id, pid=os.getpid(), deliveries=msg.metadata.num_delivered
-            )
-        )
-
+    If the transaction fails (the database is away), nothing is acknowledged: JetStream
+    delivers the messages again.
+    """
+    repeats: list[str] = []
     try:
-        first = await inbox.process(message_id, write)
-    except Exception:
-        # Not processed (the database is away): no ack, JetStream redelivers.
-        with contextlib.suppress(Exception):
-            await msg.nak(delay=0.5)
+        async with sessions() as session, session.begin():
+            for msg in batch:
+                message_id = message_id_of(msg)
+                row = {
+                    "message_id": message_id,
+                    "pid": os.getpid(),
+                    "deliveries": msg.metadata.num_delivered,
+                }
+
+                async def write(
+                    row: dict[str, object] = row, session: AsyncSession = session
+                ) -> None:
+                    await session.execute(sa.insert(consumed).values(**row))
+
+                if not await process_once(session, CONSUMER, message_id, write):
+                    repeats.append(message_id)
+            if repeats:
+                await session.execute(
+                    sa.insert(inbox_skips), [{"message_id": message_id} for message_id in repeats]
+                )
+    except Exception as error:
+        print(f"consumer: batch of {len(batch)} not processed: {error!r:.200}", flush=True)
+        for msg in batch:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=0.5)
         await asyncio.sleep(0.2)
         return
-    if not first:
-        with contextlib.suppress(Exception):
-            async with sessions() as session, session.begin():
-                await session.execute(sa.insert(inbox_skips).values(message_id=message_id))
-    await msg.ack()
+    for msg in batch:
+        await msg.ack()
 
 
 async def consume(database_url: str, nats_url: str, stream: str, durable: str) -> None:
@@ -81,7 +93,6 @@ async def consume(database_url: str, nats_url: str, stream: str, durable: str) -
 
     engine = create_async_engine(database_url, pool_size=2)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    inbox = ConsumerInbox(CONSUMER, sessions)
     client = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     subscription = await client.jetstream().pull_subscribe_bind(durable, stream)
     stopping = asyncio.Event()
@@ -90,8 +101,9 @@ async def consume(database_url: str, nats_url: str, stream: str, durable: str) -
     print("consumer ready", flush=True)
     try:
         while not stopping.is_set():
-            for msg in await fetch(subscription, 100, max_wait=0.5):
-                await handle(inbox, sessions, msg)
+            batch = await fetch(subscription, 100, max_wait=0.2)
+            if batch:
+                await handle_batch(sessions, batch)
     finally:
         await client.close()
         await engine.dispose()

@@ -34,7 +34,7 @@ class ChaosLog:
     worker_kills: int = 0
     kills_mid_batch: int = 0
     pauses: list[float] = field(default_factory=list)
-    pause_targets: list[int] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)
     lease_seconds: float = 0.0
     postgres_restarts: int = 0
     broker_cuts: int = 0
@@ -46,6 +46,7 @@ class ChaosLog:
 @dataclass
 class Ledger:
     counts: dict[str, Any] = field(default_factory=dict)
+    timeline: list[str] = field(default_factory=list)
     #: promise -> the examples that break it (empty: kept)
     broken: dict[str, list[str]] = field(default_factory=dict)
 
@@ -56,6 +57,8 @@ class Ledger:
         width = max(len(key) for key in self.counts)
         lines = ["", "== chaos ledger"]
         lines += [f"  {key:<{width}}  {value}" for key, value in self.counts.items()]
+        lines.append("== chaos timeline (s, what)")
+        lines += [f"  {entry}" for entry in self.timeline]
         lines.append("== promises (issue 11)")
         for name, offenders in self.broken.items():
             verdict = "ok" if not offenders else f"BROKEN x{len(offenders)}: {offenders[:5]}"
@@ -79,15 +82,15 @@ async def collect(
     chaos: ChaosLog,
     worker_log: str,
 ) -> Ledger:
-    ledger = Ledger()
+    ledger = Ledger(timeline=chaos.timeline)
     await _sagas(ledger, chaos_db, effects_db, effects_schema, producer)
     await _events(ledger, chaos_db, producer, chaos)
     assert chaos.ended is not None
     ledger.counts.update(
         {
+            "aiming look-ups that failed": f"{len(chaos.aiming_errors)} {chaos.aiming_errors[:3]}",
             "worker SIGKILLs": chaos.worker_kills,
             "... of a relay holding claimed events": chaos.kills_mid_batch,
-            "pauses aimed at a worker in a doomed reserve": chaos.pause_targets,
             "worker pauses (s, lease)": f"{[round(p, 1) for p in chaos.pauses]}, "
             f"{chaos.lease_seconds}",
             "PostgreSQL immediate restarts": chaos.postgres_restarts,

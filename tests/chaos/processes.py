@@ -24,6 +24,7 @@ class Process:
     log: Path
     started: float = field(default_factory=time.monotonic)
     paused: bool = False
+    resumed: float = 0.0
 
     @property
     def alive(self) -> bool:
@@ -107,7 +108,10 @@ class Workers(ProcessGroup):
         return [p for p in self.started if p.alive]
 
     def _victim(self, prefer: Collection[int]) -> Process | None:
-        candidates = [p for p in self.current if not p.paused]
+        # A worker just resumed is left alone a moment: what it does after its pause
+        # (an effect written after the new owner compensated) is what the pause tests.
+        now = time.monotonic()
+        candidates = [p for p in self.current if not p.paused and now - p.resumed > 3.0]
         for pid in prefer:
             for process in candidates:
                 if process.popen.pid == pid:
@@ -128,12 +132,12 @@ class Workers(ProcessGroup):
         self.start()
         return victim.popen.pid
 
-    async def pause_one(self, seconds: float, prefer: Collection[int] = ()) -> None:
+    async def pause_one(self, seconds: float, prefer: Collection[int] = ()) -> int | None:
         """SIGSTOP one worker (preferably one in `prefer`) for `seconds` (longer than its
         lease), then SIGCONT it."""
         victim = self._victim(prefer)
         if victim is None:
-            return
+            return None
         victim.paused = True
         victim.popen.send_signal(signal.SIGSTOP)
         started = time.monotonic()
@@ -142,7 +146,9 @@ class Workers(ProcessGroup):
         finally:
             victim.popen.send_signal(signal.SIGCONT)
             victim.paused = False
+            victim.resumed = time.monotonic()
         self.pauses.append(time.monotonic() - started)
+        return victim.popen.pid
 
 
 class Consumer(ProcessGroup):

@@ -27,8 +27,8 @@ from tests.chaos.targets import Targets
 class Schedule:
     seconds: float = 40.0
     kill_every: tuple[float, float] = (2.0, 3.0)
-    pauses_at: tuple[float, ...] = (6.0, 26.0)
-    pause_seconds: float = 6.0
+    pauses_at: tuple[float, ...] = (5.0, 25.0)
+    pause_seconds: float = 8.0
     restart_at: float = 17.0
     cuts_at: tuple[float, ...] = (12.5, 33.0)
     cut_seconds: float = 1.5
@@ -53,6 +53,9 @@ async def run_chaos(
     async def at(offset: float) -> None:
         await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
 
+    def note(what: str) -> None:
+        log.timeline.append(f"{time.monotonic() - start:5.1f} {what}")
+
     async def kills() -> None:
         offset = 0.0
         while True:
@@ -63,34 +66,41 @@ async def run_chaos(
             holders = await targets.relay_claim_holders()
             pid = await workers.kill_one(holders)
             log.worker_kills = workers.kills
-            if pid in holders and await targets.still_claimed_by(pid):
-                log.kills_mid_batch += 1
+            caught = pid in holders and await targets.still_claimed_by(pid)
+            log.kills_mid_batch += caught
+            note(f"SIGKILL worker {pid}{' (its relay held claims)' if caught else ''}")
 
     async def pause(offset: float) -> None:
         await at(offset)
         aimed = await targets.doomed_in_reserve()
-        log.pause_targets.append(len(aimed))
-        await workers.pause_one(schedule.pause_seconds, aimed)
+        note(f"SIGSTOP (workers in a doomed reserve: {aimed})")
+        pid = await workers.pause_one(schedule.pause_seconds, aimed)
+        note(f"SIGCONT worker {pid}")
         log.pauses = list(workers.pauses)
 
     async def restart() -> None:
         await at(schedule.restart_at)
+        note("PostgreSQL restart -m immediate")
         process = await asyncio.create_subprocess_exec(*cluster.restart_command())
         if await process.wait() != 0:
             raise RuntimeError(f"{cluster.restart_command()} failed")
         log.postgres_restarts += 1
+        note("PostgreSQL restarted")
 
     async def cut(offset: float) -> None:
         await at(offset)
+        note("broker connections cut")
         proxy.drop()
         await asyncio.sleep(schedule.cut_seconds)
         proxy.restore()
         log.broker_cuts += 1
+        note("broker reachable again")
 
     async def kill_consumer() -> None:
         await at(schedule.consumer_kill_at)
         await consumer.kill_and_restart()
         log.consumer_kills = consumer.kills
+        note("consumer SIGKILLed and restarted")
 
     await asyncio.gather(
         kills(),
@@ -100,3 +110,4 @@ async def run_chaos(
         kill_consumer(),
     )
     log.ended = utcnow()
+    log.aiming_errors = list(targets.errors)

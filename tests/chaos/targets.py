@@ -9,7 +9,7 @@ chosen at random.
 
 from __future__ import annotations
 
-import contextlib
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,13 +18,15 @@ from sagaz.store.schema import outbox
 from tests.chaos.chaos_sagas import RESERVE_SECONDS
 from tests.chaos.workload import DOOM_EVERY
 
+T = TypeVar("T")
+
 
 class Targets:
     def __init__(self, chaos_db: AsyncEngine, effects_db: AsyncEngine, schema: str) -> None:
         self.chaos_db = chaos_db
         self.effects_db = effects_db
         self.schema = schema
-        self.claims_caught = 0
+        self.errors: list[str] = []
 
     async def relay_claim_holders(self) -> list[int]:
         """Pids of the relays that hold a claim on pending events now (the relay's owner
@@ -35,11 +37,12 @@ class Targets:
             .where(outbox.c.claim_expires_at > sa.func.now())
             .distinct()
         )
-        with contextlib.suppress(Exception):
+        try:
             async with self.chaos_db.connect() as connection:
                 owners = (await connection.execute(query)).scalars().all()
-            return [int(owner.rsplit(":", 2)[1]) for owner in owners]
-        return []
+        except Exception as error:
+            return self._failed(error, [])
+        return [int(owner.rsplit(":", 2)[1]) for owner in owners]
 
     async def still_claimed_by(self, pid: int) -> bool:
         """Whether pending events are still claimed by the relay of `pid` (a kill caught it
@@ -47,10 +50,11 @@ class Targets:
         query = sa.select(sa.func.count()).where(
             outbox.c.status == "pending", outbox.c.claim_owner.like(f"%:{pid}:%")
         )
-        with contextlib.suppress(Exception):
+        try:
             async with self.chaos_db.connect() as connection:
                 return bool((await connection.execute(query)).scalar())
-        return False
+        except Exception as error:
+            return self._failed(error, False)
 
     async def doomed_in_reserve(self) -> list[int]:
         """Pids running doomed sagas' `reserve` now, the busiest first."""
@@ -59,10 +63,16 @@ class Targets:
             "WHERE at > clock_timestamp() - make_interval(secs => :window) AND mod(n, :every) = 0 "
             "GROUP BY pid ORDER BY count(*) DESC"
         )
-        with contextlib.suppress(Exception):
+        try:
             async with self.effects_db.connect() as connection:
                 result = await connection.execute(
                     query, {"window": RESERVE_SECONDS * 0.8, "every": DOOM_EVERY}
                 )
                 return [row.pid for row in result]
-        return []
+        except Exception as error:
+            return self._failed(error, [])
+
+    def _failed(self, error: Exception, default: T) -> T:
+        """Note why a look-up failed (the database restarting) and aim at random."""
+        self.errors.append(f"{type(error).__name__}: {error}"[:120])
+        return default
