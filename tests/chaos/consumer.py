@@ -33,8 +33,9 @@ from sagaz.store.engines import create_async_engine
 from tests.chaos.chaos_sagas import consumed, inbox_skips
 
 CONSUMER = "chaos-consumer"
-#: Seconds JetStream waits for an ack before delivering a message again.
-ACK_WAIT = 4.0
+#: Seconds JetStream waits for an ack before delivering a message again: longer than a
+#: batch takes on a loaded machine, or messages still being processed come back.
+ACK_WAIT = 10.0
 
 
 def durable_config(durable: str) -> ConsumerConfig:
@@ -101,7 +102,7 @@ async def consume(database_url: str, nats_url: str, stream: str, durable: str) -
     print("consumer ready", flush=True)
     try:
         while not stopping.is_set():
-            batch = await fetch(subscription, 100, max_wait=0.2)
+            batch = await fetch(subscription, 50, max_wait=0.2)
             if batch:
                 await handle_batch(sessions, batch)
     finally:

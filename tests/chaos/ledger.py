@@ -191,8 +191,8 @@ async def _events(
     skipped = await rows(chaos_db, sa.select(sa.func.count()).select_from(inbox_skips))
     written = {row.payload["e"] for row in events if row.topic == producer.event_topic}
     lost = [f"event e={e}: not in the outbox" for e in producer.events if e not in written]
-    lost += [f"event {row.id} ({row.topic}): never processed" for row in events
-             if row.id not in processed]  # fmt: skip
+    lost += [f"event {row.id} ({row.topic}): not processed when the run ended"
+             for row in events if row.id not in processed]  # fmt: skip
     twice = [f"event {key}: processed {count} times" for key, count in processed.items()
              if count > 1]  # fmt: skip
     late: list[str] = []

@@ -25,12 +25,14 @@ class Process:
     started: float = field(default_factory=time.monotonic)
     paused: bool = False
     resumed: float = 0.0
+    killed: bool = False
 
     @property
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return not self.killed and self.popen.poll() is None
 
     async def kill(self) -> None:
+        self.killed = True
         self.popen.send_signal(signal.SIGKILL)
         await asyncio.to_thread(self.popen.wait, 10)
 
@@ -56,7 +58,7 @@ class ProcessGroup:
     def terminate_all(self, timeout: float = 20) -> list[int | None]:
         """SIGTERM (after SIGCONT) what still runs, SIGKILL what does not exit in time;
         the exit status of each process terminated here."""
-        running = [p for p in self.started if p.alive]
+        running = [p for p in self.started if p.popen.poll() is None]
         for process in running:
             process.popen.send_signal(signal.SIGCONT)
             process.popen.send_signal(signal.SIGTERM)
@@ -69,12 +71,6 @@ class ProcessGroup:
                 process.popen.wait()
                 statuses.append(None)
         return statuses
-
-    def kill_all(self) -> None:
-        for process in self.started:
-            if process.alive:
-                process.popen.kill()
-                process.popen.wait()
 
     def log_text(self) -> str:
         return "".join(p.log.read_text(errors="replace") for p in self.started)
