@@ -29,6 +29,8 @@ class Schedule:
     kill_every: tuple[float, float] = (2.0, 3.0)
     pauses_at: tuple[float, ...] = (5.0, 25.0)
     pause_seconds: float = 8.0
+    #: How long a pause may wait for a worker running a doomed saga's `reserve`.
+    aim_seconds: float = 3.0
     restart_at: float = 17.0
     cuts_at: tuple[float, ...] = (12.5, 33.0)
     cut_seconds: float = 1.5
@@ -73,6 +75,10 @@ async def run_chaos(
     async def pause(offset: float) -> None:
         await at(offset)
         aimed = await targets.doomed_in_reserve()
+        give_up = time.monotonic() + schedule.aim_seconds
+        while not aimed and time.monotonic() < give_up:
+            await asyncio.sleep(0.1)
+            aimed = await targets.doomed_in_reserve()
         note(f"SIGSTOP (workers in a doomed reserve: {aimed})")
         pid = await workers.pause_one(schedule.pause_seconds, aimed)
         note(f"SIGCONT worker {pid}")
