@@ -24,6 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+import sagaz
 from sagaz import Saga, action, compensate, outbox
 
 SAGA_NAME = "chaos-order"
@@ -116,14 +117,10 @@ async def record(table: str, n: int) -> None:
 
 
 def still_holds_lease(ctx: Any) -> bool:
-    """HOOK (issue 11, item 1): whether this run still holds the saga's lease.
-
-    sagaz does not yet tell a step; once it does ("a cheap way to ask 'do I still hold
-    the lease?' before an irreversible call", or the run's fencing token for the
-    downstream to refuse an older holder), call it here. Until then a step cannot protect
-    its side effect, and a worker resumed after losing its lease writes it anyway.
-    """
-    return True
+    """Whether this run still holds the saga's lease, on the worker's own monotonic clock
+    (`sagaz.current_run().lease_held()`): a worker resumed after a pause past its lease
+    writes no effect the new owner may already have compensated."""
+    return sagaz.current_run().lease_held()
 
 
 class ChaosOrderSaga(Saga):
