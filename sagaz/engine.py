@@ -39,6 +39,7 @@ from sagaz._json import ensure_json_object
 from sagaz.context import current_correlation_id
 from sagaz.definition import SagaDefinition, StepDefinition, StepFunction, is_async_callable
 from sagaz.errors import (
+    DatabaseUnavailableError,
     InvalidContextError,
     LeaseLostError,
     SagaDefinitionError,
@@ -470,7 +471,12 @@ class _SagaRun:
                     return result
                 raw = await self._invoke(step.name, step.action, policy.timeout_seconds, attempt)
                 result = self._check_result(step.name, raw)
-            except (asyncio.CancelledError, LeaseLostError, SagaDefinitionError):
+            except (
+                asyncio.CancelledError,
+                LeaseLostError,
+                SagaDefinitionError,
+                DatabaseUnavailableError,
+            ):
                 raise  # not a step failure: the run stops (a programming error raises)
             except Exception as error:
                 message = _describe(error)

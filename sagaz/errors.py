@@ -44,6 +44,15 @@ class LeaseLostError(SagazError):
     """
 
 
+class DatabaseUnavailableError(SagazError):
+    """The database connection failed while a transactional step's transaction ran (a
+    restart, the network): not the step's failure. Nothing of the transaction committed,
+    or - if the connection broke during COMMIT - it committed together with the step's
+    completion record; either way the run stops without recording a failure, and the
+    saga is resumed by the next claim, which sees which one happened.
+    """
+
+
 class CorruptRowError(SagazError, ValueError):
     """A row in sagaz's tables cannot be read (written by hand, by an older version or by
     a bug): the message names the saga, the table and the column.

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from sagaz.errors import LeaseLostError
+from sagaz.errors import DatabaseUnavailableError, LeaseLostError
 from sagaz.journal import WRITE_BEHIND, SagaSnapshot, TransactionalStepCall, Transition
 from sagaz.store import operations
 from sagaz.store.engines import create_engine
@@ -224,6 +224,17 @@ class AsyncSagaStore:
         The step's written-behind start record commits first, so that it cannot land after
         (and overwrite) the completion this transaction commits."""
         await self._written_behind(call.saga_id)
+        try:
+            return await self._step_transaction(call)
+        except sa.exc.DBAPIError as error:
+            if is_connection_error(error):
+                raise DatabaseUnavailableError(
+                    f"saga {call.saga_id}: the database connection failed during a "
+                    "transactional step"
+                ) from error
+            raise
+
+    async def _step_transaction(self, call: TransactionalStepCall) -> JSONDict:
         if call.is_async:
             async with AsyncSession(self.engine) as session, session.begin():
                 result = call.check_result(await call.function(call.context, session=session))

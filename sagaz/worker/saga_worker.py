@@ -52,7 +52,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz.definition import SagaDefinition
 from sagaz.engine import RunOptions, SagaEngine, backoff_delay
-from sagaz.errors import CorruptRowError, LeaseLostError, UnknownSagaError
+from sagaz.errors import (
+    CorruptRowError,
+    DatabaseUnavailableError,
+    LeaseLostError,
+    UnknownSagaError,
+)
 from sagaz.journal import (
     Fence,
     SagaSnapshot,
@@ -319,7 +324,7 @@ class SagaWorker:
         except CorruptRowError as error:
             await fail_saga(self.store, snapshot.saga_id, snapshot.saga_name, fence, str(error))
         except Exception as error:
-            if is_connection_error(error):
+            if isinstance(error, DatabaseUnavailableError) or is_connection_error(error):
                 # The database went away (restart, network): not the saga's doing.
                 self.interrupted += 1
                 log_failure(
