@@ -30,6 +30,7 @@ from sagaz.types import (
 )
 
 __version__ = "0.1.0"
+"""sagaz's version: the one place it is written (pyproject.toml reads it from here)."""
 
 __all__ = [
     "ConfigurationError",

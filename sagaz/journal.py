@@ -35,6 +35,9 @@ def utcnow() -> datetime:
 
 
 class TransitionKind(StrEnum):
+    """What a `Transition` records: a saga or step starting, an attempt failing, a step
+    completing, failing or being compensated, the saga finishing."""
+
     SAGA_STARTED = "saga_started"
     STEP_STARTED = "step_started"
     STEP_ATTEMPT_FAILED = "step_attempt_failed"

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 CORRELATION_HEADER = "correlation-id"
+"""The header `add` sets to the current correlation id (unless the caller set it)."""
 MAX_KEY_LENGTH = 255
 MAX_HEADERS = 32
 MAX_HEADER_VALUE_LENGTH = 4096

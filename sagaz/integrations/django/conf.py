@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 SETTING_NAME = "SAGAZ"
+"""The name of sagaz's settings dict in Django's settings (`settings.SAGAZ`)."""
 
 #: DATABASES[...]["OPTIONS"] keys that Django itself consumes (not psycopg arguments).
 _DJANGO_ONLY_OPTIONS = frozenset(
