@@ -47,6 +47,7 @@ from sagaz.store.engines import create_async_engine
 from sagaz.store.failures import describe_failure, is_fatal
 from sagaz.store.schema import outbox, sagas
 from sagaz.worker import SagaWorker
+from sagaz.worker.give_up import DEFAULT_MAX_ATTEMPTS
 
 log = logging.getLogger("sagaz.cli")
 
@@ -166,7 +167,7 @@ class WorkerOptions:
 )
 @click.option(
     "--max-attempts",
-    default=5,
+    default=DEFAULT_MAX_ATTEMPTS,
     show_default=True,
     type=click.IntRange(min=1),
     help="Claims in a row without progress before a saga is given up (compensated).",

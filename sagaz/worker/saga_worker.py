@@ -73,7 +73,12 @@ from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.store.stores import AsyncSagaStore, is_connection_error
 from sagaz.types import SagaStatus
 from sagaz.worker import claims
-from sagaz.worker.give_up import abandon_compensation, fail_saga, give_up_reason
+from sagaz.worker.give_up import (
+    DEFAULT_MAX_ATTEMPTS,
+    abandon_compensation,
+    fail_saga,
+    give_up_reason,
+)
 
 log = logging.getLogger("sagaz.worker")
 
@@ -100,7 +105,7 @@ class SagaWorker:
         concurrency: int = 50,
         lease_seconds: float = 30.0,
         poll_interval: float = 1.0,
-        max_attempts: int = 5,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         unknown_saga_grace_seconds: float = 30.0,
         shutdown_grace_seconds: float = 10.0,
         options: RunOptions | None = None,
