@@ -1,0 +1,280 @@
+"""Waking workers in other processes after a commit that wrote sagaz rows (PostgreSQL).
+
+Workers and relays LISTEN on `sagaz_sagas` / `sagaz_outbox` (see `sagaz.outbox.listen`).
+How a unit of work wakes them is chosen per session with ``session.info[WAKEUP_KEY]``:
+
+* ``"commit"`` (the default): after the commit, this process's `Notifier` for the engine
+  sends the NOTIFY on a connection of its own, coalescing the wake-ups of every transaction committed meanwhile: at most
+  one NOTIFY statement per engine every `COALESCE_SECONDS` (a burst's first commit is
+  notified at once). The committing transaction itself issues no NOTIFY, so it does not
+  take PostgreSQL's global notify lock at commit - concurrent committers are not
+  serialised on it. A rollback wakes nobody. A process that dies between its commit and
+  the NOTIFY leaves the rows to the workers' next poll.
+* ``"transaction"``: the NOTIFY rides inside the writing statement and PostgreSQL
+  delivers it exactly when the transaction commits; no other connection is used, but
+  every such commit takes the global notify lock (concurrent committers serialise).
+* ``"off"``: no NOTIFY at all; workers in other processes find the rows at their next
+  poll (the in-process post-commit signal, `sagaz.signals`, still wakes this process's
+  workers at once).
+
+Sync engines send from one background thread per engine ("sagaz-notify"), async
+engines from one task per engine and event loop; each holds ONE connection of its own
+(taken from the engine, detached from its pool) and ends, closing it, `LINGER_SECONDS`
+after the last wake-up - so a busy process keeps one extra connection per engine, an
+idle one none. `Engine.dispose()` drops pending wake-ups (the process is shutting the
+pool down; polling covers them) and ends the senders. A failed NOTIFY is logged as a
+warning and not retried: polling covers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, cast
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only, greenlet_spawn
+
+from sagaz.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+WAKEUP_KEY = "sagaz.wakeup"
+"""`Session.info` key choosing how other processes' workers are woken: ``"commit"``
+(the default), ``"transaction"`` or ``"off"`` (see the module docstring)."""
+
+WakeupMode = Literal["commit", "transaction", "off"]
+WAKEUP_MODES: tuple[WakeupMode, ...] = ("commit", "transaction", "off")
+DEFAULT_WAKEUP: WakeupMode = "commit"
+
+#: At most one NOTIFY statement per engine (and event loop) per this many seconds.
+COALESCE_SECONDS = 0.002
+#: How long a sync engine's notifier thread waits for more work before it ends.
+LINGER_SECONDS = 0.5
+
+
+class Wakeable(Protocol):
+    """Something to wake after the outermost commit: a `WakeSignal` or a `WakeAfterCommit`."""
+
+    def notify(self) -> None: ...
+
+
+def wakeup_mode(session: Session) -> WakeupMode:
+    """The session's wake-up mode; ConfigurationError naming the key for anything else."""
+    mode = session.info.get(WAKEUP_KEY, DEFAULT_WAKEUP)
+    if mode not in WAKEUP_MODES:
+        raise ConfigurationError(
+            f"session.info[{WAKEUP_KEY!r}] must be one of {', '.join(WAKEUP_MODES)}, got {mode!r:.80}"
+        )
+    return cast(WakeupMode, mode)
+
+
+@dataclass(frozen=True, slots=True)
+class WakeAfterCommit:
+    """A NOTIFY on `channel` with `schema` as payload, sent by `notifier` when notified."""
+
+    notifier: Notifier
+    channel: str
+    schema: str
+
+    def notify(self) -> None:
+        self.notifier.request(self.channel, self.schema)
+
+
+_NOTIFY = sa.text(
+    "SELECT pg_notify(c, s) FROM unnest(CAST(:channels AS text[]), CAST(:schemas AS text[])) "
+    "AS n(c, s)"
+)
+
+
+@dataclass(slots=True)
+class _LoopState:
+    pending: set[tuple[str, str]] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    stopped: bool = False
+
+
+class Notifier:
+    """Coalesced post-commit NOTIFYs for one engine (see the module docstring).
+
+    Each sender - the thread of a sync engine, the task of an async engine on one event
+    loop - owns one connection taken from the engine and detached from its pool (so it
+    never counts against the pool's size and `Engine.dispose()` cannot strand it), kept
+    while wake-ups keep coming and closed `LINGER_SECONDS` after the last one.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = weakref.ref(engine)
+        self._condition = threading.Condition()
+        self._pending: set[tuple[str, str]] = set()
+        self._thread: threading.Thread | None = None
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.sent = 0
+        """NOTIFY statements sent so far (for tests and benchmarks)."""
+
+    def request(self, channel: str, schema: str) -> None:
+        """Have `channel` notified soon; returns at once (thread-safe)."""
+        engine = self._engine()
+        if engine is None:
+            return
+        if engine.dialect.is_async:
+            self._request_on_loop((channel, schema))
+            return
+        with self._condition:
+            self._pending.add((channel, schema))
+            self._condition.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run_thread, name="sagaz-notify", daemon=True
+                )
+                self._thread.start()
+
+    def _run_thread(self) -> None:
+        connection: sa.Connection | None = None
+        try:
+            while True:
+                with self._condition:
+                    deadline = time.monotonic() + LINGER_SECONDS
+                    while not self._pending:
+                        remaining = deadline - time.monotonic()
+                        if self._thread is not threading.current_thread():
+                            return  # disposed
+                        if remaining <= 0:
+                            self._thread = None
+                            return
+                        self._condition.wait(remaining)
+                    batch, self._pending = self._pending, set()
+                connection = self._send(connection, batch)
+                time.sleep(COALESCE_SECONDS)
+        finally:
+            _close(connection)
+
+    def _request_on_loop(self, key: tuple[str, str]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            logger.warning("sagaz: no running event loop to send the post-commit NOTIFY from")
+            return
+        with self._condition:
+            state = self._loops.get(loop)
+            if state is None:
+                state = self._loops[loop] = _LoopState()
+        state.pending.add(key)
+        state.wake.set()
+        if state.task is None:
+            state.task = loop.create_task(self._run_on_loop(state), name="sagaz-notify")
+
+    async def _run_on_loop(self, state: _LoopState) -> None:
+        connection: sa.Connection | None = None
+        try:
+            while not state.stopped:
+                if not state.pending:
+                    state.wake.clear()
+                    try:
+                        async with asyncio.timeout(LINGER_SECONDS):
+                            await state.wake.wait()
+                    except TimeoutError:
+                        return
+                    continue
+                batch, state.pending = state.pending, set()
+                connection = await greenlet_spawn(self._send, connection, batch)
+                await asyncio.sleep(COALESCE_SECONDS)
+        finally:
+            state.task = None
+            if connection is not None:
+                await greenlet_spawn(_close, connection)
+
+    def _send(
+        self, connection: sa.Connection | None, batch: Iterable[tuple[str, str]]
+    ) -> sa.Connection | None:
+        """Send one NOTIFY statement for `batch`; the connection to keep (None after a
+        failure, which is logged)."""
+        channels, schemas = zip(*sorted(batch), strict=True)
+        try:
+            if connection is None:
+                engine = self._engine()
+                if engine is None:
+                    return None
+                connection = engine.connect()
+                # autocommit: one round trip per NOTIFY; detached: never back in the pool
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+                connection.detach()
+            connection.execute(_NOTIFY, {"channels": list(channels), "schemas": list(schemas)})
+            self.sent += 1
+            return connection
+        except Exception as error:
+            logger.warning(
+                "sagaz: the post-commit NOTIFY on %s failed (%s); workers in other processes "
+                "find the rows at their next poll",
+                ", ".join(sorted(set(channels))),
+                error,
+            )
+            _close(connection)
+            return None
+
+    def _disposed(self, _engine: sa.Engine) -> None:
+        """`Engine.dispose()`: drop what is pending, end the senders (closing their
+        connections) and wait for the thread."""
+        with self._condition:
+            self._pending.clear()
+            thread, self._thread = self._thread, None
+            self._condition.notify_all()
+            loops = list(self._loops.items())
+            self._loops.clear()
+        for loop, state in loops:
+            state.stopped = True
+            state.pending.clear()
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(state.wake.set)
+            if state.task is not None and _running_loop() is loop:
+                # AsyncEngine.dispose() runs this in a greenlet on the loop: let the task
+                # close its connection before dispose() returns (the loop may end next)
+                try:
+                    await_only(asyncio.wait([state.task]))
+                except sa.exc.MissingGreenlet:
+                    pass
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _close(connection: sa.Connection | None) -> None:
+    if connection is None:
+        return
+    try:
+        connection.close()
+    except Exception:
+        logger.debug("sagaz: closing the NOTIFY connection failed", exc_info=True)
+
+
+_notifiers: weakref.WeakKeyDictionary[sa.Engine, Notifier] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+def notifier_for(engine: sa.Engine) -> Notifier:
+    """This process's `Notifier` for `engine` (created on first use)."""
+    notifier = _notifiers.get(engine)
+    if notifier is not None:
+        return notifier
+    with _registry_lock:
+        notifier = _notifiers.get(engine)
+        if notifier is None:
+            notifier = _notifiers[engine] = Notifier(engine)
+            event.listen(engine, "engine_disposed", notifier._disposed)
+    return notifier
