@@ -66,13 +66,14 @@ def postgres_insert_groups(groups: tuple[RowGroup, ...], *, notify: bool) -> sa.
     document's text exactly, a ``jsonb`` one normalises it as any insert would); rows are
     inserted in list order (the outbox's ``seq`` follows it).
 
-    The statement returns one row: ``current_schema()``, then per group whether it
-    inserted at least one row (a repeated idempotent start inserts nothing). With
-    `notify`, it also issues ``NOTIFY channel`` (payload: the current schema) for each
-    group that inserted a row; PostgreSQL delivers it only if the transaction commits.
+    Without `notify` the statement returns ``current_schema()`` in one row when at least
+    one row was inserted (a repeated idempotent start inserts nothing), else no row. With
+    `notify` it issues, in one row, ``NOTIFY channel`` (payload: the current schema) for
+    each group that inserted a row; PostgreSQL delivers it only if the transaction
+    commits.
     """
     preparer = _POSTGRES.identifier_preparer
-    parts, flags, notifies = [], [], []
+    parts, inserted, notifies = [], [], []
     for index, (table, columns, channel) in enumerate(groups):
         name = preparer.format_table(table)
         column_list = ", ".join(preparer.quote(table.c[column].name) for column in columns)
@@ -81,15 +82,16 @@ def postgres_insert_groups(groups: tuple[RowGroup, ...], *, notify: bool) -> sa.
             f"FROM json_populate_recordset(CAST(NULL AS {name}), CAST(:rows{index} AS json)) "
             "WITH ORDINALITY AS r ORDER BY r.ordinality ON CONFLICT DO NOTHING RETURNING 1)"
         )
-        flags.append(f"EXISTS (SELECT FROM w{index}) AS inserted{index}")
-        if notify:
-            literal = "'" + channel.replace("'", "''") + "'"
-            notifies.append(
-                f"CASE WHEN EXISTS (SELECT FROM w{index}) "
-                f"THEN pg_notify({literal}, current_schema()) END AS notified{index}"
-            )
-    selected = ", ".join(["current_schema() AS schema", *flags, *notifies])
-    return sa.text(f"WITH {', '.join(parts)} SELECT {selected}")
+        inserted.append(f"EXISTS (SELECT FROM w{index})")
+        literal = "'" + channel.replace("'", "''") + "'"
+        notifies.append(
+            f"CASE WHEN {inserted[-1]} THEN pg_notify({literal}, current_schema()) END"
+        )
+    if notify:
+        final = f"SELECT {', '.join(notifies)}"
+    else:
+        final = f"SELECT current_schema() WHERE {' OR '.join(inserted)}"
+    return sa.text(f"WITH {', '.join(parts)} {final}")
 
 
 def rows_document(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -145,12 +145,13 @@ def _write_postgres(
         f"rows{index}": rows_document([item.row for item in items])
         for index, items in enumerate(groups.values())
     }
-    result = connection.execute(statement, parameters).one()
-    notifier = notifier_for(connection.engine) if mode == "commit" else None
-    for index, ((_table, _columns, channel), items) in enumerate(groups.items()):
+    schema = connection.execute(statement, parameters).scalar()
+    for _group, items in groups.items():
         signals.add(items[0].signal)
-        if notifier is not None and result[index + 1]:
-            signals.add(WakeAfterCommit(notifier, channel, result[0]))
+    if mode == "commit" and schema is not None:
+        notifier = notifier_for(connection.engine)
+        for _table, _columns, channel in groups:
+            signals.add(WakeAfterCommit(notifier, channel, schema))
 
 
 def _connection_for_rows(session: Session) -> sa.Connection:
