@@ -39,7 +39,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,7 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from sagaz import Saga, action, outbox, start_saga
 from sagaz.store.schema import metadata
-from sagaz.store.wakeup import WAKEUP_KEY
+from sagaz.store.wakeup import WAKEUP_KEY, notifier_for
 
 MODES = ("off", "transaction", "commit")
 
@@ -83,7 +83,12 @@ def request(session: Session | AsyncSession, rows: int, with_sagaz: bool) -> Non
         outbox.add(session, "orders.created", {"order": 1}, key="k", saga_id=saga_id)
 
 
-KINDS: dict[str, tuple[int, bool]] = {"A": (1, False), "A+": (1, True), "B": (5, False), "B+": (5, True)}
+KINDS: dict[str, tuple[int, bool]] = {
+    "A": (1, False),
+    "A+": (1, True),
+    "B": (5, False),
+    "B+": (5, True),
+}
 
 
 def engine_options(url: str, schema: str, *, asynchronous: bool) -> dict[str, Any]:
@@ -119,9 +124,13 @@ def counting(engine: sa.Engine) -> Iterator[dict[str, int]]:
     """Statements per thread kind, commits, and sagaz statements served from the cache."""
     counts = {"request": 0, "background": 0, "commits": 0, "sagaz": 0, "sagaz_cached": 0}
     me = threading.get_ident()
+    notifier = notifier_for(engine)
+    sent = notifier.sent
 
-    def on_execute(_conn: Any, _cursor: Any, statement: str, _p: Any, context: Any, _m: Any) -> None:
-        background = threading.get_ident() != me or "pg_notify(c, s)" in statement
+    def on_execute(
+        _conn: Any, _cursor: Any, statement: str, _p: Any, context: Any, _m: Any
+    ) -> None:
+        background = threading.get_ident() != me
         counts["background" if background else "request"] += 1
         if not background and "sagaz_" in statement:
             counts["sagaz"] += 1
@@ -135,6 +144,7 @@ def counting(engine: sa.Engine) -> Iterator[dict[str, int]]:
     try:
         yield counts
     finally:
+        counts["background"] += notifier.sent - sent  # raw cursor: no statement event
         sa.event.remove(engine, "before_cursor_execute", on_execute)
         sa.event.remove(engine, "commit", on_commit)
 
@@ -155,9 +165,14 @@ def run_single(args: argparse.Namespace, schema: str) -> None:
 
             loop.run_until_complete(go())
 
-        close: Callable[[], None] = lambda: (loop.run_until_complete(aengine.dispose()), loop.close())  # noqa: E731
+        def close() -> None:
+            loop.run_until_complete(aengine.dispose())
+            loop.close()
+
     else:
-        engine = sa.create_engine(sync_url(args.url), **engine_options(args.url, schema, asynchronous=False))
+        engine = sa.create_engine(
+            sync_url(args.url), **engine_options(args.url, schema, asynchronous=False)
+        )
 
         def run(rows: int, with_sagaz: bool, n: int) -> None:
             for _ in range(n):
@@ -165,7 +180,7 @@ def run_single(args: argparse.Namespace, schema: str) -> None:
                     request(session, rows, with_sagaz)
                     session.commit()
 
-        close = engine.dispose
+        close = engine.dispose  # type: ignore[assignment]
     for rows, with_sagaz in KINDS.values():
         run(rows, with_sagaz, 50)  # warm-up: pool, caches, prepared statements
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
@@ -191,13 +206,19 @@ def run_single(args: argparse.Namespace, schema: str) -> None:
                 }
             )
     close()
-    median = {k: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for k, rs in results.items()}
-    print(f"{'kind':5} {'us/request':>10} {'client CPU us':>13} {'statements':>10} {'commits':>7} "
-          f"{'background stmts':>16} {'bg CPU us':>9} {'sagaz cached':>12}")
+    median = {
+        k: {f: statistics.median(r[f] for r in rs) for f in rs[0]} for k, rs in results.items()
+    }
+    print(
+        f"{'kind':5} {'us/request':>10} {'client CPU us':>13} {'statements':>10} {'commits':>7} "
+        f"{'background stmts':>16} {'bg CPU us':>9} {'sagaz cached':>12}"
+    )
     for kind, m in median.items():
         cached = f"{m['cached']:.0%}" if KINDS[kind][1] else "-"
-        print(f"{kind:5} {m['us']:10.0f} {m['cpu']:13.0f} {m['statements']:10.2f} {m['commits']:7.2f} "
-              f"{m['background']:16.2f} {m['background_cpu']:9.0f} {cached:>12}")
+        print(
+            f"{kind:5} {m['us']:10.0f} {m['cpu']:13.0f} {m['statements']:10.2f} "
+            f"{m['commits']:7.2f} {m['background']:16.2f} {m['background_cpu']:9.0f} {cached:>12}"
+        )
     for plus, base, target in (("A+", "A", 1.5), ("B+", "B", 1.15)):
         ratio = median[plus]["us"] / median[base]["us"]
         added_cpu = median[plus]["cpu"] - median[base]["cpu"]
@@ -267,13 +288,19 @@ def run_clients(args: argparse.Namespace, schema: str) -> None:
                 start, out = context.Event(), context.Queue()
                 stop_at = context.Value("d", 0.0)
                 workers = [
-                    context.Process(target=writer, args=(args.url, schema, mode, start, stop_at, out))
+                    context.Process(
+                        target=writer, args=(args.url, schema, mode, start, stop_at, out)
+                    )
                     for _ in range(args.clients)
                 ]
-                probing = context.Process(target=probe, args=(args.url, probe_schema, mode, start, stop_at, out))
+                probing = context.Process(
+                    target=probe, args=(args.url, probe_schema, mode, start, stop_at, out)
+                )
                 arrivals: list[float] = []
                 stop = threading.Event()
-                listener = threading.Thread(target=listen, args=(args.url, probe_schema, arrivals, stop))
+                listener = threading.Thread(
+                    target=listen, args=(args.url, probe_schema, arrivals, stop)
+                )
                 listener.start()
                 for process in [*workers, probing]:
                     process.start()
@@ -292,29 +319,45 @@ def run_clients(args: argparse.Namespace, schema: str) -> None:
                     later = [a for a in arrivals if a >= at]
                     if later:
                         latencies[mode].append((min(later) - at) * 1000)
-                print(f"round {round_number + 1} {mode:12} {commits / args.seconds:8.0f} commits/s", flush=True)
+                print(
+                    f"round {round_number + 1} {mode:12} {commits / args.seconds:8.0f} commits/s",
+                    flush=True,
+                )
     finally:
         drop_schema(args.url, probe_schema)
     off = statistics.median(results["off"])
-    print(f"\n{args.clients} writer processes, {args.seconds}s x {args.rounds} rounds per mode (median):")
+    print(
+        f"\n{args.clients} writer processes, {args.seconds}s x {args.rounds} rounds per mode "
+        "(median):"
+    )
     for mode in MODES:
         tps = statistics.median(results[mode])
         lat = sorted(latencies[mode])
-        latency = (
-            f"commit->NOTIFY p50 {statistics.median(lat):.2f} ms p99 {lat[int(len(lat) * 0.99) - 1]:.2f} ms"
-            if lat
-            else "no NOTIFY"
-        )
+        latency = "no NOTIFY"
+        if lat:
+            p99 = lat[max(int(len(lat) * 0.99) - 1, 0)]
+            latency = f"commit->NOTIFY p50 {statistics.median(lat):.2f} ms p99 {p99:.2f} ms"
         print(f"{mode:12} {tps:8.0f} commits/s  {tps / off:5.2f}x of off   {latency}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=os.environ.get("SAGAZ_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    parser.add_argument("--async", dest="use_async", action="store_true", help="AsyncSession + asyncpg")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(
+            "SAGAZ_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument(
+        "--async", dest="use_async", action="store_true", help="AsyncSession + asyncpg"
+    )
     parser.add_argument("--requests", type=int, default=300, help="requests per kind per round")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--clients", type=int, help="concurrent writer processes (wake-up mode comparison)")
+    parser.add_argument(
+        "--clients", type=int, help="concurrent writer processes (wake-up mode comparison)"
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     with sa.create_engine(sync_url(args.url)).connect() as connection:
@@ -327,10 +370,16 @@ def main() -> None:
     schema = create_schema(args.url)
     try:
         if args.clients:
-            print(f"mode: --clients {args.clients}, {args.seconds}s per run, {args.rounds} rounds", flush=True)
+            print(
+                f"mode: --clients {args.clients}, {args.seconds}s per run, {args.rounds} rounds",
+                flush=True,
+            )
             run_clients(args, schema)
         else:
-            print(f"mode: single requests, {args.requests} per kind per round, {args.rounds} rounds", flush=True)
+            print(
+                f"mode: single requests, {args.requests} per kind per round, {args.rounds} rounds",
+                flush=True,
+            )
             run_single(args, schema)
     finally:
         drop_schema(args.url, schema)

@@ -84,9 +84,7 @@ def postgres_insert_groups(groups: tuple[RowGroup, ...], *, notify: bool) -> sa.
         )
         inserted.append(f"EXISTS (SELECT FROM w{index})")
         literal = "'" + channel.replace("'", "''") + "'"
-        notifies.append(
-            f"CASE WHEN {inserted[-1]} THEN pg_notify({literal}, current_schema()) END"
-        )
+        notifies.append(f"CASE WHEN {inserted[-1]} THEN pg_notify({literal}, current_schema()) END")
     if notify:
         final = f"SELECT {', '.join(notifies)}"
     else:

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 
 from sagaz.signals import WakeSignal
 from sagaz.store.statements import RowGroup, postgres_insert_groups, rows_document, sqlite_insert
-from sagaz.store.wakeup import WakeAfterCommit, Wakeable, notifier_for, wakeup_mode
+from sagaz.store.wakeup import Wakeable, WakeAfterCommit, notifier_for, wakeup_mode
 
 _INFO_KEY = "sagaz.unit_of_work"
 BIND_ARGUMENTS_KEY = "sagaz.bind_arguments"

@@ -4,12 +4,13 @@ Workers and relays LISTEN on `sagaz_sagas` / `sagaz_outbox` (see `sagaz.outbox.l
 How a unit of work wakes them is chosen per session with ``session.info[WAKEUP_KEY]``:
 
 * ``"commit"`` (the default): after the commit, this process's `Notifier` for the engine
-  sends the NOTIFY on a connection of its own, coalescing the wake-ups of every transaction committed meanwhile: at most
-  one NOTIFY statement per engine every `COALESCE_SECONDS` (a burst's first commit is
-  notified at once). The committing transaction itself issues no NOTIFY, so it does not
-  take PostgreSQL's global notify lock at commit - concurrent committers are not
-  serialised on it. A rollback wakes nobody. A process that dies between its commit and
-  the NOTIFY leaves the rows to the workers' next poll.
+  sends the NOTIFY (on a connection borrowed from the engine's pool), coalescing the
+  wake-ups of every transaction committed meanwhile: at most one NOTIFY statement per engine every
+  `COALESCE_SECONDS` (a burst's first commit is notified at once). The committing
+  transaction itself issues no NOTIFY, so it does not take PostgreSQL's global notify
+  lock at commit - concurrent committers are not serialised on it. A rollback wakes
+  nobody. A process that dies between its commit and the NOTIFY leaves the rows to the
+  workers' next poll.
 * ``"transaction"``: the NOTIFY rides inside the writing statement and PostgreSQL
   delivers it exactly when the transaction commits; no other connection is used, but
   every such commit takes the global notify lock (concurrent committers serialise).
@@ -17,18 +18,21 @@ How a unit of work wakes them is chosen per session with ``session.info[WAKEUP_K
   poll (the in-process post-commit signal, `sagaz.signals`, still wakes this process's
   workers at once).
 
-Sync engines send from one background thread per engine ("sagaz-notify"), async
-engines from one task per engine and event loop; each holds ONE connection of its own
-(taken from the engine, detached from its pool) and ends, closing it, `LINGER_SECONDS`
-after the last wake-up - so a busy process keeps one extra connection per engine, an
-idle one none. `Engine.dispose()` drops pending wake-ups (the process is shutting the
-pool down; polling covers them) and ends the senders. A failed NOTIFY is logged as a
-warning and not retried: polling covers it.
+Sync engines send from one background thread per engine ("sagaz-notify", gone
+`LINGER_SECONDS` after the last wake-up), async engines from one task per engine and
+event loop (gone once no wake-up came for `COALESCE_SECONDS`). Each NOTIFY statement
+borrows one of the engine's pooled connections for one round trip and returns it: no
+connection of its own, so the process never holds more connections than its pool
+allows (under a pool exhausted by requests, the NOTIFY waits its turn like a request).
+`Engine.dispose()` drops pending wake-ups (the process is shutting the pool down;
+polling covers them) and waits for the senders. A failed NOTIFY is logged as a warning
+and not retried: polling covers it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -71,7 +75,8 @@ def wakeup_mode(session: Session) -> WakeupMode:
     mode = session.info.get(WAKEUP_KEY, DEFAULT_WAKEUP)
     if mode not in WAKEUP_MODES:
         raise ConfigurationError(
-            f"session.info[{WAKEUP_KEY!r}] must be one of {', '.join(WAKEUP_MODES)}, got {mode!r:.80}"
+            f"session.info[{WAKEUP_KEY!r}] must be one of {', '.join(WAKEUP_MODES)}, "
+            f"got {mode!r:.80}"
         )
     return cast(WakeupMode, mode)
 
@@ -106,7 +111,6 @@ def _quoted(value: str) -> str:
 @dataclass(slots=True)
 class _LoopState:
     pending: set[tuple[str, str]] = field(default_factory=set)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     stopped: bool = False
 
@@ -114,10 +118,9 @@ class _LoopState:
 class Notifier:
     """Coalesced post-commit NOTIFYs for one engine (see the module docstring).
 
-    Each sender - the thread of a sync engine, the task of an async engine on one event
-    loop - owns one connection taken from the engine and detached from its pool (so it
-    never counts against the pool's size and `Engine.dispose()` cannot strand it), kept
-    while wake-ups keep coming and closed `LINGER_SECONDS` after the last one.
+    Each NOTIFY statement borrows one of the engine's pooled connections for its one
+    round trip (in autocommit) and gives it back: no connection of its own, so the
+    process never holds more connections than its pool allows.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
@@ -149,24 +152,20 @@ class Notifier:
                 self._thread.start()
 
     def _run_thread(self) -> None:
-        connection: sa.Connection | None = None
-        try:
-            while True:
-                with self._condition:
-                    deadline = time.monotonic() + LINGER_SECONDS
-                    while not self._pending:
-                        remaining = deadline - time.monotonic()
-                        if self._thread is not threading.current_thread():
-                            return  # disposed
-                        if remaining <= 0:
-                            self._thread = None
-                            return
-                        self._condition.wait(remaining)
-                    batch, self._pending = self._pending, set()
-                connection = self._send(connection, batch)
-                time.sleep(COALESCE_SECONDS)
-        finally:
-            _close(connection)
+        while True:
+            with self._condition:
+                deadline = time.monotonic() + LINGER_SECONDS
+                while not self._pending:
+                    remaining = deadline - time.monotonic()
+                    if self._thread is not threading.current_thread():
+                        return  # disposed
+                    if remaining <= 0:
+                        self._thread = None
+                        return
+                    self._condition.wait(remaining)
+                batch, self._pending = self._pending, set()
+            self._send(batch)
+            time.sleep(COALESCE_SECONDS)
 
     def _request_on_loop(self, key: tuple[str, str]) -> None:
         try:
@@ -179,66 +178,61 @@ class Notifier:
             if state is None:
                 state = self._loops[loop] = _LoopState()
         state.pending.add(key)
-        state.wake.set()
         if state.task is None:
             state.task = loop.create_task(self._run_on_loop(state), name="sagaz-notify")
 
     async def _run_on_loop(self, state: _LoopState) -> None:
-        connection: sa.Connection | None = None
+        """Send while wake-ups keep coming; end once none came in `COALESCE_SECONDS`."""
         try:
-            while not state.stopped:
-                if not state.pending:
-                    state.wake.clear()
-                    try:
-                        async with asyncio.timeout(LINGER_SECONDS):
-                            await state.wake.wait()
-                    except TimeoutError:
-                        return
-                    continue
+            while state.pending and not state.stopped:
                 batch, state.pending = state.pending, set()
-                connection = await greenlet_spawn(self._send, connection, batch)
+                await greenlet_spawn(self._send, batch)
                 await asyncio.sleep(COALESCE_SECONDS)
         finally:
             state.task = None
-            if connection is not None:
-                await greenlet_spawn(_close, connection)
 
-    def _send(
-        self, connection: sa.Connection | None, batch: set[tuple[str, str]]
-    ) -> sa.Connection | None:
-        """Send one NOTIFY statement for `batch`; the connection to keep (None after a
-        failure, which is logged)."""
-        sql = notify_sql(batch)
+    def _send(self, batch: set[tuple[str, str]]) -> None:
+        """One NOTIFY statement for `batch` on a pooled connection; a failure is logged."""
+        engine = self._engine()
+        if engine is None:
+            return
+        pool = engine.pool
         try:
-            if connection is None:
-                engine = self._engine()
-                if engine is None:
-                    return None
-                connection = engine.connect()
-                # autocommit: one round trip per NOTIFY; detached: never back in the pool
-                connection.execution_options(isolation_level="AUTOCOMMIT")
-                connection.detach()
-            # the raw cursor: a few microseconds of Python, off the GIL while waiting
-            cursor = connection.connection.cursor()
+            raw = pool.connect()
+        except Exception as error:
+            self._failed(batch, error)
+            return
+        try:
+            dbapi_connection = raw.dbapi_connection
+            assert dbapi_connection is not None  # a connection just checked out
+            # autocommit: one round trip, no transaction left open on the pooled connection
+            engine.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
             self.sent += 1
+            cursor = raw.cursor()
             try:
-                cursor.execute(sql)
+                cursor.execute(notify_sql(batch))
             finally:
                 cursor.close()
-            return connection
+            engine.dialect.reset_isolation_level(dbapi_connection)
         except Exception as error:
-            logger.warning(
-                "sagaz: the post-commit NOTIFY on %s failed (%s); workers in other processes "
-                "find the rows at their next poll",
-                ", ".join(sorted({channel for channel, _payload in batch})),
-                error,
-            )
-            _close(connection)
-            return None
+            raw.invalidate()
+            self._failed(batch, error)
+            return
+        if engine.pool is not pool:
+            raw.invalidate()  # disposed meanwhile: never back into the disposed pool
+        raw.close()
+
+    def _failed(self, batch: set[tuple[str, str]], error: Exception) -> None:
+        logger.warning(
+            "sagaz: the post-commit NOTIFY on %s failed (%s); workers in other processes "
+            "find the rows at their next poll",
+            ", ".join(sorted({channel for channel, _payload in batch})),
+            error,
+        )
 
     def _disposed(self, _engine: sa.Engine) -> None:
-        """`Engine.dispose()`: drop what is pending, end the senders (closing their
-        connections) and wait for the thread."""
+        """`Engine.dispose()`: drop what is pending, end the senders and wait for them
+        (the process is shutting the pool down: nothing may open its new pool)."""
         with self._condition:
             self._pending.clear()
             thread, self._thread = self._thread, None
@@ -248,15 +242,11 @@ class Notifier:
         for loop, state in loops:
             state.stopped = True
             state.pending.clear()
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(state.wake.set)
             if state.task is not None and _running_loop() is loop:
-                # AsyncEngine.dispose() runs this in a greenlet on the loop: let the task
-                # close its connection before dispose() returns (the loop may end next)
-                try:
+                # AsyncEngine.dispose() runs this in a greenlet on the loop: wait for the
+                # task's last statement before dispose() returns (the loop may end next)
+                with contextlib.suppress(sa.exc.MissingGreenlet):
                     await_only(asyncio.wait([state.task]))
-                except sa.exc.MissingGreenlet:
-                    pass
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
 
@@ -266,15 +256,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _close(connection: sa.Connection | None) -> None:
-    if connection is None:
-        return
-    try:
-        connection.close()
-    except Exception:
-        logger.debug("sagaz: closing the NOTIFY connection failed", exc_info=True)
 
 
 _notifiers: weakref.WeakKeyDictionary[sa.Engine, Notifier] = weakref.WeakKeyDictionary()

@@ -228,7 +228,9 @@ def test_numbers_in_jsonb_columns_are_what_jsonb_makes_of_them(pg: DatabaseUrls)
         write_numbers(engine)
         with engine.connect() as connection:
             expected = connection.scalar(
-                sa.select(sa.cast(sa.literal(json.dumps(NUMBERS)), sa.Text).cast(sagas.c.context.type))
+                sa.select(
+                    sa.cast(sa.literal(json.dumps(NUMBERS)), sa.Text).cast(sagas.c.context.type)
+                )
             )
         assert stored_documents(engine) == [expected, expected]
     finally:

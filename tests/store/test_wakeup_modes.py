@@ -163,7 +163,28 @@ def test_a_repeated_idempotent_start_notifies_nobody(
         engine.dispose()
 
 
-def test_dispose_ends_the_notifier_thread_and_closes_its_connection(
+def test_the_notifier_needs_no_connection_beyond_the_pool(
+    pg: DatabaseUrls, listener: psycopg.Connection[Any], pg_admin: sa.Engine
+) -> None:
+    """A pool of ONE connection: the NOTIFY borrows it after the request gave it back."""
+    engine = pg.sync_engine(pool_size=1, max_overflow=0, pool_timeout=10)
+    try:
+        for _ in range(3):
+            commit_one(engine)
+            assert received(listener, pg.schema, 5)
+        with pg_admin.connect() as connection:
+            assert (
+                connection.scalar(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
+                    {"n": pg.application_name},
+                )
+                == 1
+            )
+    finally:
+        engine.dispose()
+
+
+def test_dispose_ends_the_notifier_thread_and_leaves_no_connection(
     pg: DatabaseUrls, listener: psycopg.Connection[Any], pg_admin: sa.Engine
 ) -> None:
     engine = pg.sync_engine()
