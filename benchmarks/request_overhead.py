@@ -25,6 +25,7 @@ wake-up's, under that load.
 Run:  .venv/bin/python benchmarks/request_overhead.py [--url postgresql://...]
           [--async] [--requests 300] [--rounds 7]
       .venv/bin/python benchmarks/request_overhead.py --clients 16 [--seconds 3] [--rounds 3]
+      .venv/bin/python benchmarks/request_overhead.py --clients 16 --pgbench  # pgbench_notify.py
 It creates and drops its own schemas (sagaz_bench_req_<random>) in that database.
 """
 
@@ -359,6 +360,9 @@ def main() -> None:
         "--clients", type=int, help="concurrent writer processes (wake-up mode comparison)"
     )
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--pgbench", action="store_true", help="with --clients: pgbench, no Python clients"
+    )
     args = parser.parse_args()
     with sa.create_engine(sync_url(args.url)).connect() as connection:
         server = connection.scalar(sa.text("SHOW server_version"))
@@ -374,7 +378,12 @@ def main() -> None:
                 f"mode: --clients {args.clients}, {args.seconds}s per run, {args.rounds} rounds",
                 flush=True,
             )
-            run_clients(args, schema)
+            if args.pgbench:
+                import pgbench_notify
+
+                pgbench_notify.run(args.url, schema, args.clients, args.seconds, args.rounds)
+            else:
+                run_clients(args, schema)
         else:
             print(
                 f"mode: single requests, {args.requests} per kind per round, {args.rounds} rounds",
