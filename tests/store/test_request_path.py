@@ -245,3 +245,23 @@ def test_numbers_survive_exactly_on_sqlite(sqlite: DatabaseUrls) -> None:
             assert_exactly(document)
     finally:
         engine.dispose()
+
+
+def test_a_table_with_a_schema_is_written_there(pg: DatabaseUrls) -> None:
+    """The statement names the table with its schema (here: a copy of sagaz_outbox bound
+    to the test's schema, written through a connection whose search_path is elsewhere)."""
+    from sagaz.outbox.events import build_event_row
+    from sagaz.store.statements import OUTBOX_CHANNEL, postgres_insert_groups, rows_document
+
+    qualified = outbox_table.to_metadata(sa.MetaData(), schema=pg.schema)
+    row = build_event_row("t", {"n": 1})
+    statement = postgres_insert_groups(((qualified, tuple(row), OUTBOX_CHANNEL),), notify=False)
+    engine = sa.create_engine(pg.sync, poolclass=sa.NullPool)  # search_path: public
+    try:
+        with engine.begin() as connection:
+            assert connection.scalar(sa.text("SELECT current_schema()")) == "public"
+            assert connection.execute(statement, {"rows0": rows_document([row])}).scalar()
+            stored = connection.scalar(sa.select(qualified.c.id))
+    finally:
+        engine.dispose()
+    assert stored == row["id"]
