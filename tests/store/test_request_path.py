@@ -15,44 +15,21 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine.interfaces import CacheStats
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from sagaz import Saga, action, outbox, start_saga
+from sagaz import outbox, start_saga
 from sagaz.store.schema import outbox as outbox_table
 from sagaz.store.schema import sagas
 from sagaz.store.wakeup import WAKEUP_KEY, WAKEUP_MODES
 from tests.conftest import DatabaseUrls
+from tests.store import test_session_bound as session_bound
 
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Purchase(Base):
-    __tablename__ = "request_path_purchases"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    total: Mapped[int]
-
-
-class PurchaseSaga(Saga):
-    saga_name = "request-path-purchase"
-
-    @action("noop")
-    async def noop(self, ctx: Any) -> None:
-        return None
-
-
-@pytest.fixture
-def engine(sync_engine: sa.Engine) -> sa.Engine:
-    Base.metadata.create_all(sync_engine)
-    return sync_engine
-
-
-@pytest.fixture
-async def aengine(async_engine: AsyncEngine) -> AsyncEngine:
-    async with async_engine.begin() as connection:
-        await connection.run_sync(Base.metadata.create_all)
-    return async_engine
+# The application's model, saga and engine fixtures are test_session_bound's.
+Base = session_bound.Base
+Purchase = session_bound.Order
+PurchaseSaga = session_bound.OrderSaga
+engine = session_bound.engine
+aengine = session_bound.aengine
 
 
 @contextmanager

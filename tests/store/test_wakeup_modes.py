@@ -6,7 +6,6 @@ coalesces wake-ups, and leaves no thread or connection behind after `dispose()`.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from sagaz.signals import outbox_signal
 from sagaz.store.schema import outbox as outbox_table
 from sagaz.store.wakeup import WAKEUP_KEY, notifier_for
 from tests.conftest import DatabaseUrls
+from tests.integrations.integration_helpers import settled_pg_connections
 
 pytestmark = pytest.mark.postgres
 
@@ -55,24 +55,20 @@ def pg_admin(postgres_server_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def settled_pg_connections(admin: sa.Engine, application_name: str) -> int:
-    """The test's connections, once they dropped to 0 or 5 s passed (a closed
-    connection's backend leaves pg_stat_activity a moment after the client hung up)."""
-    deadline = time.monotonic() + 5
-    while True:
-        with admin.connect() as connection:
-            count = connection.scalar(
-                sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
-                {"n": application_name},
-            )
-        if not count or time.monotonic() > deadline:
-            return int(count or 0)
-        time.sleep(0.02)
-
-
 def received(listener: psycopg.Connection[Any], schema: str | None, seconds: float) -> list[str]:
     """Channels notified for `schema` within `seconds` (other tests share the database)."""
     return sorted(n.channel for n in listener.notifies(timeout=seconds) if n.payload == schema)
+
+
+def both_channels(listener: psycopg.Connection[Any], schema: str | None) -> bool:
+    """Whether both channels are notified for `schema` within 5 s."""
+    channels: set[str] = set()
+    for notification in listener.notifies(timeout=5):
+        if notification.payload == schema:
+            channels.add(notification.channel)
+        if len(channels) == 2:
+            break
+    return channels == {"sagaz_outbox", "sagaz_sagas"}
 
 
 def commit_one(engine: sa.Engine, mode: str | None = None) -> None:
@@ -95,13 +91,7 @@ def test_each_mode_notifies_on_commit_never_on_rollback(
             session.rollback()
         assert received(listener, pg.schema, 0.3) == []
         commit_one(engine, mode)
-        channels: list[str] = []
-        for notification in listener.notifies(timeout=5):
-            if notification.payload == pg.schema:
-                channels.append(notification.channel)
-            if len(channels) == 2:
-                break
-        assert sorted(channels) == ["sagaz_outbox", "sagaz_sagas"]
+        assert both_channels(listener, pg.schema)
     finally:
         engine.dispose()
 
@@ -134,13 +124,7 @@ def test_the_default_sends_one_notify_for_commits_made_meanwhile(
             for _ in range(10):
                 commit_one(engine)
             assert notifier.sent == 0
-        channels: list[str] = []
-        for notification in listener.notifies(timeout=5):
-            if notification.payload == pg.schema:
-                channels.append(notification.channel)
-            if len(channels) == 2:
-                break
-        assert sorted(channels) == ["sagaz_outbox", "sagaz_sagas"]
+        assert both_channels(listener, pg.schema)
         assert notifier.sent == 1
         assert received(listener, pg.schema, 0.3) == []  # and only once
     finally:
@@ -192,7 +176,7 @@ def test_dispose_ends_the_notifier_thread_and_leaves_no_connection(
     assert received(listener, pg.schema, 5)
     engine.dispose()
     assert [t for t in threading.enumerate() if t.name == "sagaz-notify"] == []
-    assert settled_pg_connections(pg_admin, str(pg.application_name)) == 0
+    assert settled_pg_connections(pg_admin, str(pg.application_name), at_most=0) == 0
 
 
 async def test_an_async_session_notifies_after_commit_and_dispose_closes_it(
@@ -212,7 +196,7 @@ async def test_an_async_session_notifies_after_commit_and_dispose_closes_it(
         assert sorted(channels) == ["sagaz_outbox", "sagaz_sagas"]
     finally:
         await engine.dispose()
-    assert settled_pg_connections(pg_admin, str(pg.application_name)) == 0
+    assert settled_pg_connections(pg_admin, str(pg.application_name), at_most=0) == 0
 
 
 def test_an_unknown_mode_is_refused_before_anything_is_written(pg: DatabaseUrls) -> None:
