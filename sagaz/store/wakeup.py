@@ -131,6 +131,7 @@ class Notifier:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_pool: sa.pool.Pool | None = None
         self.sent = 0
         """NOTIFY statements issued so far (for tests and benchmarks)."""
 
@@ -164,6 +165,8 @@ class Notifier:
                         return
                     self._condition.wait(remaining)
                 batch, self._pending = self._pending, set()
+            if self._thread is not threading.current_thread():
+                return  # disposed meanwhile: nothing may open its new pool
             self._send(batch)
             time.sleep(COALESCE_SECONDS)
 
@@ -196,7 +199,7 @@ class Notifier:
         engine = self._engine()
         if engine is None:
             return
-        pool = engine.pool
+        pool = self._last_pool = engine.pool
         try:
             raw = pool.connect()
         except Exception as error:
@@ -249,6 +252,12 @@ class Notifier:
                     await_only(asyncio.wait([state.task]))
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
+        pool, self._last_pool = self._last_pool, None
+        if pool is not None:
+            # A NOTIFY in flight during dispose() gave its connection back to the old
+            # pool, or took one from the new pool before this event ran: close it.
+            with contextlib.suppress(sa.exc.MissingGreenlet):
+                pool.dispose()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
