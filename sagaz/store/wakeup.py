@@ -25,8 +25,9 @@ borrows one of the engine's pooled connections for one round trip and returns it
 connection of its own, so the process never holds more connections than its pool
 allows (under a pool exhausted by requests, the NOTIFY waits its turn like a request).
 `Engine.dispose()` drops pending wake-ups (the process is shutting the pool down;
-polling covers them) and waits for the senders. A failed NOTIFY is logged as a warning
-and not retried: polling covers it.
+polling covers them) and waits for the senders; a forked child starts with fresh
+notifiers (the parent's thread does not come along). A failed NOTIFY is logged as a
+warning and not retried: polling covers it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -233,6 +235,14 @@ class Notifier:
             error,
         )
 
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the parent's thread, tasks and lock state did not come along."""
+        self._condition = threading.Condition()
+        self._pending = set()
+        self._thread = None
+        self._loops = weakref.WeakKeyDictionary()
+        self._last_pool = None
+
     def _disposed(self, _engine: sa.Engine) -> None:
         """`Engine.dispose()`: drop what is pending, end the senders and wait for them
         (the process is shutting the pool down: nothing may open its new pool)."""
@@ -282,3 +292,11 @@ def notifier_for(engine: sa.Engine) -> Notifier:
             notifier = _notifiers[engine] = Notifier(engine)
             event.listen(engine, "engine_disposed", notifier._disposed)
     return notifier
+
+
+def _after_fork_in_child() -> None:
+    for notifier in list(_notifiers.values()):
+        notifier._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

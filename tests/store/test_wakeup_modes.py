@@ -199,6 +199,39 @@ async def test_an_async_session_notifies_after_commit_and_dispose_closes_it(
     assert settled_pg_connections(pg_admin, str(pg.application_name), at_most=0) == 0
 
 
+def _commit_in_forked_child(engine: sa.Engine) -> None:
+    import time
+
+    commit_one(engine)  # no dispose(): nothing would reset the notifier but the fork hook
+    notifier = notifier_for(engine)
+    deadline = time.monotonic() + 10
+    # stay alive until the NOTIFY went out and the notifier's thread ended
+    while (notifier.sent == 0 or notifier._thread is not None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_forked_child_sends_its_own_notify(
+    pg: DatabaseUrls, listener: psycopg.Connection[Any]
+) -> None:
+    """A process forked after its parent's notifier started (e.g. a pre-forking server)
+    gets a notifier of its own: the parent's thread did not come along."""
+    import multiprocessing
+
+    engine = pg.sync_engine(poolclass=sa.NullPool)  # no pooled connection to share
+    try:
+        commit_one(engine)  # the parent's notifier thread runs
+        assert both_channels(listener, pg.schema)
+        child = multiprocessing.get_context("fork").Process(
+            target=_commit_in_forked_child, args=(engine,)
+        )
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert both_channels(listener, pg.schema)
+    finally:
+        engine.dispose()
+
+
 def test_an_unknown_mode_is_refused_before_anything_is_written(pg: DatabaseUrls) -> None:
     engine = pg.sync_engine()
     try:
