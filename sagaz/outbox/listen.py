@@ -1,7 +1,8 @@
 """Cross-process wake-ups through PostgreSQL LISTEN/NOTIFY.
 
-`outbox.add` issues `pg_notify('sagaz_outbox', current_schema())` inside the writing
-transaction, and PostgreSQL delivers it when (and only if) that transaction commits. A
+A commit that wrote outbox (or saga) rows is followed by `pg_notify('sagaz_outbox',
+<schema>)` - by default sent after the commit by the writing process's coalescing
+notifier, or inside the transaction, or not at all (see `sagaz.store.wakeup`). A
 `NotificationListener` keeps one connection of the engine's pool LISTENing on a channel
 and calls back on each notification, so a relay in another process starts publishing
 within milliseconds instead of at its next poll.

@@ -6,14 +6,16 @@ Session events, registered once on the sync `Session` class (and so reaching eve
 `AsyncSession` through its `sync_session`), write the queued rows inside the session's own
 flush or commit, on the session's own connection:
 
-* `after_flush` and `before_commit` write the queued rows: one INSERT per table (the
-  NOTIFY on PostgreSQL rides in the same statement);
+* `after_flush` and `before_commit` write the queued rows: on PostgreSQL every queued
+  row of every sagaz table in ONE statement of a fixed shape (one json parameter per
+  table, compiled once by SQLAlchemy), on SQLite one cached executemany per table;
+  how workers elsewhere are woken is `sagaz.store.wakeup`'s (``session.info[WAKEUP_KEY]``);
 * `after_soft_rollback` of a savepoint drops the rows queued inside it, and queues again
   the rows queued *outside* it that a flush inside it wrote (the database undid that
   write; the next flush or commit writes them again - ``ON CONFLICT DO NOTHING`` keeps
   the repeat harmless); a rollback of the whole transaction drops everything;
-* `after_commit` of the outermost transaction wakes this process's workers; a rollback
-  wakes nobody;
+* `after_commit` of the outermost transaction wakes this process's workers (and, in the
+  default wake-up mode, has the NOTIFY sent); a rollback wakes nobody;
 * `after_transaction_end` of the outermost transaction forgets whatever is left.
 
 The rows go on `session.connection()` - the session's default bind - unless the session
@@ -35,13 +37,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 
 from sagaz.signals import WakeSignal
-from sagaz.store.statements import insert_rows_and_notify
+from sagaz.store.statements import RowGroup, postgres_insert_groups, rows_document, sqlite_insert
+from sagaz.store.wakeup import Wakeable, WakeAfterCommit, notifier_for, wakeup_mode
 
 _INFO_KEY = "sagaz.unit_of_work"
-#: Rows per INSERT statement: 1,000 rows of the widest sagaz table stay far below every
-#: driver's parameter limit.
-ROWS_PER_INSERT = 1000
-
 BIND_ARGUMENTS_KEY = "sagaz.bind_arguments"
 """`Session.info` key choosing the connection sagaz's rows are written on.
 
@@ -76,7 +75,7 @@ class _Buffer:
     #: Rows written inside a savepoint that is still open or released into an open one:
     #: a rollback of that savepoint undoes the write, so they may have to be queued again.
     written: list[_QueuedRow] = field(default_factory=list)
-    signals: set[WakeSignal] = field(default_factory=set)
+    signals: set[Wakeable] = field(default_factory=set)
 
 
 AnySession = Session | AsyncSession | scoped_session[Any] | async_scoped_session[Any]
@@ -127,22 +126,19 @@ def _write_queued(session: Session) -> None:
     buffer: _Buffer | None = session.info.get(_INFO_KEY)
     if buffer is None or not buffer.queued:
         return
+    mode = wakeup_mode(session)  # may refuse: the rows stay queued
     connection = _connection_for_rows(session)  # may refuse: the rows stay queued
     queued, buffer.queued = buffer.queued, []
     _remember_written(session, buffer, queued)
-    dialect = connection.dialect.name
+    if connection.dialect.name == "postgresql":
+        _write_postgres(connection, queued, mode, buffer.signals)
+        return
     by_table: dict[sa.Table, list[_QueuedRow]] = {}
     for item in queued:
         by_table.setdefault(item.table, []).append(item)
     for table, items in by_table.items():
-        # One INSERT per table per flush, unless a unit of work queued more rows than
-        # fit one statement's parameters (asyncpg allows 32,767 per statement).
-        for start in range(0, len(items), ROWS_PER_INSERT):
-            chunk = items[start : start + ROWS_PER_INSERT]
-            statement = insert_rows_and_notify(
-                table, [item.row for item in chunk], dialect, chunk[0].channel
-            )
-            connection.execute(statement)
+        # One executemany per table per flush, compiled once (SQLAlchemy's cache).
+        connection.execute(sqlite_insert(table, connection.dialect.name), [i.row for i in items])
         buffer.signals.add(items[0].signal)
 
 
@@ -158,6 +154,28 @@ def _remember_written(session: Session, buffer: _Buffer, rows: list[_QueuedRow])
     for item in rows:
         item.written_in = savepoint
     buffer.written.extend(rows)
+
+
+def _write_postgres(
+    connection: sa.Connection, queued: list[_QueuedRow], mode: str, signals: set[Wakeable]
+) -> None:
+    """Every queued row in ONE statement of a fixed shape (one json parameter per table),
+    and with it the NOTIFY when `mode` is "transaction" (see `sagaz.store.wakeup`)."""
+    groups: dict[RowGroup, list[_QueuedRow]] = {}
+    for item in queued:
+        groups.setdefault((item.table, tuple(item.row), item.channel), []).append(item)
+    statement = postgres_insert_groups(tuple(groups), notify=mode == "transaction")
+    parameters = {
+        f"rows{index}": rows_document([item.row for item in items])
+        for index, items in enumerate(groups.values())
+    }
+    schema = connection.execute(statement, parameters).scalar()
+    for _group, items in groups.items():
+        signals.add(items[0].signal)
+    if mode == "commit" and schema is not None:
+        notifier = notifier_for(connection.engine)
+        for _table, _columns, channel in groups:
+            signals.add(WakeAfterCommit(notifier, channel, schema))
 
 
 def _connection_for_rows(session: Session) -> sa.Connection:

@@ -232,31 +232,6 @@ async def test_fifty_concurrent_starts_with_one_key_create_one_saga(
     assert stored == [ids[0]]
 
 
-def test_one_insert_per_sagaz_table_in_the_flush(engine: sa.Engine) -> None:
-    statements: list[str] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", capture)
-    try:
-        with Session(engine) as session:
-            session.add(Order(id=1, total=1))
-            for n in range(3):
-                start_saga(session, OrderSaga, {"n": n})
-            for n in range(5):
-                outbox.add(session, "t", {"n": n})
-            session.commit()
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", capture)
-    saga_inserts = [s for s in statements if "INSERT INTO sagaz_sagas" in s]
-    outbox_inserts = [s for s in statements if "INSERT INTO sagaz_outbox" in s]
-    assert len(saga_inserts) == 1
-    assert len(outbox_inserts) == 1
-    assert len([s for s in statements if "sagaz_" in s]) == 2
-    assert counts(engine) == (1, 3, 5)
-
-
 def test_correlation_id_recorded_on_saga_and_headers(engine: sa.Engine) -> None:
     with SagaContextManager.scope("corr-123"), Session(engine) as session:
         saga_id = start_saga(session, OrderSaga, {})
