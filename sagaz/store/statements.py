@@ -77,8 +77,9 @@ def postgres_insert_groups(groups: tuple[RowGroup, ...], *, notify: bool) -> sa.
     for index, (table, columns, channel) in enumerate(groups):
         name = preparer.format_table(table)
         column_list = ", ".join(preparer.quote(table.c[column].name) for column in columns)
+        values = ", ".join(_selected(table.c[column], preparer) for column in columns)
         parts.append(
-            f"w{index} AS (INSERT INTO {name} ({column_list}) SELECT {column_list} "
+            f"w{index} AS (INSERT INTO {name} ({column_list}) SELECT {values} "
             f"FROM json_populate_recordset(CAST(NULL AS {name}), CAST(:rows{index} AS json)) "
             "WITH ORDINALITY AS r ORDER BY r.ordinality ON CONFLICT DO NOTHING RETURNING 1)"
         )
@@ -90,6 +91,17 @@ def postgres_insert_groups(groups: tuple[RowGroup, ...], *, notify: bool) -> sa.
     else:
         final = f"SELECT current_schema() WHERE {' OR '.join(inserted)}"
     return sa.text(f"WITH {', '.join(parts)} {final}")
+
+
+def _selected(column: sa.Column[Any], preparer: Any) -> str:
+    """A column as the statement selects it from the expanded rows: a JSON document
+    column that stores None as JSON ``null`` gets ``null`` back where the expansion made
+    SQL NULL of it (``json_populate_recordset`` turns a JSON null value into SQL NULL)."""
+    name = str(preparer.quote(column.name))
+    if getattr(column.type, "json_null", False):
+        # an untyped literal takes the column's own type (json, or jsonb before 0002)
+        return f"COALESCE({name}, 'null')"
+    return name
 
 
 def rows_document(rows: Sequence[Mapping[str, Any]]) -> str:
