@@ -117,11 +117,25 @@ def claim_statement(dialect: str) -> sa.Update:
         sa.select(key_heads.c.head_seq.label("seq")),
     ).subquery("candidates")
     head = outbox.alias("head")
+    if dialect == "postgresql":
+        # The candidates as one array computed once, each found by primary key; the
+        # conditions wrapped so that no other index serves them (as `seq IN (...)` with
+        # plain conditions the planner, without statistics, read every due event).
+        is_candidate: ColumnElement[bool] = head.c.seq == sa.any_(
+            sa.func.array(sa.select(candidates.c.seq).scalar_subquery())
+        )
+        checks = [
+            sa.func.coalesce(head.c.status, "") == PENDING,
+            sa.func.coalesce(head.c.next_attempt_at, now) <= now,
+            unclaimed(head, now),
+        ]
+    else:
+        is_candidate = head.c.seq.in_(sa.select(candidates.c.seq))
+        checks = [pending(head, dialect), ready(head, now)]
     heads_query = (
         sa.select(head.c.seq, head.c.key)
-        .where(head.c.seq.in_(sa.select(candidates.c.seq)))
-        .where(pending(head, dialect))
-        .where(ready(head, now))
+        .where(is_candidate)
+        .where(*checks)
         .order_by(head.c.next_attempt_at, head.c.seq)
         .limit(limit)
     )
@@ -135,12 +149,30 @@ def claim_statement(dialect: str) -> sa.Update:
         else _chain_followers(heads, limit, now)
     )
     chosen = sa.union_all(sa.select(heads.c.seq), followers)
+    if dialect == "postgresql":
+        # `seq = ANY(ARRAY(chosen))`: the choice runs once (an InitPlan) and each chosen
+        # row is found by primary key. As `seq IN (chosen)` the planner (no statistics)
+        # scanned every pending row and re-ran the choice for each - O(backlog x batch),
+        # seconds on a few thousand pending events of a few keys.
+        picked = sa.select(chosen.subquery("chosen").c.seq)
+        target: ColumnElement[bool] = outbox.c.seq == sa.any_(
+            sa.func.array(picked.scalar_subquery())
+        )
+    else:
+        target = outbox.c.seq.in_(chosen)
+    # Re-checked by PostgreSQL against the latest row version before the update; on
+    # PostgreSQL written so that no index serves it, leaving the primary key to find
+    # the chosen rows (the status index would read every pending row).
+    still_pending = (
+        sa.func.coalesce(outbox.c.status, "") == PENDING
+        if dialect == "postgresql"
+        else pending(outbox, dialect)
+    )
     return (
         sa.update(outbox)
-        # Re-checked by PostgreSQL against the latest row version before the update.
-        .where(pending(outbox, dialect))
+        .where(still_pending)
         .where(unclaimed(outbox, now))
-        .where(outbox.c.seq.in_(chosen))
+        .where(target)
         .values(claim_owner=sa.bindparam("owner"), claim_expires_at=_now("expires"))
         .returning(
             outbox.c.seq,

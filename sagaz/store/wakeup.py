@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from sagaz.errors import ConfigurationError
+from sagaz.store.failures import describe_failure
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ class Notifier:
             "sagaz: the post-commit NOTIFY on %s failed (%s); workers in other processes "
             "find the rows at their next poll",
             ", ".join(sorted({channel for channel, _payload in batch})),
-            error,
+            describe_failure(error),  # one line, no parameters, no password
         )
 
     def _reset_after_fork(self) -> None:

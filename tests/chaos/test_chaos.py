@@ -105,10 +105,12 @@ async def stream() -> AsyncIterator[tuple[str, str]]:
 
 
 def worker_arguments(database_url: str, broker_url: str) -> list[str]:
-    """`sagaz worker` options: 2 s leases, everything else (--max-attempts) at its default."""
+    """`sagaz worker` options: 2 s leases (the sagas' and the relay's), everything else
+    (--max-attempts) at its default."""
     return [
         "--url", database_url, "--import", "tests.chaos.chaos_sagas",
         "--broker-url", broker_url, "--lease-seconds", str(LEASE_SECONDS),
+        "--relay-lease-seconds", str(LEASE_SECONDS),
         "--poll-interval", "0.2", "--shutdown-grace", "1", "--log-level", "WARNING",
     ]  # fmt: skip
 
@@ -188,13 +190,6 @@ async def test_chaos_run_keeps_every_promise(
     )
     with capsys.disabled():
         print(ledger.render())
-    # KNOWN TO FAIL against main as of 3be8162 (issue 11, fixed on other branches):
-    # - "0 healthy sagas failed": sagas given up after 5 claims lost to kills, pauses and
-    #   the restart (item 2); a transactional step whose connection the restart broke is
-    #   compensated as if the step had failed.
-    # - "every event published within 10 s": a killed relay's events and every later
-    #   event of their keys wait for its fixed 30 s claim (item 3).
-    # Kept as they are: they must pass once those fixes are merged.
     failures = ledger.failures()
     assert not failures, "broken promises:\n" + "\n".join(failures)
 
