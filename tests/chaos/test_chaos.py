@@ -105,12 +105,11 @@ async def stream() -> AsyncIterator[tuple[str, str]]:
 
 
 def worker_arguments(database_url: str, broker_url: str) -> list[str]:
-    """`sagaz worker` options: 2 s leases (the sagas' and the relay's), everything else
-    (--max-attempts) at its default."""
+    """`sagaz worker` options: 2 s saga leases, everything else (--max-attempts, the
+    relay's 5 s claim) at its default."""
     return [
         "--url", database_url, "--import", "tests.chaos.chaos_sagas",
         "--broker-url", broker_url, "--lease-seconds", str(LEASE_SECONDS),
-        "--relay-lease-seconds", str(LEASE_SECONDS),
         "--poll-interval", "0.2", "--shutdown-grace", "1", "--log-level", "WARNING",
     ]  # fmt: skip
 
