@@ -285,10 +285,19 @@ class BackgroundSagaRunner:
             except Exception as error:
                 log_failure(log, error, "sagaz: renewing the lease of saga %s failed", saga_id)
                 continue
-            if saga_id not in held:
+            if saga_id in held:
+                continue
+            try:
+                finished = await self._in_transaction(
+                    partial(claims.released_by_holder, leases={saga_id: token})
+                )
+            except Exception as error:
+                log_failure(log, error, "sagaz: checking saga %s failed", saga_id)
+                continue
+            if saga_id not in finished:  # else its own run gave the lease back
                 lost.set()
                 run_task.cancel()
-                return
+            return
 
     async def _release(self, saga_id: str, token: int) -> None:
         try:

@@ -174,6 +174,20 @@ def renew_leases(
     return {str(row.id) for row in rows if leases.get(str(row.id)) == row.lease_token}
 
 
+def released_by_holder(connection: sa.Connection, *, leases: dict[str, int]) -> set[str]:
+    """Of `leases` (saga id -> token) that a renewal no longer found held, the ids whose
+    lease was given back (a finished run releases it) with nobody claiming the saga since
+    (the token is unchanged): their runs were not taken over and must not be stopped."""
+    if not leases:
+        return set()
+    rows = connection.execute(
+        sa.select(sagas.c.id, sagas.c.lease_token).where(
+            sagas.c.id.in_(sorted(leases)), sagas.c.lease_owner.is_(None)
+        )
+    )
+    return {str(row.id) for row in rows if leases.get(str(row.id)) == row.lease_token}
+
+
 def release_leases(
     connection: sa.Connection,
     *,

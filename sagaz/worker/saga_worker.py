@@ -401,6 +401,16 @@ class SagaWorker:
                 await asyncio.sleep(max(0.0, min(delay, lease.remaining())))
                 delay = min(delay * 2, 1.0)
 
+    async def _finished_meanwhile(self, leases: dict[str, int], held: set[str]) -> set[str]:
+        missing = {saga_id: token for saga_id, token in leases.items() if saga_id not in held}
+        if not missing:
+            return set()
+        try:
+            return await self._in_transaction(partial(claims.released_by_holder, leases=missing))
+        except Exception as error:
+            log_failure(log, error, "checking finished sagas failed; will retry")
+            return set(missing)  # decided at the next renewal
+
     async def _renew_leases(self) -> None:
         interval = self.lease_seconds / 3
         while True:
@@ -425,10 +435,13 @@ class SagaWorker:
                 # deadline stops by itself.
                 log_failure(log, error, "renewing leases failed; will retry")
                 continue
+            finished = await self._finished_meanwhile(leases, held)
             for saga_id, run in running.items():
                 if saga_id in held:
                     run.lease.granted(started)
                     continue
+                if saga_id in finished:
+                    continue  # its own run gave the lease back (it finished): not taken over
                 run.lease.lost()
                 if self._running.get(saga_id) is run:
                     log.warning("lease of saga %s was taken over; stopping its run", saga_id)
