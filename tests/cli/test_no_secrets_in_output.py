@@ -163,9 +163,15 @@ async def test_failing_worker_relay_and_commands_print_no_password_and_no_user_d
         await until(logged("unreachable worker", "claiming failed"))
         await until(logged("unreachable worker", "pass failed"))
     finally:
-        for process in (worker, down):
-            if process.poll() is None:
-                await stop(process)
+        try:
+            for process in (worker, down):
+                if process.poll() is None:
+                    await stop(process)
+        finally:
+            for process in (worker, down):  # never left running, whatever failed above
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
         await proxy.close()
         await direct.dispose()
         sync_engine.dispose()
