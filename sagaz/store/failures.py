@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 
+from sagaz.errors import DatabaseUnavailableError
 from sagaz.store.urls import scrub_passwords
 
 #: SQLSTATE classes (first two characters) and codes that retrying cannot fix.
@@ -136,6 +137,8 @@ def is_transient(error: BaseException) -> bool:
     """Whether a retry may get past `error`: the database unreachable or restarting, a
     broken connection, a serialization failure or deadlock, a busy SQLite file, a
     timeout. Never true for an `is_fatal` error."""
+    if isinstance(error, DatabaseUnavailableError):  # a step's connection broke
+        return True
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
         return True
     code = sqlstate(error)

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from sagaz.errors import DatabaseUnavailableError
 from sagaz.store.engines import create_async_engine, create_engine
 from sagaz.store.failures import describe_failure, is_fatal, is_transient, log_failure, sqlstate
 from tests.conftest import DatabaseUrls
@@ -224,6 +225,21 @@ async def test_a_terminated_connection_is_transient(pg: DatabaseUrls, asynchrono
     assert is_transient(error)
     assert not is_fatal(error)
     assert_described(error, "terminating connection due to administrator command")
+
+
+def test_a_connection_lost_inside_a_transactional_step_is_transient(
+    postgres_server_url: str,
+) -> None:
+    """The worker logs it as a WARNING like any other broken connection, not an ERROR."""
+    import psycopg
+
+    server = make_url(postgres_server_url)
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(host=server.host, port=closed_port(), password=PASSWORD)
+    wrapped = DatabaseUnavailableError("saga x: the database connection failed")
+    wrapped.__cause__ = refused.value
+    assert is_transient(wrapped)
+    assert not is_fatal(wrapped)
 
 
 @pytest.mark.parametrize("code", ["40001", "40P01", "57P01", "08006"])
