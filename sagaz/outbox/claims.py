@@ -56,7 +56,9 @@ class Failure:
 
     `counted` failures add one attempt, store `error` and wait until `next_attempt_at`
     (and are dead-lettered at `max_attempts`, or at once when `final`); uncounted ones
-    (events held back behind a failed event of their key) are only released, unchanged.
+    (events held back behind a failed event of their key, or sent back by a broker
+    outage) are released with their attempts and due time unchanged, storing `error`
+    if they have one.
     """
 
     seq: int
@@ -303,8 +305,10 @@ def settle_failures(
             value=outbox.c.seq,
             else_=outbox.c.next_attempt_at,
         )
+    explained = [failure for failure in failures if failure.counted or failure.error]
+    if explained:
         last_error = sa.case(
-            {failure.seq: sa.literal(_cut(failure.error), sa.Text()) for failure in counted},
+            {failure.seq: sa.literal(_cut(failure.error), sa.Text()) for failure in explained},
             value=outbox.c.seq,
             else_=outbox.c.last_error,
         )

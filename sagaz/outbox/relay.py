@@ -4,8 +4,9 @@ One pass (`relay_once`) claims a batch of due events in one statement, publishes
 with one `publish_batch` call, and records the outcome in one transaction: one statement
 marks the confirmed events published, one hands the others back with their next attempt
 time (exponential backoff with jitter, stored in the row - nothing sleeps while holding a
-claim) or dead-letters them after `max_attempts`. Every mark is fenced by the relay's
-`owner`, so a relay whose claim expired and was taken over changes nothing.
+claim) or dead-letters them after `max_attempts`. A broker outage counts no attempt: the
+relay pauses (up to `max_connection_backoff`) instead, see `relay_pass`. Every mark is
+fenced by the relay's `owner`: a relay whose claim was taken over changes nothing.
 
 `run_until_stopped` repeats passes: back to back while batches come back full, otherwise
 waiting for a wake-up - the in-process post-commit signal, PostgreSQL LISTEN/NOTIFY from
@@ -41,6 +42,7 @@ from sagaz.outbox.claims import ClaimedEvent, Failure, Settled
 from sagaz.outbox.listen import NotificationListener
 from sagaz.outbox.maintenance import RetentionResult, retain
 from sagaz.outbox.relay_pass import PassResult, backoff_delay, default_owner, split_outcomes
+from sagaz.outbox.relay_publish import publish_claimed, wait_for
 from sagaz.signals import Subscription, outbox_signal
 from sagaz.store.failures import is_fatal, log_failure
 from sagaz.store.statements import OUTBOX_CHANNEL
@@ -69,6 +71,7 @@ class OutboxRelay:
         max_attempts: int = 10,
         base_backoff: float = 1.0,
         max_backoff: float = 300.0,
+        max_connection_backoff: float = 5.0,
         poll_interval: float = 1.0,
         concurrency: int = 1,
         owner: str | None = None,
@@ -86,8 +89,8 @@ class OutboxRelay:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
-        if base_backoff < 0 or max_backoff < base_backoff:
-            raise ValueError("need 0 <= base_backoff <= max_backoff")
+        if base_backoff < 0 or max_backoff < base_backoff or max_connection_backoff <= 0:
+            raise ValueError("need 0 <= base_backoff <= max_backoff and max_connection_backoff > 0")
         self.engine = engine
         self.broker = broker
         self.batch_size = batch_size
@@ -95,6 +98,7 @@ class OutboxRelay:
         self.max_attempts = max_attempts
         self.base_backoff = base_backoff
         self.max_backoff = max_backoff
+        self.max_connection_backoff = max_connection_backoff
         self.poll_interval = poll_interval
         self.concurrency = concurrency
         self.owner = owner or default_owner()
@@ -148,8 +152,22 @@ class OutboxRelay:
             return PassResult(deferred=deferred)
         unreadable = [event for event in claimed if event.problem is not None]
         events = [event for event in claimed if event.problem is None]
-        results = await self._publish(owner, events) if events else []
-        published, failures = self._outcomes(events, results)
+        results = (
+            await publish_claimed(
+                self.engine, self.broker, events, owner=owner, claim_seconds=self.claim_seconds
+            )
+            if events
+            else []
+        )
+        outcomes = split_outcomes(
+            events,
+            results,
+            base_backoff=self.base_backoff,
+            max_backoff=self.max_backoff,
+            max_connection_backoff=self.max_connection_backoff,
+            who=f"outbox relay {self.owner}: broker {type(self.broker).__name__}",
+        )
+        published, failures = outcomes.published, outcomes.failures
         failures += [
             Failure(event.seq, True, event.next_attempt_at, event.problem, final=True)
             for event in unreadable
@@ -195,62 +213,7 @@ class OutboxRelay:
             released=len([f for f in failures if not f.counted and f.seq in settled.retried]),
             fenced=len(claimed) - recorded,
             deferred=deferred,
-        )
-
-    async def _publish(
-        self, owner: str, events: Sequence[ClaimedEvent]
-    ) -> list[BaseException | None]:
-        messages = [event.message for event in events]
-        published = asyncio.Event()
-        renewer = asyncio.create_task(
-            self._renew_claims(owner, events, published), name="sagaz:outbox-renew"
-        )
-        try:
-            results = list(await self.broker.publish_batch(messages))
-        except Exception as error:
-            logger.warning("outbox relay %s: publish_batch raised %s", self.owner, describe(error))
-            return [error] * len(events)
-        finally:
-            # Not cancelled mid-statement: a renewal in flight finishes first.
-            published.set()
-            await renewer
-        if len(results) != len(events):
-            mismatch = RuntimeError(
-                f"broker {type(self.broker).__name__} returned {len(results)} results "
-                f"for {len(events)} messages"
-            )
-            logger.error("outbox relay %s: %s", self.owner, mismatch)
-            return [mismatch] * len(events)
-        return results
-
-    async def _renew_claims(
-        self, owner: str, events: Sequence[ClaimedEvent], done: asyncio.Event
-    ) -> None:
-        """Keep the claim alive while a slow broker is still publishing the batch."""
-        seqs = [event.seq for event in events]
-        while seqs and not await _wait_for(done, self.claim_seconds / 3):
-            try:
-                async with self.engine.begin() as connection:
-                    held = await connection.run_sync(
-                        claims.renew_claims,
-                        owner=owner,
-                        seqs=seqs,
-                        expires=utcnow() + timedelta(seconds=self.claim_seconds),
-                    )
-            except Exception as error:
-                log_failure(logger, error, "outbox relay %s: renewing claims failed", self.owner)
-                continue
-            seqs = [seq for seq in seqs if seq in held]
-
-    def _outcomes(
-        self, events: Sequence[ClaimedEvent], results: Sequence[BaseException | None]
-    ) -> tuple[list[int], list[Failure]]:
-        return split_outcomes(
-            events,
-            results,
-            base_backoff=self.base_backoff,
-            max_backoff=self.max_backoff,
-            who=f"outbox relay {self.owner}: broker {type(self.broker).__name__}",
+            outage=outcomes.outage,
         )
 
     async def _record(
@@ -348,6 +311,7 @@ class OutboxRelay:
 
     async def _lane(self, wake: asyncio.Event, owner: str) -> None:
         error_delay = 0.0
+        outages = 0
         while not self._stopping:
             wake.clear()
             try:
@@ -368,6 +332,22 @@ class OutboxRelay:
                 await self._wait(wake, error_delay)
                 continue
             error_delay = 0.0
+            if result.outage:
+                # The broker is unreachable: wake-ups would only fail again; pause.
+                pause = backoff_delay(outages, self.base_backoff, self.max_connection_backoff)
+                outages += 1
+                if outages == 1:
+                    logger.warning(
+                        "outbox relay %s: the broker is unreachable; retrying every %.1f s at "
+                        "most (no attempt counted against the events)",
+                        owner,
+                        self.max_connection_backoff,
+                    )
+                await self._pause(wake, pause)
+                continue
+            if outages and result.published:
+                logger.warning("outbox relay %s: the broker is reachable again", owner)
+                outages = 0
             if result.claimed >= self.batch_size or result.dead or result.deferred:
                 # More may be due at once (a dead-lettered event unblocks its key, deferred
                 # events make room in the claim's window): go on, and wake the other passes.
@@ -385,6 +365,17 @@ class OutboxRelay:
                 return 0.0
             timeout = min(timeout, until_retry + 0.001)
         return timeout
+
+    async def _pause(self, wake: asyncio.Event, seconds: float) -> None:
+        """Wait `seconds` whatever wakes the relay, unless it is stopping."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not self._stopping:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            await self._wait(wake, remaining)
+            if not self._stopping:
+                wake.clear()
 
     async def _wait(self, wake: asyncio.Event, seconds: float) -> None:
         if seconds <= 0:
@@ -422,7 +413,7 @@ class OutboxRelay:
                     )
             except Exception as error:
                 log_failure(logger, error, "outbox relay %s: retention failed", self.owner)
-            await _wait_for(stopped, self.retention_interval)
+            await wait_for(stopped, self.retention_interval)
 
     async def apply_retention(self) -> RetentionResult:
         """Delete published events and inbox rows past their retention, one committed
@@ -448,11 +439,3 @@ class OutboxRelay:
             if self._stopping:
                 break
         return totals
-
-
-async def _wait_for(event: asyncio.Event, seconds: float) -> bool:
-    """Wait until `event` is set or `seconds` pass; True if it was set."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    return event.is_set()

@@ -51,6 +51,14 @@ def connections(admin: sa.Engine, application_name: str, settle_to: int | None =
         time.sleep(0.02)
 
 
+async def checked_out_settles(pool: sa.Pool, seconds: float = 5.0) -> int:
+    """The pool's checked-out connections once they reach 0, or after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while pool.checkedout() and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)
+    return int(pool.checkedout())  # type: ignore[attr-defined]
+
+
 async def test_1000_requests_100_at_a_time_leave_no_connection_behind(
     pg: DatabaseUrls, admin: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -83,7 +91,9 @@ async def test_1000_requests_100_at_a_time_leave_no_connection_behind(
 
         await asyncio.gather(*(place(client, n) for n in range(100, 1100)))
 
-        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        # The coalesced post-commit NOTIFY (sagaz.store.wakeup) may still hold a pooled
+        # connection for its one round trip just after the last response: give it back.
+        assert await checked_out_settles(pool) == 0
         after = await asyncio.to_thread(connections, admin, name, baseline)
         assert after == baseline
         assert after == pool.checkedin()  # type: ignore[attr-defined]
