@@ -12,158 +12,61 @@ Two properties every implementation must keep:
   with transitions of other sagas running concurrently, as long as it returns only once
   the transition is durable.
 
-`apply_transition` is the pure state machine every store shares: given a snapshot and a
-transition, it updates the snapshot. The in-memory journal here uses it directly; the SQL
-stores turn the same transitions into set-based statements.
+The transitions, the snapshot and `apply_transition`, the state machine every journal
+shares, live in `sagaz.state` (and are importable from here too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from sagaz.errors import LeaseLostError
-from sagaz.types import JSONDict, SagaStatus, StepStatus
+from sagaz.state import (
+    STEP_STATUS_AFTER,
+    Fence,
+    SagaSnapshot,
+    Transition,
+    TransitionKind,
+    apply_transition,
+)
+from sagaz.types import JSONDict, SagaStatus, StepOutcome
+
+__all__ = [
+    "STEP_STATUS_AFTER",
+    "WRITE_BEHIND",
+    "Fence",
+    "MemoryJournal",
+    "SagaJournal",
+    "SagaSnapshot",
+    "TransactionalJournal",
+    "TransactionalStepCall",
+    "Transition",
+    "TransitionKind",
+    "TransitionListener",
+    "apply_transition",
+    "notify_listeners",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class TransitionKind(StrEnum):
-    """What a `Transition` records: a saga or step starting, an attempt failing, a step
-    completing, failing or being compensated, the saga finishing."""
-
-    SAGA_STARTED = "saga_started"
-    STEP_STARTED = "step_started"
-    STEP_ATTEMPT_FAILED = "step_attempt_failed"
-    STEP_COMPLETED = "step_completed"
-    STEP_FAILED = "step_failed"
-    SAGA_COMPENSATING = "saga_compensating"
-    COMPENSATION_STARTED = "compensation_started"
-    COMPENSATION_COMPLETED = "compensation_completed"
-    COMPENSATION_FAILED = "compensation_failed"
-    SAGA_FINISHED = "saga_finished"
-
-
-#: The step status each step-level transition leaves behind.
-STEP_STATUS_AFTER: Mapping[TransitionKind, StepStatus] = {
-    TransitionKind.STEP_STARTED: StepStatus.RUNNING,
-    TransitionKind.STEP_ATTEMPT_FAILED: StepStatus.RUNNING,
-    TransitionKind.STEP_COMPLETED: StepStatus.COMPLETED,
-    TransitionKind.STEP_FAILED: StepStatus.FAILED,
-    TransitionKind.COMPENSATION_STARTED: StepStatus.COMPENSATING,
-    TransitionKind.COMPENSATION_COMPLETED: StepStatus.COMPENSATED,
-    TransitionKind.COMPENSATION_FAILED: StepStatus.COMPENSATION_FAILED,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Fence:
-    """The lease a write is made under: who owns the saga and which lease generation."""
-
-    owner: str
-    token: int
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One state change of a saga or of one of its steps.
-
-    `status` is set on SAGA_STARTED (RUNNING), SAGA_COMPENSATING (COMPENSATING) and
-    SAGA_FINISHED (the final status). `context` is the saga context on SAGA_STARTED and
-    SAGA_FINISHED. `result` is a step's returned mapping on STEP_COMPLETED.
-    """
-
-    kind: TransitionKind
-    saga_id: str
-    saga_name: str
-    at: datetime
-    step: str | None = None
-    status: SagaStatus | None = None
-    attempt: int = 0
-    result: JSONDict | None = None
-    error: str | None = None
-    context: JSONDict | None = None
-    correlation_id: str | None = None
-    fence: Fence | None = None
-
-    @property
-    def step_status(self) -> StepStatus | None:
-        return STEP_STATUS_AFTER.get(self.kind)
-
-
-@dataclass(slots=True)
-class StepSnapshot:
-    """A step as the journal last recorded it."""
-
-    name: str
-    status: StepStatus = StepStatus.PENDING
-    attempts: int = 0
-    result: JSONDict | None = None
-    error: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-
-@dataclass(slots=True)
-class SagaSnapshot:
-    """A saga as the journal last recorded it: what the engine needs to resume it."""
-
-    saga_id: str
-    saga_name: str
-    status: SagaStatus
-    context: JSONDict
-    steps: dict[str, StepSnapshot] = field(default_factory=dict)
-    error: str | None = None
-    correlation_id: str | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-    idempotency_key: str | None = None
-    lease_owner: str | None = None
-    lease_expires_at: datetime | None = None
-    lease_token: int = 0
-    attempts: int = 0
-    stalled_claims: int = 0
-
-
-def apply_transition(snapshot: SagaSnapshot, transition: Transition) -> None:
-    """Update `snapshot` in place with `transition` (the pure state machine)."""
-    snapshot.updated_at = transition.at
-    kind = transition.kind
-    if transition.step is None:
-        if transition.status is not None:
-            snapshot.status = transition.status
-        if transition.context is not None:
-            snapshot.context = dict(transition.context)
-        if transition.error is not None:
-            snapshot.error = transition.error
-        if kind is TransitionKind.SAGA_STARTED and transition.correlation_id is not None:
-            snapshot.correlation_id = transition.correlation_id
-        if kind is TransitionKind.SAGA_FINISHED:  # a finished saga is nobody's
-            snapshot.lease_owner = None
-            snapshot.lease_expires_at = None
-        return
-    step = snapshot.steps.get(transition.step)
-    if step is None:
-        step = snapshot.steps[transition.step] = StepSnapshot(name=transition.step)
-    step_status = transition.step_status
-    if step_status is not None:
-        step.status = step_status
-    if kind is TransitionKind.STEP_STARTED:
-        step.attempts = max(step.attempts, transition.attempt)
-        step.started_at = step.started_at or transition.at
-    if kind is TransitionKind.STEP_COMPLETED:
-        step.result = dict(transition.result or {})
-        step.error = None
-    if transition.error is not None:
-        step.error = transition.error
-    if step.status in (StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.COMPENSATED):
-        step.finished_at = transition.at
+def __getattr__(name: str) -> Any:
+    if name == "StepSnapshot":
+        warnings.warn(
+            "sagaz.journal.StepSnapshot is deprecated: a step's record is sagaz.StepOutcome",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return StepOutcome
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 WRITE_BEHIND = frozenset({TransitionKind.STEP_STARTED})

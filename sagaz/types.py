@@ -66,7 +66,13 @@ class ParallelFailureStrategy(StrEnum):
 
 @dataclass(slots=True)
 class StepOutcome:
-    """What happened to one step during a run (or, after a resume, across runs)."""
+    """One step's record: what happened to it during a run (or, after a resume, across
+    runs), and what a journal stores and loads for it (`SagaSnapshot.steps`).
+
+    A run's result reports a failed compensation in `compensation_error`, keeping the
+    action's error in `error`; a journal has one error per step and records the
+    compensation's there (see `sagaz.state.apply_transition`).
+    """
 
     name: str
     status: StepStatus = StepStatus.PENDING

@@ -15,10 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from sagaz.errors import CorruptRowError
-from sagaz.journal import SagaSnapshot, StepSnapshot
+from sagaz.state import SagaSnapshot
 from sagaz.store.schema import saga_steps, sagas
 from sagaz.store.transition_writes import write_transitions
-from sagaz.types import SagaStatus, StepStatus
+from sagaz.types import SagaStatus, StepOutcome, StepStatus
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -93,7 +93,7 @@ def snapshot_from_row(row: sa.Row[Any], *, strict: bool = True) -> SagaSnapshot:
     )
 
 
-def step_from_row(row: sa.Row[Any]) -> StepSnapshot:
+def step_from_row(row: sa.Row[Any]) -> StepOutcome:
     """A step row as a snapshot; CorruptRowError when its result or status is unreadable."""
     where = f"saga {row.saga_id}: column {saga_steps.name}.result of step '{row.name}'"
     result = None if row.result is None else decode_object(row.result, where)
@@ -104,7 +104,7 @@ def step_from_row(row: sa.Row[Any]) -> StepSnapshot:
             f"saga {row.saga_id}: column {saga_steps.name}.status of step '{row.name}' "
             f"holds {row.status!r}, not a step status"
         ) from None
-    return StepSnapshot(
+    return StepOutcome(
         name=row.name,
         status=status,
         attempts=row.attempts,

@@ -1,18 +1,19 @@
 """Writing a batch of transitions with a constant number of statements.
 
 A batch (transitions of any number of sagas, in the order they happened) is folded in
-memory into at most one write per saga and one per step, then written with:
+memory with `sagaz.state.apply_transition` into one `SagaChange` per saga (the state
+machine applied to a saga whose stored state is not read), then written with:
 
 1. one read of the sagas' lease columns (`FOR SHARE` on PostgreSQL, so no claim can move a
    lease until the batch commits; on SQLite the transaction already holds the write lock);
 2. one INSERT for sagas the journal has never seen (an in-process run without a worker);
-3. one UPDATE (executemany) for saga-level changes;
+3. one UPDATE for the sagas with a saga-level transition;
 4. one INSERT ... ON CONFLICT DO UPDATE for step rows.
 
-No step row is read: the step upsert merges into the stored row in SQL (attempts only
-grow, a result or error is kept unless replaced, completion clears the error, the first
-start time is kept), following the same rules as `sagaz.journal.apply_transition`, so the
-store and the in-memory journal agree (a test compares them).
+No step row is read: the upsert merges each folded step into the stored row in SQL
+(attempts only grow, the first start time is kept, a result, error or finish time is kept
+unless replaced, a completion in the batch replaces the error), so the store ends where
+applying the transitions one at a time would (tests/store/test_state_machine_agreement.py).
 """
 
 from __future__ import annotations
@@ -27,93 +28,38 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from sagaz.journal import Fence, Transition, TransitionKind
+from sagaz.state import Fence, SagaChange, Transition, TransitionKind, apply_transition
 from sagaz.store.schema import saga_steps, sagas
 from sagaz.store.statements import insert_ignoring_conflicts
-from sagaz.types import JSONDict, SagaStatus, StepStatus
-
-_FINISHED_STEP_STATUSES = frozenset(
-    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.COMPENSATED}
-)
+from sagaz.types import SagaStatus, StepOutcome
 
 
-@dataclass(slots=True)
-class SagaWrite:
-    saga_id: str
-    saga_name: str
-    created_at: datetime
-    updated_at: datetime
-    status: SagaStatus | None = None
-    context: JSONDict | None = None
-    error: str | None = None
-    correlation_id: str | None = None
-    release: bool = False
-
-    def apply(self, transition: Transition) -> None:
-        self.updated_at = transition.at
-        if transition.status is not None:
-            self.status = transition.status
-        if transition.context is not None:
-            self.context = dict(transition.context)
-        if transition.error is not None:
-            self.error = transition.error
-        if transition.kind is TransitionKind.SAGA_STARTED and transition.correlation_id:
-            self.correlation_id = transition.correlation_id
-        if transition.kind is TransitionKind.SAGA_FINISHED:
-            self.release = True
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "b_id": self.saga_id,
-            "b_status": self.status.value if self.status else None,
-            "b_context": self.context,
-            "b_error": self.error,
-            "b_correlation_id": self.correlation_id,
-            "b_release": self.release,
-            "b_updated_at": self.updated_at,
-        }
+def saga_params(change: SagaChange) -> dict[str, Any]:
+    """The saga UPDATE's parameters for a change that holds a saga-level transition."""
+    return {
+        "b_id": change.saga_id,
+        "b_status": change.status.value if change.status else None,
+        "b_context": change.context,
+        "b_error": change.error,
+        "b_correlation_id": change.correlation_id,
+        "b_release": change.release,
+        "b_updated_at": change.updated_at,
+    }
 
 
-@dataclass(slots=True)
-class StepWrite:
-    saga_id: str
-    name: str
-    status: StepStatus
-    updated_at: datetime
-    attempts: int = 0
-    result: JSONDict | None = None
-    error: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-    def apply(self, transition: Transition) -> None:
-        self.updated_at = transition.at
-        status = transition.step_status
-        if status is not None:
-            self.status = status
-        if transition.kind is TransitionKind.STEP_STARTED:
-            self.attempts = max(self.attempts, transition.attempt)
-            self.started_at = self.started_at or transition.at
-        if transition.kind is TransitionKind.STEP_COMPLETED:
-            self.result = dict(transition.result or {})
-            self.error = None
-        if transition.error is not None:
-            self.error = transition.error
-        if self.status in _FINISHED_STEP_STATUSES:
-            self.finished_at = transition.at
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "saga_id": self.saga_id,
-            "name": self.name,
-            "status": self.status.value,
-            "result": self.result,
-            "attempts": self.attempts,
-            "error": self.error,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "updated_at": self.updated_at,
-        }
+def step_row(saga_id: str, step: StepOutcome, updated_at: datetime) -> dict[str, Any]:
+    """The step upsert's row for a step folded from a blank record (see `SagaChange`)."""
+    return {
+        "saga_id": saga_id,
+        "name": step.name,
+        "status": step.status.value,
+        "result": step.result,
+        "attempts": step.attempts,
+        "error": step.error,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "updated_at": updated_at,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +83,9 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
     leases = read_leases(connection, {t.saga_id for t in transitions})
     refused: set[int] = set()
     refused_sagas: set[str] = set()
-    new_sagas: dict[str, SagaWrite] = {}
-    saga_writes: dict[str, SagaWrite] = {}
-    step_writes: dict[tuple[str, str], StepWrite] = {}
+    new_sagas: dict[str, datetime] = {}
+    changes: dict[str, SagaChange] = {}
+    step_updated_at: dict[tuple[str, str], datetime] = {}
     for index, transition in enumerate(transitions):
         saga_id = transition.saga_id
         lease = leases.get(saga_id)
@@ -153,32 +99,31 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
                     f"saga {saga_id} is not in the store; its first transition must be "
                     f"saga_started, got {transition.kind.value}"
                 )
-            new_sagas[saga_id] = SagaWrite(
-                saga_id, transition.saga_name, transition.at, transition.at
-            )
-        if transition.step is None:
-            write = saga_writes.get(saga_id)
-            if write is None:
-                write = saga_writes[saga_id] = SagaWrite(
-                    saga_id, transition.saga_name, transition.at, transition.at
-                )
-            write.apply(transition)
-        else:
-            key = (saga_id, transition.step)
-            step = step_writes.get(key)
-            if step is None:
-                step = step_writes[key] = StepWrite(
-                    saga_id, transition.step, StepStatus.PENDING, transition.at
-                )
-            step.apply(transition)
+            new_sagas[saga_id] = transition.at
+        change = changes.get(saga_id)
+        if change is None:
+            change = changes[saga_id] = SagaChange(saga_id, transition.saga_name)
+        apply_transition(change, transition)
+        if transition.step is not None:
+            step_updated_at[saga_id, transition.step] = transition.at
     dialect = connection.dialect.name
     if new_sagas:
         connection.execute(
             insert_ignoring_conflicts(sagas, dialect),
-            [_new_saga_row(new_sagas[saga_id]) for saga_id in sorted(new_sagas)],
+            [
+                _new_saga_row(saga_id, changes[saga_id].saga_name, new_sagas[saga_id])
+                for saga_id in sorted(new_sagas)
+            ],
         )
-    saga_rows = [saga_writes[saga_id].params() for saga_id in sorted(saga_writes)]
-    step_rows = [step_writes[key].row() for key in sorted(step_writes)]
+    saga_rows = [
+        saga_params(changes[saga_id])
+        for saga_id in sorted(changes)
+        if changes[saga_id].updated_at is not None  # it holds a saga-level transition
+    ]
+    step_rows = [
+        step_row(saga_id, changes[saga_id].steps[name], updated_at)
+        for (saga_id, name), updated_at in sorted(step_updated_at.items())
+    ]
     if dialect == "postgresql":
         # One statement per table whatever the batch size: one JSON document in,
         # json_to_recordset() inside.
@@ -245,7 +190,7 @@ PG_STEP_UPSERT = sa.text(
         status = excluded.status,
         attempts = GREATEST(t.attempts, excluded.attempts),
         result = COALESCE(excluded.result, t.result),
-        error = CASE WHEN excluded.status = 'completed' THEN NULL
+        error = CASE WHEN excluded.result IS NOT NULL THEN excluded.error
                      ELSE COALESCE(excluded.error, t.error) END,
         started_at = COALESCE(t.started_at, excluded.started_at),
         finished_at = COALESCE(excluded.finished_at, t.finished_at),
@@ -278,14 +223,14 @@ PG_READ_LEASES = sa.text(
 )
 
 
-def _new_saga_row(write: SagaWrite) -> dict[str, Any]:
+def _new_saga_row(saga_id: str, saga_name: str, created_at: datetime) -> dict[str, Any]:
     return {
-        "id": write.saga_id,
-        "name": write.saga_name,
+        "id": saga_id,
+        "name": saga_name,
         "status": SagaStatus.PENDING.value,
         "context": {},
-        "created_at": write.created_at,
-        "updated_at": write.created_at,
+        "created_at": created_at,
+        "updated_at": created_at,
     }
 
 
@@ -332,7 +277,7 @@ def step_upsert(dialect: str) -> Insert:
             "attempts": greatest(old.attempts, new.attempts),
             "result": sa.func.coalesce(new.result, old.result),
             "error": sa.case(
-                (new.status == StepStatus.COMPLETED.value, sa.null()),
+                (new.result.is_not(None), new.error),
                 else_=sa.func.coalesce(new.error, old.error),
             ),
             "started_at": sa.func.coalesce(old.started_at, new.started_at),

@@ -19,6 +19,7 @@ from sagaz import (
     SagaConfig,
     SagaJournal,
     SagaStatus,
+    StepOutcome,
     StepStatus,
     Transition,
     TransitionKind,
@@ -517,3 +518,9 @@ def test_apply_transition_state_machine() -> None:
 def test_transition_step_status() -> None:
     assert transition(K.STEP_FAILED, "s", "x").step_status is StepStatus.FAILED
     assert transition(K.SAGA_FINISHED, "s").step_status is None
+
+
+def test_step_snapshot_is_a_deprecated_alias_of_the_one_step_record() -> None:
+    with pytest.warns(DeprecationWarning, match="StepOutcome"):
+        from sagaz.journal import StepSnapshot
+    assert StepSnapshot is StepOutcome
