@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
+from sagaz.cli.options import require_url
 from sagaz.errors import ConfigurationError
 from sagaz.store.engines import create_engine
 from sagaz.store.failures import describe_failure
@@ -86,12 +87,14 @@ def database_error(error: BaseException, url: str | sa.URL) -> click.ClickExcept
 
 
 @contextmanager
-def existing_database(url: str) -> Iterator[sa.Engine]:
+def existing_database(url: str | None) -> Iterator[sa.Engine]:
     """A sync engine on `url` for a command that needs sagaz's tables to exist.
 
-    Never creates a SQLite file: a URL naming one that does not exist is an error. Database
+    No URL is a usage error (`require_url`). Never creates a SQLite file: a URL naming one
+    that does not exist is an error. Database
     errors inside the block become one-line click errors. The engine is disposed after.
     """
+    url = require_url(url)
     parsed = parse_url(url)
     path = missing_sqlite_file(parsed)
     if path is not None:
