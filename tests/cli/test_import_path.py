@@ -13,7 +13,7 @@ import pytest
 
 SAGAZ = Path(sys.executable).parent / "sagaz"  # the console script of this environment
 
-MODULE = '''
+MODULE = """
 from sagaz import Saga, action
 
 
@@ -23,7 +23,7 @@ class LocalSaga(Saga):
     @action("only")
     def only(self, ctx):
         return {}
-'''
+"""
 
 
 @pytest.fixture
@@ -54,9 +54,7 @@ def test_list_imports_a_module_of_the_current_directory(project: Path) -> None:
 
 def test_worker_imports_a_module_of_the_current_directory(project: Path) -> None:
     # The import succeeds; the worker then stops at the database it was given (missing).
-    result = sagaz(
-        "worker", "--import", "shop.sagas", "--url", "sqlite:///missing.db", cwd=project
-    )
+    result = sagaz("worker", "--import", "shop.sagas", "--url", "sqlite:///missing.db", cwd=project)
     assert result.returncode == 1, result.stderr
     assert "cannot import" not in result.stderr
     assert "there is no database at missing.db" in result.stderr
