@@ -32,7 +32,6 @@ from sagaz.cli.database import (
     DATABASE_FAILURES,
     database_error,
     is_missing_table,
-    missing_sqlite_file,
     no_database,
     parse_url,
     shown,
@@ -46,6 +45,7 @@ from sagaz.registry import registry
 from sagaz.store.engines import create_async_engine
 from sagaz.store.failures import describe_failure, is_fatal
 from sagaz.store.schema import outbox, sagas
+from sagaz.store.urls import missing_sqlite_file
 from sagaz.worker import SagaWorker
 from sagaz.worker.give_up import DEFAULT_MAX_ATTEMPTS
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,7 +28,7 @@ from sagaz.errors import SchemaNotReadyError
 from sagaz.store import migrations
 from sagaz.store.failures import describe_failure
 from sagaz.store.schema import metadata
-from sagaz.store.urls import redacted
+from sagaz.store.urls import missing_sqlite_file, redacted
 
 log = logging.getLogger("sagaz.store")
 
@@ -146,13 +145,12 @@ async def check_schema_async(engine: AsyncEngine, *, fix: str = UPGRADE_HINT) ->
 
 def _refuse_missing_sqlite_file(url: sa.URL, fix: str) -> None:
     """Connecting to a SQLite file that does not exist would create it, empty."""
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return
-    if str(url.query.get("uri", "")).lower() in ("true", "1") or Path(url.database).exists():
+    path = missing_sqlite_file(url)
+    if path is None:
         return
     heads = tuple(migrations.heads())
     raise SchemaNotReadyError(
-        f"there is no database at {url.database}, so no sagaz tables at revision "
+        f"there is no database at {path}, so no sagaz tables at revision "
         f"{', '.join(heads)} (found: none): {fix}",
         database=redacted(url),
         found=None,
