@@ -399,15 +399,11 @@ def _app_state() -> _AppState:
 
 
 def _check_schema_once() -> None:
-    """Before the app's first request: sagaz's tables at this sagaz's revision?"""
+    """Before the app's first request, until it passes: sagaz's tables at their revision?"""
     state = _app_state()
     if not state.schema_checked and state.config.database_url:
-        db = state.db
-        check_schema(
-            _bind_engine(current_app, db, state.bind_key)
-            if db is not None
-            else state.config.database_url
-        )
+        db, url = state.db, state.config.database_url
+        check_schema(url if db is None else _bind_engine(current_app, db, state.bind_key))
     state.schema_checked = True
 
 
