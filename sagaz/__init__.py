@@ -13,6 +13,7 @@ from sagaz.errors import (
     SagaRegistryError,
     SagaTimeoutError,
     SagazError,
+    SchemaNotReadyError,
     StepTimeoutError,
     UnknownSagaError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "SagaStatus",
     "SagaTimeoutError",
     "SagazError",
+    "SchemaNotReadyError",
     "StepOutcome",
     "StepRun",
     "StepStatus",

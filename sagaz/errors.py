@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 
 class SagazError(Exception):
     """Base class of every sagaz error."""
@@ -63,6 +65,20 @@ class CorruptRowError(SagazError, ValueError):
 
 class ConfigurationError(SagazError, ValueError):
     """A configuration value is missing or invalid; the message names the setting."""
+
+
+class SchemaNotReadyError(ConfigurationError):
+    """sagaz's tables are missing from a database, or at another migration revision than
+    this sagaz expects. `found` is the revision recorded there (None: none), `expected`
+    the head(s) this sagaz ships; the message also names the database and the fix."""
+
+    def __init__(
+        self, message: str, *, database: str, found: str | None, expected: Collection[str]
+    ) -> None:
+        super().__init__(message)
+        self.database = database
+        self.found = found
+        self.expected = tuple(expected)
 
 
 class CrossBindError(SagazError, RuntimeError):

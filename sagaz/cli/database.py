@@ -13,10 +13,11 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
+from sagaz.cli.options import require_url
 from sagaz.errors import ConfigurationError
 from sagaz.store.engines import create_engine
 from sagaz.store.failures import describe_failure
-from sagaz.store.urls import redacted, sync_url
+from sagaz.store.urls import missing_sqlite_file, redacted, sync_url
 
 #: SQLSTATE of PostgreSQL's "relation does not exist".
 UNDEFINED_TABLE = "42P01"
@@ -41,17 +42,6 @@ def parse_url(url: str, *, origin: str = "--url") -> sa.URL:
         return sync_url(url)
     except ConfigurationError as error:
         raise click.UsageError(f"{origin}: {error}") from None
-
-
-def missing_sqlite_file(url: sa.URL) -> Path | None:
-    """The file a SQLite URL names when that file does not exist (connecting would create
-    it, empty); None for other databases, in-memory ones and existing files."""
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    if str(url.query.get("uri", "")).lower() in ("true", "1"):
-        return None  # a file: URI, whose mode may forbid creating it
-    path = Path(str(url.database))
-    return None if path.exists() else path
 
 
 def no_database(path: Path) -> click.ClickException:
@@ -86,12 +76,14 @@ def database_error(error: BaseException, url: str | sa.URL) -> click.ClickExcept
 
 
 @contextmanager
-def existing_database(url: str) -> Iterator[sa.Engine]:
+def existing_database(url: str | None) -> Iterator[sa.Engine]:
     """A sync engine on `url` for a command that needs sagaz's tables to exist.
 
-    Never creates a SQLite file: a URL naming one that does not exist is an error. Database
+    No URL is a usage error (`require_url`). Never creates a SQLite file: a URL naming one
+    that does not exist is an error. Database
     errors inside the block become one-line click errors. The engine is disposed after.
     """
+    url = require_url(url)
     parsed = parse_url(url)
     path = missing_sqlite_file(parsed)
     if path is not None:

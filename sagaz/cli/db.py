@@ -11,7 +11,7 @@ import click
 from alembic.util import CommandError
 
 from sagaz.cli.database import DATABASE_FAILURES, database_error, shown
-from sagaz.cli.options import database_url_option
+from sagaz.cli.options import database_url_option, require_url
 from sagaz.errors import ConfigurationError
 from sagaz.store import migrations
 from sagaz.store.urls import scrub_passwords
@@ -57,8 +57,9 @@ def db() -> None:
 @database_url_option
 @schema_option
 @click.option("--revision", default="head", show_default=True, help="Revision to reach.")
-def upgrade(database_url: str, schema: str | None, revision: str) -> None:
+def upgrade(database_url: str | None, schema: str | None, revision: str) -> None:
     """Create or update sagaz's tables (nothing to do when already at the revision)."""
+    database_url = require_url(database_url)
     with _reported(database_url):
         migrations.upgrade(database_url, revision, schema=schema)
         click.echo(f"sagaz tables at {_describe(migrations.current(database_url, schema=schema))}")
@@ -74,8 +75,9 @@ def upgrade(database_url: str, schema: str | None, revision: str) -> None:
     help="Revision to go back to; base drops sagaz's tables and their rows.",
 )
 @click.option("--yes", is_flag=True, help="Do not ask before dropping sagaz's tables (base).")
-def downgrade(database_url: str, schema: str | None, revision: str, yes: bool) -> None:
+def downgrade(database_url: str | None, schema: str | None, revision: str, yes: bool) -> None:
     """Undo sagaz's migrations down to --revision (asks first when that drops the tables)."""
+    database_url = require_url(database_url)
     if revision == "base" and not yes:
         click.confirm(
             f"Drop sagaz's tables and every saga and event in them at {shown(database_url)}?",
@@ -90,8 +92,9 @@ def downgrade(database_url: str, schema: str | None, revision: str, yes: bool) -
 @database_url_option
 @schema_option
 @click.option("--check", is_flag=True, help="Exit with status 1 unless at the head revision.")
-def current(database_url: str, schema: str | None, check: bool) -> None:
+def current(database_url: str | None, schema: str | None, check: bool) -> None:
     """Print the revision sagaz's tables are at."""
+    database_url = require_url(database_url)
     with _reported(database_url):
         revision = migrations.current(database_url, schema=schema)
     click.echo(_describe(revision))

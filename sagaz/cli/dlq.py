@@ -20,7 +20,7 @@ def dlq() -> None:
 @database_url_option
 @click.option("--topic", help="Only events of this topic.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-def list_command(database_url: str, topic: str | None, limit: int) -> None:
+def list_command(database_url: str | None, topic: str | None, limit: int) -> None:
     """List dead-lettered events, oldest first."""
     with existing_database(database_url) as engine:
         events = list_dead(engine, topic=topic, limit=limit)
@@ -40,7 +40,7 @@ def list_command(database_url: str, topic: str | None, limit: int) -> None:
 @click.option("--all", "everything", is_flag=True, help="Re-queue every dead event.")
 @click.option("--topic", help="Only events of this topic.")
 def requeue_command(
-    database_url: str, ids: tuple[str, ...], everything: bool, topic: str | None
+    database_url: str | None, ids: tuple[str, ...], everything: bool, topic: str | None
 ) -> None:
     """Re-queue dead-lettered events by id, or --all (optionally of one --topic)."""
     if bool(ids) == everything:

@@ -25,7 +25,7 @@ from sagaz.types import SagaStatus
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--instances/--no-instances", default=None, help="Also list saga instances.")
 def list_sagas(
-    database_url: str,
+    database_url: str | None,
     imports: tuple[str, ...],
     status: str | None,
     name: str | None,

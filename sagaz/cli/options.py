@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -10,20 +12,32 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The embedded default: a SQLite file in the current directory.
-DEFAULT_DATABASE_URL = "sqlite:///sagaz.db"
+#: Where a command takes its database URL from, in its messages.
+URL_SOURCES = "--url or SAGAZ_DATABASE_URL"
 
 
 def database_url_option(function: F) -> F:
-    """`--url`, defaulting to $SAGAZ_DATABASE_URL, else the embedded SQLite file."""
+    """`--url`, defaulting to $SAGAZ_DATABASE_URL; no other default (see `require_url`)."""
     return click.option(
         "--url",
         "database_url",
         envvar="SAGAZ_DATABASE_URL",
-        default=DEFAULT_DATABASE_URL,
-        show_default=True,
-        help="SQLAlchemy URL of the sagaz tables (env: SAGAZ_DATABASE_URL).",
+        default=None,
+        help="SQLAlchemy URL of the sagaz tables (env: SAGAZ_DATABASE_URL; required).",
     )(function)
+
+
+def require_url(database_url: str | None) -> str:
+    """The database URL a command was given; a usage error (exit status 2) when none was.
+
+    No command falls back to a database of its own choosing: a default SQLite file would
+    be created, empty, wherever the command happened to run."""
+    if not database_url:
+        raise click.UsageError(
+            f"no database given: pass {URL_SOURCES} (e.g. postgresql://user@host/db "
+            "or sqlite:///path/to/file.db)"
+        )
+    return database_url
 
 
 def imports_option(function: F) -> F:
@@ -39,8 +53,13 @@ def imports_option(function: F) -> F:
 
 
 def import_modules(names: Iterable[str]) -> list[str]:
-    """Import each module (comma-separated lists allowed); a failure is a usage error."""
+    """Import each module (comma-separated lists allowed); a failure is a usage error.
+
+    The current directory is put first on the import path (unless already on it), as
+    uvicorn, celery and flask do, so `sagaz worker --import shop.sagas` finds `./shop`
+    from the installed `sagaz` command as it does from `python -m sagaz`."""
     imported: list[str] = []
+    _current_directory_on_path()
     for entry in names:
         for name in (part.strip() for part in entry.split(",")):
             if not name:
@@ -53,3 +72,10 @@ def import_modules(names: Iterable[str]) -> list[str]:
                 ) from error
             imported.append(name)
     return imported
+
+
+def _current_directory_on_path() -> None:
+    cwd = os.getcwd()
+    on_path = {os.path.abspath(entry or os.curdir) for entry in sys.path}
+    if cwd not in on_path:
+        sys.path.insert(0, cwd)

@@ -32,12 +32,11 @@ from sagaz.cli.database import (
     DATABASE_FAILURES,
     database_error,
     is_missing_table,
-    missing_sqlite_file,
     no_database,
     parse_url,
     shown,
 )
-from sagaz.cli.options import DEFAULT_DATABASE_URL, import_modules, imports_option
+from sagaz.cli.options import import_modules, imports_option, require_url
 from sagaz.config import SagaConfig
 from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers import Broker, broker_from_url
@@ -46,6 +45,7 @@ from sagaz.registry import registry
 from sagaz.store.engines import create_async_engine
 from sagaz.store.failures import describe_failure, is_fatal
 from sagaz.store.schema import outbox, sagas
+from sagaz.store.urls import missing_sqlite_file
 from sagaz.worker import SagaWorker
 from sagaz.worker.give_up import DEFAULT_MAX_ATTEMPTS
 
@@ -114,8 +114,8 @@ class WorkerOptions:
     "--url",
     "database_url",
     default=None,
-    show_default=f"SAGAZ_DATABASE_URL, else {DEFAULT_DATABASE_URL}",
-    help="SQLAlchemy URL of the sagaz tables (env: SAGAZ_DATABASE_URL).",
+    show_default="SAGAZ_DATABASE_URL",
+    help="SQLAlchemy URL of the sagaz tables (env: SAGAZ_DATABASE_URL; required).",
 )
 @imports_option
 @click.option("--sagas/--no-sagas", "run_sagas", default=True, help="Run the saga worker.")
@@ -250,6 +250,7 @@ def worker(
     config = worker_config(
         ctx, database_url=database_url, broker_url=broker_url, lease_seconds=lease_seconds
     )
+    require_url(config.database_url)  # before importing the application's modules
     options = WorkerOptions(
         run_sagas=run_sagas,
         run_outbox=run_outbox,
@@ -307,7 +308,7 @@ def build_runners(
             broker = broker_from_url(config.broker_url)
         except (ConfigurationError, ImportError) as error:
             raise click.UsageError(f"{_origin(ctx, 'broker_url')}: {error}") from None
-    database_url = config.database_url or DEFAULT_DATABASE_URL
+    database_url = require_url(config.database_url)
     url_origin = _origin(ctx, "database_url")
     path = missing_sqlite_file(parse_url(database_url, origin=url_origin))
     if path is not None:

@@ -57,6 +57,7 @@ from sagaz.integrations._base import (
     validate_header_name,
 )
 from sagaz.saga import Saga
+from sagaz.store.schema_check import check_schema_async
 
 __all__ = [
     "SagaContextMiddleware",
@@ -137,6 +138,8 @@ def create_lifespan(
         await runtime.start()
         app_state = getattr(app, "state", None)
         try:
+            if runtime.config.database_url:  # sagaz's tables at this sagaz's revision?
+                await check_schema_async(runtime.config.engine)
             if app_state is not None:
                 setattr(app_state, STATE_KEY, runtime)
             state: dict[str, Any] = {STATE_KEY: runtime}

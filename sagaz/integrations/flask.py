@@ -75,6 +75,7 @@ from sagaz.integrations._base import (
 )
 from sagaz.saga import Saga
 from sagaz.start import start_saga
+from sagaz.store.schema_check import check_schema
 from sagaz.store.unit_of_work import BIND_ARGUMENTS_KEY
 from sagaz.types import SagaResult
 
@@ -172,6 +173,7 @@ class SagazExtension:
         app.before_request_funcs.setdefault(None, []).insert(0, _open_request_context)
         app.after_request_funcs.setdefault(None, []).append(_echo_correlation_id)
         app.teardown_request_funcs.setdefault(None, []).insert(0, _close_request_context)
+        app.before_request(_check_schema_once)
         app.cli.add_command(sagaz_cli)
 
     # -- what views call ------------------------------------------------------------------
@@ -287,6 +289,7 @@ class _AppState:
         self.bind_key = bind_key
         self.correlation_header = correlation_header
         self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.schema_checked = False
         self._portal = LazyPortal(f"sagaz-flask-{name}", self._runtime)
 
     def _runtime(self) -> SagaRuntime:
@@ -393,6 +396,15 @@ async def _check_health(config: SagaConfig) -> HealthReport:
 def _app_state() -> _AppState:
     extension: SagazExtension = current_app.extensions[EXTENSION_KEY]
     return extension._state(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def _check_schema_once() -> None:
+    """Before the app's first request, until it passes: sagaz's tables at their revision?"""
+    state = _app_state()
+    if not state.schema_checked and state.config.database_url:
+        db, url = state.db, state.config.database_url
+        check_schema(url if db is None else _bind_engine(current_app, db, state.bind_key))
+    state.schema_checked = True
 
 
 def _open_request_context() -> None:

@@ -19,7 +19,6 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -31,7 +30,7 @@ from sqlalchemy.engine import URL
 from sagaz.errors import ConfigurationError
 from sagaz.store.engines import create_async_engine, create_engine
 from sagaz.store.schema import TABLE_NAMES
-from sagaz.store.urls import sync_url
+from sagaz.store.urls import missing_sqlite_file, sync_url
 
 T = TypeVar("T")
 
@@ -263,16 +262,9 @@ def current(target: Target, *, schema: str | None = None) -> str | None:
                 "schema= applies to a URL; a connection is read in its own search_path"
             )
         return read(target)
-    if _missing_sqlite_file(target):
+    if missing_sqlite_file(target) is not None:
         return None  # and do not create an empty database file by looking
     return run_with_connection(target, read, schema=schema, create_schema=False)
-
-
-def _missing_sqlite_file(url: str | URL) -> bool:
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri"):
-        return False
-    return parsed.database not in (None, "", ":memory:") and not Path(parsed.database).exists()
 
 
 def heads() -> Collection[str]:

@@ -8,6 +8,7 @@ through sqlite3 (sync) and aiosqlite (async).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
@@ -71,3 +72,16 @@ def redacted(url: str | URL) -> str:
     if "password" in parsed.query:
         parsed = parsed.update_query_dict({"password": "***"})
     return parsed.render_as_string(hide_password=True)
+
+
+def missing_sqlite_file(url: str | URL) -> Path | None:
+    """The file a SQLite URL names when that file does not exist (connecting would create
+    it, empty); None for other databases, in-memory ones, `file:` URIs (whose mode may
+    forbid creating it) and existing files."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    path = Path(str(parsed.database))
+    return None if path.exists() else path

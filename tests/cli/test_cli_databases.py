@@ -56,13 +56,12 @@ def test_a_bad_url_is_a_usage_error(command: list[str], url: str, fragment: str)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_the_default_sqlite_file_is_not_created(
+def test_without_a_url_nothing_is_created(
     command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = run(command)  # the default --url: sqlite:///sagaz.db
-    assert_one_line_error(result, "there is no database at sagaz.db", exit_code=1)
-    assert "sagaz db upgrade" in result.output
+    result = run(command)  # no --url, no SAGAZ_DATABASE_URL: no default database
+    assert_one_line_error(result, "no database given: pass --url or SAGAZ_DATABASE_URL", 2)
     assert os.listdir(tmp_path) == []
 
 

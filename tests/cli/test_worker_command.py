@@ -126,9 +126,19 @@ def test_a_missing_sqlite_file_is_not_created(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = run(["--no-sagas"])  # the default: sqlite:///sagaz.db
+    result = run(["--no-sagas", "--url", "sqlite:///sagaz.db"])
     assert_one_line_error(result, "there is no database at sagaz.db", exit_code=1)
     assert "sagaz db upgrade" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["--no-sagas"], ["--import", SAGAS]])
+def test_without_a_url_it_refuses_to_start(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run(args)  # no --url, no SAGAZ_DATABASE_URL: no default database
+    assert_one_line_error(result, "no database given: pass --url or SAGAZ_DATABASE_URL")
     assert list(tmp_path.iterdir()) == []
 
 

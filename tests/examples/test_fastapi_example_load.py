@@ -91,8 +91,9 @@ async def test_1000_requests_100_at_a_time_leave_no_connection_behind(
 
         await asyncio.gather(*(place(client, n) for n in range(100, 1100)))
 
-        # The coalesced post-commit NOTIFY (sagaz.store.wakeup) may still hold a pooled
-        # connection for its one round trip just after the last response: give it back.
+        # A response can reach the client a moment before its session's connection is back
+        # in the pool, and the coalesced post-commit NOTIFY (sagaz.store.wakeup) borrows one
+        # for a round trip: wait for them.
         assert await checked_out_settles(pool) == 0
         after = await asyncio.to_thread(connections, admin, name, baseline)
         assert after == baseline

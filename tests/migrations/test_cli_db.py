@@ -80,15 +80,27 @@ def test_url_and_schema_come_from_the_environment(pg_empty: DatabaseUrls) -> Non
     assert invoke("current", env=env).output.strip() == f"{HEAD} (head)"
 
 
-def test_default_url_is_the_embedded_sqlite_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("command", [["upgrade"], ["current"], ["downgrade", "--yes"]])
+def test_there_is_no_default_url(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SAGAZ_DATABASE_URL", raising=False)
     monkeypatch.delenv("SAGAZ_DATABASE_SCHEMA", raising=False)
-    assert invoke("current").output.startswith("none")
+    result = invoke(*command)
+    assert result.exit_code == 2, result.output
+    assert "Error: no database given: pass --url or SAGAZ_DATABASE_URL" in result.output
+    assert list(tmp_path.iterdir()) == []  # no sagaz.db
+
+
+def test_an_explicit_sqlite_file_is_created_by_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite:///sagaz.db"  # given explicitly: that file is meant
+    assert invoke("current", "--url", url).output.startswith("none")
     assert not (tmp_path / "sagaz.db").exists()  # looking creates nothing
-    assert invoke("upgrade").exit_code == 0
+    assert invoke("upgrade", "--url", url).exit_code == 0
     assert migrations.current(f"sqlite:///{tmp_path / 'sagaz.db'}") == HEAD
 
 

@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponseBase
 
 from sagaz.context import SagaContextManager
 from sagaz.integrations._base import correlation_id_from
+from sagaz.integrations.django.checks import check_schema_at_startup
 from sagaz.integrations.django.conf import get_settings
 
 __all__ = ["SagaContextMiddleware"]
@@ -25,12 +26,17 @@ class SagaContextMiddleware:
     while the view runs record it (the `correlation-id` outbox header); it is available
     as ``request.correlation_id`` and echoed in the response header (unless the view set
     that header itself).
+
+    Built once, when the web server starts: it then checks that sagaz's tables are at the
+    revision this sagaz ships, and raises `sagaz.SchemaNotReadyError` ("run `python
+    manage.py migrate`") otherwise (see `sagaz.integrations.django.checks`).
     """
 
     sync_capable = True
     async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        check_schema_at_startup()
         self.get_response = get_response
         self.header = get_settings().correlation_id_header
         self.is_async = iscoroutinefunction(get_response)

@@ -24,7 +24,7 @@ from django.db.migrations.operations.base import Operation
 
 from sagaz.store.migrations import VERSION_TABLE, alembic_config
 
-__all__ = ["AlembicRevision", "revision_sql"]
+__all__ = ["AlembicRevision", "current_revision", "revision_sql"]
 
 log = logging.getLogger("sagaz.integrations.django")
 
@@ -87,7 +87,7 @@ def _ancestors(script: ScriptDirectory, revision: str) -> set[str]:
     return {item.revision for item in script.walk_revisions(base="base", head=revision)}
 
 
-def _current_revision(connection: Any) -> tuple[bool, str | None]:
+def current_revision(connection: Any) -> tuple[bool, str | None]:
     """(whether sagaz's version table exists, the revision it records)."""
     with connection.cursor() as cursor:
         if VERSION_TABLE not in connection.introspection.table_names(cursor):
@@ -126,7 +126,7 @@ class AlembicRevision(Operation):
         connection = schema_editor.connection
         version_table_exists = False
         if not schema_editor.collect_sql:
-            version_table_exists, current = _current_revision(connection)
+            version_table_exists, current = current_revision(connection)
             if current is not None:
                 script = ScriptDirectory.from_config(alembic_config())
                 if self.revision in _ancestors(script, current):
