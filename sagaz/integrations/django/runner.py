@@ -1,7 +1,7 @@
 """`run_saga`: run a saga to completion from a sync view, on one long-lived event loop.
 
 Every call - from any number of server threads, and from a thread whose own event loop
-is running - hands the saga to the same `EventLoopPortal` (`sagaz.integrations._base`)
+is running - hands the saga to the same `EventLoopPortal` (`sagaz.integrations._core.portal`)
 and blocks until it finished. There is no `asyncio.run` per request.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sagaz.integrations._base import EventLoopPortal, LazyPortal
+from sagaz.integrations._core.portal import EventLoopPortal, LazyPortal
 from sagaz.integrations.django.conf import get_settings
 from sagaz.saga import Saga
 from sagaz.types import SagaResult
@@ -41,7 +41,8 @@ def run_saga(
     """Run `saga` in this process until it completed (or compensated) and return its
     result, blocking the calling thread meanwhile - like ``await saga.run(context)``.
 
-    A Saga class is instantiated with the step defaults of ``settings.SAGAZ``; an
+    A Saga class is instantiated with the config of ``settings.SAGAZ`` (its step and
+    saga defaults: retries, timeouts, failure strategy); an
     instance runs with its own config. The run is journaled in memory, not in the
     database: it is not atomic with the request's writes and nothing resumes it if the
     process dies - for that, start it with `atomic_saga_start` and let

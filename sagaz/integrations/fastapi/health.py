@@ -17,14 +17,17 @@ __all__ = ["create_health_router", "health_router"]
 
 
 def create_health_router(
-    *, path: str = "/sagaz/health", tags: list[str] | None = None
+    *, path: str = "/sagaz/health", name: str = "sagaz_health", tags: list[str] | None = None
 ) -> APIRouter:
-    """An APIRouter with ``GET {path}``: 200 with ``{"status": "ok", "database": "ok",
-    "outbox": {"pending", "dead", "oldest_pending_age_seconds"}}`` when the database
-    answers, 503 with ``{"status": "unavailable", ...}`` when it does not."""
+    """An APIRouter with ``GET {path}`` (route name `name`): 200 with ``{"status": "ok",
+    "database": "ok", "outbox": {"pending", "dead", "oldest_pending_age_seconds"}}`` when
+    the database answers, 503 with ``{"status": "unavailable", ...}`` when it does not.
+
+    `path` and `name` are the parameters of every adapter's health factory (Flask's
+    `create_health_blueprint`, Django's `health_urls`)."""
     router = APIRouter(tags=list(tags) if tags is not None else ["sagaz"])
 
-    @router.get(path, name="sagaz_health")
+    @router.get(path, name=name)
     async def sagaz_health(
         config: Annotated[SagaConfig, Depends(get_config)],
     ) -> JSONResponse:

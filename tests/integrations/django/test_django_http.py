@@ -46,7 +46,7 @@ def test_a_fresh_id_without_header_and_a_configurable_header() -> None:
     first = Client().get("/test/correlation")["X-Correlation-ID"]
     second = Client().get("/test/correlation")["X-Correlation-ID"]
     assert first != second
-    with override_settings(SAGAZ={"CORRELATION_ID_HEADER": "X-Request-ID"}):
+    with override_settings(SAGAZ={"CORRELATION_HEADER": "X-Request-ID"}):
         from django.test.client import ClientHandler
 
         handler_client = Client()
