@@ -78,9 +78,7 @@ def test_the_old_correlation_header_key_still_works_with_a_warning() -> None:
         loaded = load_settings({"CORRELATION_ID_HEADER": "X-Request-ID"}, DATABASES)
     assert loaded.correlation_header == "X-Request-ID"
     with pytest.warns(DeprecationWarning), pytest.raises(ConfigurationError, match="same setting"):
-        load_settings(
-            {"CORRELATION_ID_HEADER": "X-A", "CORRELATION_HEADER": "X-B"}, DATABASES
-        )
+        load_settings({"CORRELATION_ID_HEADER": "X-A", "CORRELATION_HEADER": "X-B"}, DATABASES)
 
 
 def test_settings_errors_are_configuration_errors_too() -> None:
@@ -97,7 +95,10 @@ def test_settings_errors_are_configuration_errors_too() -> None:
         ({"max_retries": 1}, "settings.SAGAZ['max_retries'] (did you mean"),
         ({"DATABASE": "missing"}, "'missing', which is not in DATABASES"),
         ({"DATABASE": 3}, "'DATABASE'] must be the alias"),
-        ({"BROKER_URL": "localhost"}, "'BROKER_URL'] (SagaConfig.broker_url) must look like scheme://"),
+        (
+            {"BROKER_URL": "localhost"},
+            "'BROKER_URL'] (SagaConfig.broker_url) must look like scheme://",
+        ),
         ({"AUTODISCOVER": "not a module"}, "'AUTODISCOVER'] must be a module name"),
         ({"IMPORTS": "orders.sagas"}, "'IMPORTS'] must be a list of module names"),
         ({"LEASE_SECONDS": 0}, "'LEASE_SECONDS'] (SagaConfig.lease_seconds) must be > 0, got 0"),
