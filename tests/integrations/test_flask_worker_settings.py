@@ -1,7 +1,6 @@
-"""The worker commands of Flask and Django run with the app's own settings: a step
-setting given only there (max retries) reaches `flask sagaz worker` and `manage.py
-sagaz_worker`. No SAGAZ_* variable is set for them; with the default max_retries=0 the
-saga's first failure would be final."""
+"""`flask sagaz worker` runs with the app's own settings: a step setting given only in
+app.config (max retries) reaches it. No SAGAZ_* variable is set for it; with the default
+max_retries=0 the saga's first failure would be final."""
 
 from __future__ import annotations
 

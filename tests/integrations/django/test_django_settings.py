@@ -10,7 +10,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from sagaz import ConfigurationError
-
 from sagaz.integrations.django.conf import (
     SagazSettings,
     database_from_url,
@@ -77,7 +76,10 @@ def test_the_old_correlation_header_key_still_works_with_a_warning() -> None:
     with pytest.warns(DeprecationWarning, match=r"use settings.SAGAZ\['CORRELATION_HEADER'\]"):
         loaded = load_settings({"CORRELATION_ID_HEADER": "X-Request-ID"}, DATABASES)
     assert loaded.correlation_header == "X-Request-ID"
-    with pytest.warns(DeprecationWarning), pytest.raises(ConfigurationError, match="same setting"):
+    with (
+        pytest.warns(DeprecationWarning, match="deprecated"),
+        pytest.raises(ConfigurationError, match="same setting"),
+    ):
         load_settings({"CORRELATION_ID_HEADER": "X-A", "CORRELATION_HEADER": "X-B"}, DATABASES)
 
 
