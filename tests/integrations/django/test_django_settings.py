@@ -184,3 +184,22 @@ def test_django_is_an_optional_extra() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'sagaz[django]'" in done.stdout
+
+
+def test_run_saga_runs_with_every_setting_of_settings_sagaz(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import uuid
+
+    from sagaz import SagaStatus
+    from sagaz.integrations.django import run_saga
+    from tests.integrations.settings_sagas import FlakySaga
+
+    settings = {"MAX_RETRIES": 2, "RETRY_BACKOFF": 0, "LOG_TRANSITIONS": True}
+    with override_settings(SAGAZ=settings), caplog.at_level("INFO", "sagaz.transitions"):
+        result = run_saga(FlakySaga, {"key": uuid.uuid4().hex, "fail_times": 2})
+    assert result.status is SagaStatus.COMPLETED
+    assert any(record.name == "sagaz.transitions" for record in caplog.records)
+    with override_settings(SAGAZ={"RETRY_BACKOFF": 0}):
+        failed = run_saga(FlakySaga, {"key": uuid.uuid4().hex, "fail_times": 1})
+    assert failed.status is SagaStatus.COMPENSATED
