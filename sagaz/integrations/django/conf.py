@@ -59,8 +59,8 @@ _OWN_SETTINGS = frozenset(
 )
 #: Deprecated key -> the documented one (read with a DeprecationWarning).
 ALIASES = {"correlation_id_header": "correlation_header"}
-#: Every documented key of `settings.SAGAZ`.
 SETTING_KEYS = frozenset(name.upper() for name in _CONFIG_SETTINGS | _OWN_SETTINGS)
+"""Every documented key of `settings.SAGAZ` (docs/settings.md lists them)."""
 
 
 class SettingsError(ConfigurationError, ImproperlyConfigured):

@@ -25,10 +25,10 @@ EXTENSION_DEFAULTS: dict[str, Any] = {
 CONFIG_SETTINGS = frozenset(spec.name for spec in fields(SagaConfig) if spec.init) - {
     "extra_listeners"
 }
-#: Every ``app.config`` key the extension reads.
 SETTING_KEYS = frozenset(
     PREFIX + name.upper() for name in CONFIG_SETTINGS | set(EXTENSION_DEFAULTS)
 )
+"""Every ``app.config`` key the extension reads (docs/settings.md lists them)."""
 
 
 def _where(key: str) -> str:
