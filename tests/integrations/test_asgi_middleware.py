@@ -11,20 +11,14 @@ import pytest
 from sagaz import ConfigurationError
 from sagaz.context import current_correlation_id
 from sagaz.integrations.asgi import SagaContextMiddleware
-from tests.integrations.test_fastapi_lifecycle import run_python
+from tests.core.test_optional_imports import run_blocked
 
 
 def test_the_middleware_imports_and_runs_without_fastapi_or_starlette() -> None:
-    done = run_python(
+    done = run_blocked(
         """
         import asyncio, sys
 
-        class Blocker:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("fastapi", "starlette"):
-                    raise ImportError(f"{name} is blocked")
-
-        sys.meta_path.insert(0, Blocker())
         from sagaz.context import current_correlation_id
         from sagaz.integrations.asgi import SagaContextMiddleware
 
