@@ -18,6 +18,7 @@ from sagaz.engine import RunOptions
 from sagaz.errors import ConfigurationError
 from sagaz.journal import MemoryJournal, SagaJournal, TransitionListener
 from sagaz.observability import build_listeners
+from sagaz.settings import read_settings
 from sagaz.types import ParallelFailureStrategy
 
 if TYPE_CHECKING:
@@ -136,8 +137,6 @@ class SagaConfig:
         (with the closest known one), a value of the wrong type or out of range, and a
         database or broker URL that cannot be used.
         """
-        from sagaz.settings import read_settings
-
         show = where if where is not None else (lambda key: key)
         _check_overrides(cls, overrides)
         found = read_settings(mapping, prefix=prefix, known=_setting_names(cls), where=show)

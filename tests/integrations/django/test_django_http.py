@@ -165,3 +165,15 @@ def test_run_saga_takes_a_saga_instance_with_its_own_config_and_refuses_anything
     for wrong in (object(), "django-test-note", NoteSaga.run):
         with pytest.raises(TypeError, match="run_saga needs a Saga class or instance"):
             run_saga(wrong, {})  # type: ignore[arg-type]
+
+
+def test_health_urls_take_path_and_name_as_in_every_adapter() -> None:
+    from django.urls import URLResolver
+    from django.urls.resolvers import RegexPattern
+
+    from sagaz.integrations.django.views import health, health_urls
+
+    resolver = URLResolver(RegexPattern(r"^/"), health_urls(path="ops/health", name="ops_health"))
+    match = resolver.resolve("/ops/health")
+    assert (match.func, match.url_name) == (health, "ops_health")
+    assert resolver.reverse("ops_health") == "ops/health"
