@@ -17,7 +17,6 @@ Django's ImproperlyConfigured - naming the key, when the app loads.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import threading
 from collections.abc import Mapping
@@ -103,14 +102,12 @@ class SagazSettings:
     shutdown_grace_seconds: float = 10.0
     config_values: tuple[tuple[str, Any], ...] = ()
 
-    def saga_config(self, *, database_url: str | None = None) -> SagaConfig:
-        """A `SagaConfig` with these settings (and `database_url`, when given)."""
+    def saga_config(self, *, database_url: str | None = None, **defaults: Any) -> SagaConfig:
+        """A `SagaConfig` with these settings (and `database_url`, when given);
+        `defaults` (SagaConfig fields) apply where ``settings.SAGAZ`` leaves a key unset."""
         values = dict(self.config_values)
-        overrides: dict[str, Any] = {"database_url": database_url}
-        broker_url = os.environ.get("SAGAZ_BROKER_URL")
-        if "BROKER_URL" not in values and broker_url:
-            overrides["broker_url"] = broker_url
-        return SagaConfig.from_mapping(values, "", where=_where, **overrides)
+        given = {name: value for name, value in defaults.items() if name.upper() not in values}
+        return SagaConfig.from_mapping(values, "", where=_where, database_url=database_url, **given)
 
     @property
     def broker_url(self) -> str | None:
@@ -125,6 +122,14 @@ class SagazSettings:
     @property
     def max_retries(self) -> int:
         return self.saga_config().max_retries
+
+    @property
+    def retry_backoff(self) -> float:
+        return self.saga_config().retry_backoff
+
+    @property
+    def step_timeout_seconds(self) -> float | None:
+        return self.saga_config().step_timeout_seconds
 
     @property
     def correlation_id_header(self) -> str:

@@ -11,6 +11,7 @@ shutdown - and only the configuration comes from Django.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -135,4 +136,10 @@ def settings_defaults() -> dict[str, Any]:
 
 def settings_config(options: dict[str, Any]) -> SagaConfig:
     """The worker's SagaConfig: ``settings.SAGAZ`` on ``DATABASES[--database]``."""
-    return get_settings().saga_config(database_url=database_url(options.get("database")))
+    defaults: dict[str, Any] = {}
+    broker_url = os.environ.get("SAGAZ_BROKER_URL")
+    if broker_url:  # BROKER_URL unset: `sagaz worker`'s default, the variable
+        defaults["broker_url"] = broker_url
+    return get_settings().saga_config(
+        database_url=database_url(options.get("database")), **defaults
+    )
