@@ -24,7 +24,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 from sagaz.config import SagaConfig
@@ -32,6 +31,7 @@ from sagaz.errors import ConfigurationError
 from sagaz.integrations._core.correlation import CORRELATION_ID_HEADER, validate_header_name
 from sagaz.integrations.django import databases
 from sagaz.integrations.django.databases import database_from_url
+from sagaz.integrations.django.errors import SettingsError
 from sagaz.settings import read_settings
 
 __all__ = [
@@ -60,11 +60,6 @@ _OWN_SETTINGS = frozenset(
 ALIASES = {"correlation_id_header": "correlation_header"}
 SETTING_KEYS = frozenset(name.upper() for name in _CONFIG_SETTINGS | _OWN_SETTINGS)
 """Every documented key of `settings.SAGAZ` (docs/settings.md lists them)."""
-
-
-class SettingsError(ConfigurationError, ImproperlyConfigured):
-    """A bad `settings.SAGAZ`: sagaz's ConfigurationError, and Django's
-    ImproperlyConfigured (what Django reports for a settings mistake)."""
 
 
 def _where(key: str) -> str:
@@ -249,7 +244,7 @@ setting_changed.connect(_forget, dispatch_uid="sagaz.integrations.django.conf")
 def import_saga_modules(loaded: SagazSettings) -> None:
     """Import the AUTODISCOVER module of every installed app (when it has one) and the
     IMPORTS, so the sagas they define are registered. An error inside such a module
-    propagates; a missing IMPORTS module raises ImproperlyConfigured."""
+    propagates; a missing IMPORTS module raises SettingsError (ImproperlyConfigured)."""
     if loaded.autodiscover:
         from django.utils.module_loading import autodiscover_modules
 

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from sqlalchemy.engine import URL, make_url
+
+from sagaz.integrations.django.errors import SettingsError
 
 __all__ = ["database_from_url", "database_url"]
 
@@ -27,7 +28,7 @@ def database_url(alias: str) -> str:
     ``sslmode``, ...) as query arguments, or ``sqlite:///NAME``.
 
     Read from the live connection settings, so a test database Django created is the one
-    named. Raises ImproperlyConfigured for a database sagaz does not support (only
+    named. Raises SettingsError (ImproperlyConfigured) for a database sagaz does not support (only
     PostgreSQL and SQLite) and for an in-memory SQLite database (no other connection can
     see it).
     """
@@ -39,14 +40,12 @@ def database_url(alias: str) -> str:
     if vendor == "sqlite":
         name = str(settings_dict.get("NAME") or "")
         if not name or name == ":memory:" or "mode=memory" in name:
-            raise ImproperlyConfigured(
+            raise SettingsError(
                 f"DATABASES[{alias!r}] is an in-memory SQLite database; sagaz's workers need "
                 "a database file they can open too"
             )
         return URL.create("sqlite", database=name).render_as_string(hide_password=False)
-    raise ImproperlyConfigured(
-        f"DATABASES[{alias!r}] is {vendor}; sagaz supports PostgreSQL and SQLite"
-    )
+    raise SettingsError(f"DATABASES[{alias!r}] is {vendor}; sagaz supports PostgreSQL and SQLite")
 
 
 def _postgresql_url(settings_dict: Mapping[str, Any]) -> URL:
@@ -80,11 +79,11 @@ def database_from_url(url: str | URL) -> dict[str, Any]:
     try:
         parsed = make_url(url)
     except sa.exc.ArgumentError as error:
-        raise ImproperlyConfigured(f"{url!r} is not a database URL") from error
+        raise SettingsError(f"{url!r} is not a database URL") from error
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if not parsed.database:
-            raise ImproperlyConfigured(f"{url!r}: a SQLite URL needs a file path")
+            raise SettingsError(f"{url!r}: a SQLite URL needs a file path")
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": parsed.database}
     if backend == "postgresql":
         return {
@@ -99,4 +98,4 @@ def database_from_url(url: str | URL) -> dict[str, Any]:
                 for key, value in parsed.query.items()
             },
         }
-    raise ImproperlyConfigured(f"{url!r}: sagaz supports postgresql and sqlite, not {backend}")
+    raise SettingsError(f"{url!r}: sagaz supports postgresql and sqlite, not {backend}")
