@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from sagaz.store.schema import saga_steps, sagas
+from tests.integrations.integration_helpers import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 FINISHED = frozenset({"completed", "compensated", "failed"})
@@ -33,11 +33,8 @@ def clean_environment(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def wait_for(check: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not done within {seconds}s")
-        time.sleep(0.1)
+    """Poll `check` until it holds (TimeoutError after `seconds`)."""
+    wait_until_sync(check, seconds)
 
 
 def saga_outcome(engine: sa.Engine, saga_id: str) -> tuple[str, int | None]:
