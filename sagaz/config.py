@@ -18,6 +18,7 @@ from sagaz.engine import RunOptions
 from sagaz.errors import ConfigurationError
 from sagaz.journal import MemoryJournal, SagaJournal, TransitionListener
 from sagaz.observability import build_listeners
+from sagaz.settings import read_settings
 from sagaz.types import ParallelFailureStrategy
 
 if TYPE_CHECKING:
@@ -100,10 +101,7 @@ class SagaConfig:
         that cannot be used (checked without connecting), or an unknown keyword raises
         ConfigurationError naming it. See docs/configuration.md for the list.
         """
-        known = {spec.name for spec in fields(cls) if spec.init}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigurationError(f"unknown SagaConfig setting(s): {', '.join(unknown)}")
+        _check_overrides(cls, overrides)
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for spec in fields(cls):
@@ -114,18 +112,55 @@ class SagaConfig:
             if raw is None or raw == "":
                 continue
             values[spec.name] = _convert(variable, raw, spec.default)
-        from_environment = {name: f"SAGAZ_{name.upper()}" for name in values}
+        origins = {name: f"SAGAZ_{name.upper()}" for name in values if name not in overrides}
         values.update(overrides)
-        try:
-            return cls(**values)
-        except ConfigurationError as error:
-            message = str(error)
-            for name, variable in from_environment.items():
-                if name not in overrides and f"SagaConfig.{name} " in message:
-                    message = message.replace(
-                        f"SagaConfig.{name}", f"{variable} (SagaConfig.{name})", 1
-                    )
-            raise ConfigurationError(message) from None
+        return _build(cls, values, origins)
+
+    @classmethod
+    def from_mapping(
+        cls,
+        mapping: Mapping[str, Any],
+        prefix: str = "SAGAZ_",
+        *,
+        where: Callable[[str], str] | None = None,
+        **overrides: Any,
+    ) -> SagaConfig:
+        """Build a config from the `prefix`-ed keys of `mapping` (``SAGAZ_MAX_RETRIES`` in
+        Flask's ``app.config``, ``"MAX_RETRIES"`` with ``prefix=""`` in Django's
+        ``settings.SAGAZ``); keyword arguments take precedence. Keys without the prefix
+        are ignored.
+
+        Each key is a field name in upper case. A string value is converted as
+        `from_env` converts a variable (an empty one leaves the default); other values
+        are taken as they are (a SQLAlchemy ``URL`` as `database_url` too). Raises
+        ConfigurationError naming the key - shown as `where(key)` - for an unknown key
+        (with the closest known one), a value of the wrong type or out of range, and a
+        database or broker URL that cannot be used.
+        """
+        show = where if where is not None else (lambda key: key)
+        _check_overrides(cls, overrides)
+        found = read_settings(mapping, prefix=prefix, known=_setting_names(cls), where=show)
+        values: dict[str, Any] = {}
+        defaults = {spec.name: spec.default for spec in fields(cls)}
+        for name, setting in found.items():
+            value = setting.value
+            if isinstance(value, str):
+                if value == "":
+                    continue
+                default = defaults[name]
+                if default is None and name.endswith("_seconds"):
+                    default = 0.0  # a number, not a string
+                value = _convert(show(setting.key), value, default)
+            elif name == "database_url" and hasattr(value, "render_as_string"):
+                value = value.render_as_string(hide_password=False)
+            elif isinstance(defaults[name], bool) and not isinstance(value, bool):
+                raise ConfigurationError(
+                    f"{show(setting.key)} must be true or false, got {value!r}"
+                )
+            values[name] = value
+        origins = {name: show(found[name].key) for name in values if name not in overrides}
+        values.update(overrides)
+        return _build(cls, values, origins)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -216,6 +251,30 @@ class SagaConfig:
             step_timeout_seconds=self.step_timeout_seconds,
             compensation_retries=self.compensation_retries,
         )
+
+
+def _setting_names(cls: type[SagaConfig]) -> frozenset[str]:
+    """The fields a mapping or the environment may set (not `extra_listeners`)."""
+    return frozenset(spec.name for spec in fields(cls) if spec.init) - {"extra_listeners"}
+
+
+def _check_overrides(cls: type[SagaConfig], overrides: Mapping[str, Any]) -> None:
+    known = {spec.name for spec in fields(cls) if spec.init}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigurationError(f"unknown SagaConfig setting(s): {', '.join(unknown)}")
+
+
+def _build(cls: type[SagaConfig], values: dict[str, Any], origins: Mapping[str, str]) -> SagaConfig:
+    """`cls(**values)`; an error about a setting read from a key names that key too."""
+    try:
+        return cls(**values)
+    except ConfigurationError as error:
+        message = str(error)
+        for name, origin in origins.items():
+            if f"SagaConfig.{name} " in message:
+                message = message.replace(f"SagaConfig.{name}", f"{origin} (SagaConfig.{name})", 1)
+        raise ConfigurationError(message) from None
 
 
 def _require(name: str, value: Any, check: Callable[[Any], bool], rule: str) -> None:

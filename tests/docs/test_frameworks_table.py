@@ -108,16 +108,18 @@ def check_span(span: str) -> str | None:
             check_cli(words[3:], command)
         return "command"
     if match := re.fullmatch(r"SAGAZ_([A-Z_]+)(=\S+)?", text):
-        flask_keys = {"BIND_KEY", "CORRELATION_HEADER", "SHUTDOWN_GRACE_SECONDS"}
+        from sagaz.integrations.flask.settings import SETTING_KEYS as FLASK_KEYS
+
         fields_ = {spec.name.upper() for spec in fields(SagaConfig) if spec.init}
-        assert match[1] in fields_ | flask_keys, f"{text}: not a sagaz setting"
+        keys = {key.removeprefix("SAGAZ_") for key in FLASK_KEYS}
+        assert match[1] in fields_ | keys, f"{text}: not a sagaz setting"
         return "setting"
     if match := re.fullmatch(r'SAGAZ\["([A-Z_]+)"\]', text) or re.match(
         r'SAGAZ = \{"([A-Z_]+)"', text
     ):
         from sagaz.integrations.django import conf
 
-        assert match[1] in conf._KEYS, f"{text}: not a settings.SAGAZ key"
+        assert match[1] in conf.SETTING_KEYS, f"{text}: not a settings.SAGAZ key"
         return "setting"
     if quoted := re.findall(r'"(sagaz(?:\.\w+)+)"', text):  # INSTALLED_APPS, include(...)
         for dotted in quoted:

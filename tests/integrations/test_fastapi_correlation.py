@@ -64,7 +64,7 @@ async def call_middleware(
     async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    middleware = SagaContextMiddleware(app, header_name=header_name)
+    middleware = SagaContextMiddleware(app, correlation_header=header_name)
     scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
     await middleware(scope, receive, send)
     return list(sent[0]["headers"]), seen[0]
@@ -154,8 +154,8 @@ def test_a_header_name_that_is_not_a_token_is_refused() -> None:
         raise AssertionError("never called")
 
     for bad in ("X-Bad\r\nName", "X Correlation", "", "x:y", "X-K\u00fcrzel"):
-        with pytest.raises(ValueError, match="header_name"):
-            SagaContextMiddleware(app, header_name=bad)
+        with pytest.raises(ValueError, match="correlation_header"):
+            SagaContextMiddleware(app, correlation_header=bad)
 
 
 async def test_lifespan_passes_through_and_websockets_get_a_context() -> None:

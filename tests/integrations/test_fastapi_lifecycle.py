@@ -133,7 +133,8 @@ def test_can_be_entered_from_the_applications_lifespan(config: SagaConfig) -> No
             yield {**state, "mine": True}
 
     app = FastAPI(lifespan=own_lifespan)
-    app.include_router(create_health_router(path="/health", tags=["ops"]))
+    app.include_router(create_health_router(path="/health", name="ops_health", tags=["ops"]))
+    assert app.url_path_for("ops_health") == "/health"
     with TestClient(app) as client:
         response = client.get("/health")
     assert response.status_code == 200

@@ -37,9 +37,9 @@ def test_the_extension_is_stored_in_app_extensions(sqlite: DatabaseUrls) -> None
 def test_registering_twice_is_an_error(sqlite: DatabaseUrls) -> None:
     app = flask_app(sqlite.sync)
     extension = SagazExtension(app, db)
-    with pytest.raises(RuntimeError, match="already been registered"):
+    with pytest.raises(ConfigurationError, match="already been registered"):
         extension.init_app(app, db)
-    with pytest.raises(RuntimeError, match="already been registered"):
+    with pytest.raises(RuntimeError, match="already been registered"):  # as before
         SagazExtension(app)
     dispose_db_engines(app)
 
@@ -47,7 +47,7 @@ def test_registering_twice_is_an_error(sqlite: DatabaseUrls) -> None:
 def test_the_db_must_be_initialised_on_the_app_first(sqlite: DatabaseUrls) -> None:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = sqlite.sync
-    with pytest.raises(RuntimeError, match=r"db.init_app\(app\) before"):
+    with pytest.raises(ConfigurationError, match=r"db.init_app\(app\) before"):
         SagazExtension(app, db)
     assert EXTENSION_KEY not in app.extensions
 
@@ -124,7 +124,7 @@ def test_which_app_outside_an_app_context() -> None:
         result = extension.run_sync(IntegrationOrderSaga, {"n": "no-context"})
         assert result.status is SagaStatus.COMPLETED
         extension.init_app(second)
-        with pytest.raises(RuntimeError, match="no Flask application context"):
+        with pytest.raises(ConfigurationError, match="no Flask application context"):
             extension.config()
         with second.app_context():
             assert extension.config() is extension.config(second)
@@ -152,6 +152,8 @@ def test_run_sync_refuses_what_is_not_a_saga() -> None:
     ("config", "message"),
     [
         ({"SAGAZ_DATABSE_URL": "sqlite://"}, "unknown sagaz setting.*SAGAZ_DATABSE_URL"),
+        ({"SAGAZ_MAX_RETRYS": 1}, r"SAGAZ_MAX_RETRYS \(did you mean SAGAZ_MAX_RETRIES\?\)"),
+        ({"SAGAZ_METRICS": "maybe"}, "SAGAZ_METRICS must be true or false"),
         ({"SAGAZ_LEASE_SECONDS": "0"}, r"SAGAZ_LEASE_SECONDS \(SagaConfig.lease_seconds\)"),
         ({"SAGAZ_MAX_RETRIES": "many"}, "SAGAZ_MAX_RETRIES must be an integer"),
         ({"SAGAZ_CORRELATION_HEADER": "X-Bad Header"}, "SAGAZ_CORRELATION_HEADER"),
@@ -170,8 +172,45 @@ def test_invalid_settings_are_refused_naming_them(
 
 
 def test_unknown_keyword_settings_are_refused() -> None:
-    with pytest.raises(ConfigurationError, match=r"unknown sagaz setting.*lease_secs"):
+    with pytest.raises(ConfigurationError, match=r"lease_secs \(did you mean lease_seconds\?\)"):
         SagazExtension(lease_secs=3)
+
+
+def test_every_setting_is_read_from_app_config(sqlite: DatabaseUrls) -> None:
+    app = flask_app(
+        sqlite.sync,
+        SAGAZ_MAX_RETRIES="2",
+        SAGAZ_MAX_RETRY_BACKOFF=4,
+        SAGAZ_COMPENSATION_RETRIES=1,
+        SAGAZ_FAILURE_STRATEGY="wait_all",
+        SAGAZ_SAGA_TIMEOUT_SECONDS=60,
+        SAGAZ_STEP_TIMEOUT_SECONDS="2.5",
+        SAGAZ_SHUTDOWN_GRACE_SECONDS=3,
+    )
+    extension = SagazExtension(app, db, max_retries=5, metrics=False)
+    config = extension.config(app)
+    assert config.max_retries == 2  # app.config wins over the keyword
+    assert (config.max_retry_backoff, config.compensation_retries) == (4, 1)
+    assert config.failure_strategy is ParallelFailureStrategy.WAIT_ALL
+    assert (config.saga_timeout_seconds, config.step_timeout_seconds) == (60, 2.5)
+    assert config.database_url == sqlite.sync
+    dispose_db_engines(app)
+
+
+def test_the_hooks_are_registered_through_flasks_public_api(sqlite: DatabaseUrls) -> None:
+    """Appended (as app.before_request would), not inserted at the front of Flask's
+    internal lists: a hook the app registers after init_app runs after sagaz's."""
+    app = flask_app(sqlite.sync)
+
+    @app.before_request
+    def earlier() -> None:
+        return None
+
+    SagazExtension(app, db)
+    hooks = app.before_request_funcs[None]
+    assert hooks[0] is earlier
+    assert hooks[-1].__module__ == "sagaz.integrations.flask.hooks"
+    dispose_db_engines(app)
 
 
 def test_an_in_memory_sqlite_db_cannot_be_shared() -> None:

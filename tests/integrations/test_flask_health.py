@@ -50,3 +50,15 @@ def test_without_a_database_health_says_not_configured() -> None:
     response = app.test_client().get("/sagaz/health")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "database": "not configured"}
+
+
+def test_path_and_name_as_in_every_adapter() -> None:
+    app = Flask(__name__)
+    extension = SagazExtension(app)
+    app.register_blueprint(create_health_blueprint(path="/ops/health", name="ops"))
+    with app.test_request_context():
+        from flask import url_for
+
+        assert url_for("ops.sagaz_health") == "/ops/health"
+    assert app.test_client().get("/ops/health").get_json()["database"] == "not configured"
+    extension.close()

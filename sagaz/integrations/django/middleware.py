@@ -9,7 +9,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
 from sagaz.context import SagaContextManager
-from sagaz.integrations._base import correlation_id_from
+from sagaz.integrations._core.correlation import correlation_id_from
 from sagaz.integrations.django.checks import check_schema_at_startup
 from sagaz.integrations.django.conf import get_settings
 
@@ -20,7 +20,7 @@ class SagaContextMiddleware:
     """Gives each request a correlation id (sync and async capable).
 
     The id comes from the ``X-Correlation-ID`` request header (or
-    ``settings.SAGAZ["CORRELATION_ID_HEADER"]``) when it is at most 128 characters of
+    ``settings.SAGAZ["CORRELATION_HEADER"]``) when it is at most 128 characters of
     ``[A-Za-z0-9._:-]``; anything else - missing, too long, CR/LF, non-ASCII - is
     replaced by a fresh id and never reflected. Sagas started and outbox events added
     while the view runs record it (the `correlation-id` outbox header); it is available
@@ -38,7 +38,7 @@ class SagaContextMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         check_schema_at_startup()
         self.get_response = get_response
-        self.header = get_settings().correlation_id_header
+        self.header = get_settings().correlation_header
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)

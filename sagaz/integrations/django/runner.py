@@ -1,16 +1,18 @@
 """`run_saga`: run a saga to completion from a sync view, on one long-lived event loop.
 
 Every call - from any number of server threads, and from a thread whose own event loop
-is running - hands the saga to the same `EventLoopPortal` (`sagaz.integrations._base`)
+is running - hands the saga to the same `EventLoopPortal` (`sagaz.integrations._core.portal`)
 and blocks until it finished. There is no `asyncio.run` per request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from sagaz.integrations._base import EventLoopPortal, LazyPortal
+from sagaz.config import SagaConfig
+from sagaz.integrations._core.portal import EventLoopPortal, LazyPortal
 from sagaz.integrations.django.conf import get_settings
 from sagaz.saga import Saga
 from sagaz.types import SagaResult
@@ -41,7 +43,9 @@ def run_saga(
     """Run `saga` in this process until it completed (or compensated) and return its
     result, blocking the calling thread meanwhile - like ``await saga.run(context)``.
 
-    A Saga class is instantiated with the step defaults of ``settings.SAGAZ``; an
+    A Saga class is instantiated with the config of ``settings.SAGAZ`` (its step and
+    saga defaults: retries, timeouts, failure strategy; its observability switches -
+    METRICS needs the ``prometheus`` extra, MissingExtraError otherwise); an
     instance runs with its own config. The run is journaled in memory, not in the
     database: it is not atomic with the request's writes and nothing resumes it if the
     process dies - for that, start it with `atomic_saga_start` and let
@@ -51,9 +55,16 @@ def run_saga(
     see the request's uncommitted writes. Raises what `Saga.run` raises.
     """
     if isinstance(saga, type) and issubclass(saga, Saga):
-        instance = saga(config=get_settings().saga_config())
+        instance = saga(config=_run_config())
     elif isinstance(saga, Saga):
         instance = saga
     else:
         raise TypeError(f"run_saga needs a Saga class or instance, got {saga!r}")
     return _portal.call(instance.run, dict(context or {}), saga_id=saga_id)
+
+
+def _run_config() -> SagaConfig:
+    """settings.SAGAZ's config, with the listeners its observability switches (LOG_TRANSITIONS,
+    METRICS, TRACING) ask for: the in-memory runs of `run_saga` initialise no config."""
+    config = get_settings().saga_config()
+    return dataclasses.replace(config, extra_listeners=config.build_listeners())

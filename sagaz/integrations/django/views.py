@@ -11,14 +11,16 @@ import sqlalchemy as sa
 from django.core.signals import setting_changed
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
+from django.urls import URLPattern
+from django.urls import path as url_path
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from sagaz.integrations._base import check_health_sync
+from sagaz.integrations._core.health import check_health_sync
 from sagaz.integrations.django.conf import database_url, get_settings
 from sagaz.store.engines import create_engine
 
-__all__ = ["health"]
+__all__ = ["health", "health_urls"]
 
 HEALTH_CONNECT_TIMEOUT_SECONDS = 5
 
@@ -61,3 +63,12 @@ def health(request: HttpRequest) -> JsonResponse:
     transaction: it holds no lock while it checks."""
     report = check_health_sync(_engine(get_settings().database))
     return JsonResponse(report.as_dict(), status=report.status_code)
+
+
+def health_urls(*, path: str = "sagaz/health", name: str = "sagaz_health") -> list[URLPattern]:
+    """URL patterns serving the `health` view at ``GET {path}`` under route name `name`:
+    ``urlpatterns += health_urls()``. `path` and `name` are the parameters of every
+    adapter's health factory (FastAPI's `create_health_router`, Flask's
+    `create_health_blueprint`); ``include("sagaz.integrations.django.urls")`` remains
+    the other way to mount it."""
+    return [url_path(path.lstrip("/"), health, name=name)]

@@ -8,8 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from django.core.management import call_command
@@ -23,14 +22,7 @@ from sagaz.integrations.django.conf import database_url
 from tests.integrations.django.conftest import APPLICATION_NAME, EXAMPLE, SCHEMA
 from tests.integrations.django.django_sagas import NoteSaga
 from tests.integrations.django.helpers import committed
-
-
-def wait_for(check: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not done within {seconds}s")
-        time.sleep(0.05)
+from tests.integrations.worker_process import wait_for
 
 
 @pytest.fixture

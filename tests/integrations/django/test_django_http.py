@@ -46,7 +46,7 @@ def test_a_fresh_id_without_header_and_a_configurable_header() -> None:
     first = Client().get("/test/correlation")["X-Correlation-ID"]
     second = Client().get("/test/correlation")["X-Correlation-ID"]
     assert first != second
-    with override_settings(SAGAZ={"CORRELATION_ID_HEADER": "X-Request-ID"}):
+    with override_settings(SAGAZ={"CORRELATION_HEADER": "X-Request-ID"}):
         from django.test.client import ClientHandler
 
         handler_client = Client()
@@ -165,3 +165,15 @@ def test_run_saga_takes_a_saga_instance_with_its_own_config_and_refuses_anything
     for wrong in (object(), "django-test-note", NoteSaga.run):
         with pytest.raises(TypeError, match="run_saga needs a Saga class or instance"):
             run_saga(wrong, {})  # type: ignore[arg-type]
+
+
+def test_health_urls_take_path_and_name_as_in_every_adapter() -> None:
+    from django.urls import URLResolver
+    from django.urls.resolvers import RegexPattern
+
+    from sagaz.integrations.django.views import health, health_urls
+
+    resolver = URLResolver(RegexPattern(r"^/"), health_urls(path="ops/health", name="ops_health"))
+    match = resolver.resolve("/ops/health")
+    assert (match.func, match.url_name) == (health, "ops_health")
+    assert resolver.reverse("ops_health") == "ops/health"

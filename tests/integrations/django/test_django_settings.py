@@ -9,6 +9,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
+from sagaz import ConfigurationError
 from sagaz.integrations.django.conf import (
     SagazSettings,
     database_from_url,
@@ -45,7 +46,15 @@ def test_every_key() -> None:
             "MAX_RETRIES": 3,
             "RETRY_BACKOFF": 0,
             "STEP_TIMEOUT_SECONDS": 2.5,
-            "CORRELATION_ID_HEADER": "X-Request-ID",
+            "CORRELATION_HEADER": "X-Request-ID",
+            "MAX_RETRY_BACKOFF": 4,
+            "COMPENSATION_RETRIES": 1,
+            "FAILURE_STRATEGY": "wait_all",
+            "SAGA_TIMEOUT_SECONDS": 60,
+            "LOG_TRANSITIONS": True,
+            "METRICS": False,
+            "TRACING": False,
+            "SHUTDOWN_GRACE_SECONDS": 3,
         },
         DATABASES,
     )
@@ -57,25 +66,54 @@ def test_every_key() -> None:
         3,
     )
     assert config.step_timeout_seconds == 2.5
+    assert (config.max_retry_backoff, config.compensation_retries) == (4, 1)
+    assert config.failure_strategy.value == "wait_all"
+    assert (config.saga_timeout_seconds, config.log_transitions) == (60, True)
+    assert (loaded.correlation_header, loaded.shutdown_grace_seconds) == ("X-Request-ID", 3.0)
+
+
+def test_the_old_correlation_header_key_still_works_with_a_warning() -> None:
+    with pytest.warns(DeprecationWarning, match=r"use settings.SAGAZ\['CORRELATION_HEADER'\]"):
+        loaded = load_settings({"CORRELATION_ID_HEADER": "X-Request-ID"}, DATABASES)
+    assert loaded.correlation_header == "X-Request-ID"
+    with (
+        pytest.warns(DeprecationWarning, match="deprecated"),
+        pytest.raises(ConfigurationError, match="same setting"),
+    ):
+        load_settings({"CORRELATION_ID_HEADER": "X-A", "CORRELATION_HEADER": "X-B"}, DATABASES)
+
+
+def test_settings_errors_are_configuration_errors_too() -> None:
+    with pytest.raises(ConfigurationError, match=r"did you mean settings.SAGAZ\['MAX_RETRIES'\]"):
+        load_settings({"MAX_RETRYS": 3}, DATABASES)
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
         ("nope", "settings.SAGAZ must be a dict"),
-        ({"LEASE": 1}, "unknown key(s) LEASE"),
+        ({"LEASE": 1}, "unknown sagaz setting(s): settings.SAGAZ['LEASE']"),
+        ({"DATABASE_URL": "sqlite://"}, "unknown sagaz setting(s): settings.SAGAZ['DATABASE_URL']"),
+        ({"max_retries": 1}, "settings.SAGAZ['max_retries'] (did you mean"),
         ({"DATABASE": "missing"}, "'missing', which is not in DATABASES"),
         ({"DATABASE": 3}, "'DATABASE'] must be the alias"),
-        ({"BROKER_URL": "localhost"}, "'BROKER_URL'] must be a broker URL"),
+        (
+            {"BROKER_URL": "localhost"},
+            "'BROKER_URL'] (SagaConfig.broker_url) must look like scheme://",
+        ),
         ({"AUTODISCOVER": "not a module"}, "'AUTODISCOVER'] must be a module name"),
         ({"IMPORTS": "orders.sagas"}, "'IMPORTS'] must be a list of module names"),
-        ({"LEASE_SECONDS": 0}, "'LEASE_SECONDS'] must be a number > 0, got 0"),
-        ({"LEASE_SECONDS": "30"}, "'LEASE_SECONDS'] must be a number > 0"),
-        ({"MAX_RETRIES": -1}, "'MAX_RETRIES'] must be an int >= 0"),
-        ({"MAX_RETRIES": True}, "'MAX_RETRIES'] must be an int >= 0"),
-        ({"RETRY_BACKOFF": -1}, "'RETRY_BACKOFF'] must be a number >= 0"),
-        ({"STEP_TIMEOUT_SECONDS": 0}, "'STEP_TIMEOUT_SECONDS'] must be a number > 0 or None"),
-        ({"CORRELATION_ID_HEADER": "X Bad"}, "'CORRELATION_ID_HEADER'] must be a header name"),
+        ({"LEASE_SECONDS": 0}, "'LEASE_SECONDS'] (SagaConfig.lease_seconds) must be > 0, got 0"),
+        ({"LEASE_SECONDS": "thirty"}, "'LEASE_SECONDS'] must be a number"),
+        ({"MAX_RETRIES": -1}, "'MAX_RETRIES'] (SagaConfig.max_retries) must be >= 0"),
+        ({"MAX_RETRIES": True}, "'MAX_RETRIES'] (SagaConfig.max_retries) must be >= 0"),
+        ({"RETRY_BACKOFF": -1}, "'RETRY_BACKOFF'] (SagaConfig.retry_backoff) must be >= 0"),
+        ({"STEP_TIMEOUT_SECONDS": 0}, "'STEP_TIMEOUT_SECONDS'] (SagaConfig.step_timeout_seconds)"),
+        ({"METRICS": "maybe"}, "'METRICS'] must be true or false"),
+        ({"TRACING": 1}, "'TRACING'] must be true or false"),
+        ({"FAILURE_STRATEGY": "eventually"}, "FAILURE_STRATEGY'] must be one of"),
+        ({"SHUTDOWN_GRACE_SECONDS": -1}, "'SHUTDOWN_GRACE_SECONDS'] must be a number >= 0"),
+        ({"CORRELATION_HEADER": "X Bad"}, "'CORRELATION_HEADER'] must be a header name"),
     ],
 )
 def test_bad_values_name_the_key(raw: Any, message: str) -> None:
@@ -146,3 +184,22 @@ def test_django_is_an_optional_extra() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'sagaz[django]'" in done.stdout
+
+
+def test_run_saga_runs_with_every_setting_of_settings_sagaz(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import uuid
+
+    from sagaz import SagaStatus
+    from sagaz.integrations.django import run_saga
+    from tests.integrations.settings_sagas import FlakySaga
+
+    settings = {"MAX_RETRIES": 2, "RETRY_BACKOFF": 0, "LOG_TRANSITIONS": True}
+    with override_settings(SAGAZ=settings), caplog.at_level("INFO", "sagaz.transitions"):
+        result = run_saga(FlakySaga, {"key": uuid.uuid4().hex, "fail_times": 2})
+    assert result.status is SagaStatus.COMPLETED
+    assert any(record.name == "sagaz.transitions" for record in caplog.records)
+    with override_settings(SAGAZ={"RETRY_BACKOFF": 0}):
+        failed = run_saga(FlakySaga, {"key": uuid.uuid4().hex, "fail_times": 1})
+    assert failed.status is SagaStatus.COMPENSATED

@@ -11,6 +11,7 @@ shutdown - and only the configuration comes from Django.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -19,10 +20,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.connection import ConnectionDoesNotExist
 
+from sagaz.cli.worker import CONFIG_META_KEY
+from sagaz.config import SagaConfig
 from sagaz.errors import ConfigurationError
 from sagaz.integrations.django.conf import database_url, get_settings
 
-__all__ = ["ClickCommand"]
+__all__ = ["ClickCommand", "settings_config", "settings_defaults"]
 
 
 class ClickCommand(BaseCommand):
@@ -67,9 +70,15 @@ class ClickCommand(BaseCommand):
         command line (click option name -> value)."""
         return {"database_url": database_url(options.get("database"))}
 
+    def saga_config(self, options: dict[str, Any]) -> SagaConfig | None:
+        """The SagaConfig the click command starts from (`CONFIG_META_KEY`); None: the
+        command's own (`SagaConfig.from_env()`)."""
+        return None
+
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             values = self.defaults(options)
+            config = self.saga_config(options)
         except (ImproperlyConfigured, ConnectionDoesNotExist) as error:
             raise CommandError(str(error)) from error
         values.update(
@@ -80,17 +89,21 @@ class ClickCommand(BaseCommand):
             }
         )
         try:
-            self.click_command.main(
-                args=self._argv(values),
-                prog_name=f"manage.py {self._command_name()}",
-                standalone_mode=False,
-            )
+            self._run(self._argv(values), config)
         except click.ClickException as error:
             raise CommandError(error.format_message()) from error
         except click.Abort as error:
             raise CommandError("aborted") from error
         except ConfigurationError as error:  # e.g. an unknown broker URL scheme
             raise CommandError(str(error)) from error
+
+    def _run(self, argv: list[str], config: SagaConfig | None) -> None:
+        """Run the click command with `argv`, starting from `config` when given."""
+        command = self.click_command
+        with command.make_context(f"manage.py {self._command_name()}", argv) as ctx:
+            if config is not None:
+                ctx.meta[CONFIG_META_KEY] = config
+            command.invoke(ctx)
 
     def _argv(self, values: dict[str, Any]) -> list[str]:
         argv: list[str] = []
@@ -116,9 +129,17 @@ class ClickCommand(BaseCommand):
 
 
 def settings_defaults() -> dict[str, Any]:
-    """Worker option defaults from ``settings.SAGAZ``."""
-    loaded = get_settings()
-    values: dict[str, Any] = {"lease_seconds": loaded.lease_seconds}
-    if loaded.broker_url is not None:
-        values["broker_url"] = loaded.broker_url
-    return values
+    """Worker option defaults from ``settings.SAGAZ`` (the rest of its settings reach
+    the worker as its SagaConfig, `settings_config`)."""
+    return {"shutdown_grace": get_settings().shutdown_grace_seconds}
+
+
+def settings_config(options: dict[str, Any]) -> SagaConfig:
+    """The worker's SagaConfig: ``settings.SAGAZ`` on ``DATABASES[--database]``."""
+    defaults: dict[str, Any] = {}
+    broker_url = os.environ.get("SAGAZ_BROKER_URL")
+    if broker_url:  # BROKER_URL unset: `sagaz worker`'s default, the variable
+        defaults["broker_url"] = broker_url
+    return get_settings().saga_config(
+        database_url=database_url(options.get("database")), **defaults
+    )
