@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
@@ -53,3 +55,20 @@ def import_modules(names: Iterable[str]) -> list[str]:
                 ) from error
             imported.append(name)
     return imported
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.3
+    """A duration: seconds, or a number with a unit - `90`, `30s`, `10m`, `2h`, `7d`."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if match is None:
+            self.fail(f"{value!r} is not a duration (like 90, 30s, 10m, 2h or 7d)", param, ctx)
+        return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])

@@ -142,8 +142,10 @@ def read_dead(
     topic: str | None = None,
     limit: int = 100,
     after_seq: int | None = None,
+    ids: Iterable[str] | None = None,
 ) -> list[DeadEvent]:
-    """Dead-lettered events in publish order (seq), `limit` at a time after `after_seq`.
+    """Dead-lettered events in publish order (seq), `limit` at a time after `after_seq`
+    (only those with these `ids`, when given).
     A row whose payload is not JSON shows its stored text as the payload; headers that
     are not an object of strings show as `{}` (`last_error` says what was wrong)."""
     if limit < 1:
@@ -164,6 +166,8 @@ def read_dead(
         query = query.where(outbox.c.topic == topic)
     if after_seq is not None:
         query = query.where(outbox.c.seq > after_seq)
+    if ids is not None:
+        query = query.where(outbox.c.id.in_(_checked_ids(ids)))
     events = []
     for row in connection.execute(query):
         payload, headers, problem = decode_row(row.payload, row.headers)
@@ -186,11 +190,21 @@ def read_dead(
 
 @overload
 def list_dead(
-    bind: SyncBind, *, topic: str | None = None, limit: int = 100, after_seq: int | None = None
+    bind: SyncBind,
+    *,
+    topic: str | None = None,
+    limit: int = 100,
+    after_seq: int | None = None,
+    ids: Iterable[str] | None = None,
 ) -> list[DeadEvent]: ...
 @overload
 def list_dead(
-    bind: AsyncBind, *, topic: str | None = None, limit: int = 100, after_seq: int | None = None
+    bind: AsyncBind,
+    *,
+    topic: str | None = None,
+    limit: int = 100,
+    after_seq: int | None = None,
+    ids: Iterable[str] | None = None,
 ) -> Awaitable[list[DeadEvent]]: ...
 def list_dead(
     bind: SyncBind | AsyncBind,
@@ -198,12 +212,17 @@ def list_dead(
     topic: str | None = None,
     limit: int = 100,
     after_seq: int | None = None,
+    ids: Iterable[str] | None = None,
 ) -> list[DeadEvent] | Awaitable[list[DeadEvent]]:
-    """Dead-lettered events, oldest first, optionally of one topic; page with `after_seq`
-    (the last `seq` seen). Read-only. Awaitable for async binds."""
+    """Dead-lettered events, oldest first, optionally of one topic or with these `ids`
+    (ValueError for one that is not a UUID); page with `after_seq` (the last `seq` seen).
+    Read-only. Awaitable for async binds."""
+    id_list = None if ids is None else _checked_ids(ids)
     return _run(  # type: ignore[no-any-return]
         bind,
-        lambda connection: read_dead(connection, topic=topic, limit=limit, after_seq=after_seq),
+        lambda connection: read_dead(
+            connection, topic=topic, limit=limit, after_seq=after_seq, ids=id_list
+        ),
         "read",
     )
 
@@ -263,6 +282,42 @@ def requeue_dead(
     id_list = None if ids is None else _checked_ids(ids)
     return _run(  # type: ignore[no-any-return]
         bind, lambda connection: requeue(connection, id_list, topic=topic), "write"
+    )
+
+
+def purge(
+    connection: sa.Connection, ids: Iterable[str] | None = None, *, topic: str | None = None
+) -> int:
+    """Delete dead-lettered events; returns how many (see `purge_dead`)."""
+    query = sa.delete(outbox).where(outbox.c.status == DEAD)
+    if ids is not None:
+        id_list = _checked_ids(ids)
+        if not id_list:
+            return 0
+        query = query.where(outbox.c.id.in_(id_list))
+    if topic is not None:
+        query = query.where(outbox.c.topic == topic)
+    return connection.execute(query).rowcount
+
+
+@overload
+def purge_dead(
+    bind: SyncBind, ids: Iterable[str] | None = None, *, topic: str | None = None
+) -> int: ...
+@overload
+def purge_dead(
+    bind: AsyncBind, ids: Iterable[str] | None = None, *, topic: str | None = None
+) -> Awaitable[int]: ...
+def purge_dead(
+    bind: SyncBind | AsyncBind, ids: Iterable[str] | None = None, *, topic: str | None = None
+) -> int | Awaitable[int]:
+    """Delete dead-lettered events for good: the ones with these `ids` (None: all of
+    them), optionally only of `topic`; returns how many. Events that are not dead are
+    never deleted. Raises ValueError for an id that is not a UUID, before anything is
+    deleted. Awaitable for async binds."""
+    id_list = None if ids is None else _checked_ids(ids)
+    return _run(  # type: ignore[no-any-return]
+        bind, lambda connection: purge(connection, id_list, topic=topic), "write"
     )
 
 
