@@ -71,7 +71,7 @@ def lease_holders(connection: sa.Connection, *, now: datetime) -> dict[str, int]
         .group_by(sagas.c.lease_owner)
         .order_by(sagas.c.lease_owner)
     )
-    return {str(owner): int(count) for owner, count in rows.tuples()}
+    return {str(row[0]): int(row[1]) for row in rows}
 
 
 def read_stats(

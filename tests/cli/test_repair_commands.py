@@ -57,9 +57,7 @@ def saga_row(engine: sa.Engine, saga_id: str) -> Any:
 def step_statuses(engine: sa.Engine, saga_id: str) -> dict[str, str]:
     with engine.connect() as connection:
         rows = connection.execute(
-            sa.select(saga_steps.c.name, saga_steps.c.status).where(
-                saga_steps.c.saga_id == saga_id
-            )
+            sa.select(saga_steps.c.name, saga_steps.c.status).where(saga_steps.c.saga_id == saga_id)
         )
         return {row.name: row.status for row in rows}
 

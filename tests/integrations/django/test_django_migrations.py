@@ -108,7 +108,12 @@ def test_migrate_backwards_and_forwards_and_adopting_sagaz_db_upgrade(scratch: s
     sagaz_db_upgrade("--url", scratch)
     before = snapshot(scratch)
     call_command("migrate", "sagaz", database="scratch", verbosity=0)
-    assert applied("scratch") == ["0001_initial", "0002_json_text", "0003_worker_claims", "0004_cancel_requests"]
+    assert applied("scratch") == [
+        "0001_initial",
+        "0002_json_text",
+        "0003_worker_claims",
+        "0004_cancel_requests",
+    ]
     assert snapshot(scratch) == before
 
 
