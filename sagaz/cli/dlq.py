@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -99,6 +100,23 @@ def _selection_options(function: Any) -> Any:
     return database_url_option(function)
 
 
+def _act(
+    verb: str,
+    action: Callable[..., int],
+    database_url: str,
+    selection: tuple[tuple[str, ...], bool, str | None],
+    yes: bool,
+) -> int:
+    """Confirm, then apply `action` (requeue_dead or purge_dead) to the selection."""
+    ids, everything, topic = selection
+    confirm(f"{verb} {_selection(ids, everything, topic)}?", yes)
+    with existing_database(database_url) as engine:
+        try:
+            return action(engine, None if everything else list(ids), topic=topic)
+        except ValueError as error:
+            raise click.UsageError(str(error)) from error
+
+
 @dlq.command("requeue")
 @_selection_options
 @yes_option
@@ -106,12 +124,7 @@ def requeue_command(
     database_url: str, ids: tuple[str, ...], everything: bool, topic: str | None, yes: bool
 ) -> None:
     """Re-queue dead-lettered events by id, or --all (optionally of one --topic)."""
-    confirm(f"Re-queue {_selection(ids, everything, topic)}?", yes)
-    with existing_database(database_url) as engine:
-        try:
-            count = requeue_dead(engine, None if everything else list(ids), topic=topic)
-        except ValueError as error:
-            raise click.UsageError(str(error)) from error
+    count = _act("Re-queue", requeue_dead, database_url, (ids, everything, topic), yes)
     click.echo(f"re-queued {count} event(s)")
 
 
@@ -122,10 +135,5 @@ def purge_command(
     database_url: str, ids: tuple[str, ...], everything: bool, topic: str | None, yes: bool
 ) -> None:
     """Delete dead-lettered events for good, by id or --all (optionally of one --topic)."""
-    confirm(f"Delete {_selection(ids, everything, topic)} for good?", yes)
-    with existing_database(database_url) as engine:
-        try:
-            count = purge_dead(engine, None if everything else list(ids), topic=topic)
-        except ValueError as error:
-            raise click.UsageError(str(error)) from error
+    count = _act("Delete for good", purge_dead, database_url, (ids, everything, topic), yes)
     click.echo(f"purged {count} event(s)")

@@ -3,6 +3,8 @@ letters and the workers holding leases (`sagaz.operations.stats`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from sagaz.cli.database import existing_database
@@ -15,29 +17,29 @@ from sagaz.types import SagaStatus
 DEFAULTS = HealthThresholds()
 
 
+THRESHOLDS = (
+    ("--max-oldest-pending", float, "Seconds the oldest unpublished event may wait"),
+    ("--max-pending", int, "Unpublished events allowed"),
+    ("--max-dead", int, "Dead-lettered events allowed"),
+)
+
+
+def _threshold_options(function: Any) -> Any:
+    defaults = (
+        DEFAULTS.max_oldest_pending_seconds,
+        DEFAULTS.max_pending,
+        DEFAULTS.max_dead,
+    )
+    for (flag, kind, what), default in zip(THRESHOLDS, defaults, strict=True):
+        help_text = f"{what} before sagaz is degraded."
+        option = click.option(flag, type=kind, default=default, show_default=True, help=help_text)
+        function = option(function)
+    return function
+
+
 @click.command("stats")
 @database_url_option
-@click.option(
-    "--max-oldest-pending",
-    type=float,
-    default=DEFAULTS.max_oldest_pending_seconds,
-    show_default=True,
-    help="Seconds the oldest unpublished event may wait before sagaz is degraded.",
-)
-@click.option(
-    "--max-pending",
-    type=int,
-    default=DEFAULTS.max_pending,
-    show_default=True,
-    help="Unpublished events before sagaz is degraded.",
-)
-@click.option(
-    "--max-dead",
-    type=int,
-    default=DEFAULTS.max_dead,
-    show_default=True,
-    help="Dead-lettered events before sagaz is degraded.",
-)
+@_threshold_options
 @json_option
 def stats(
     database_url: str, max_oldest_pending: float, max_pending: int, max_dead: int, as_json: bool

@@ -235,16 +235,13 @@ def requeue(
     now: datetime | None = None,
 ) -> int:
     """Put dead-lettered events back in the queue; returns how many (see `requeue_dead`)."""
-    query = sa.update(outbox).where(outbox.c.status == DEAD)
-    if ids is not None:
-        id_list = _checked_ids(ids)
-        if not id_list:
-            return 0
-        query = query.where(outbox.c.id.in_(id_list))
-    if topic is not None:
-        query = query.where(outbox.c.topic == topic)
+    where = _dead_events(ids, topic)
+    if where is None:
+        return 0
     result = connection.execute(
-        query.values(
+        sa.update(outbox)
+        .where(*where)
+        .values(
             status=PENDING,
             attempts=0,
             next_attempt_at=now or utcnow(),
@@ -289,15 +286,24 @@ def purge(
     connection: sa.Connection, ids: Iterable[str] | None = None, *, topic: str | None = None
 ) -> int:
     """Delete dead-lettered events; returns how many (see `purge_dead`)."""
-    query = sa.delete(outbox).where(outbox.c.status == DEAD)
+    where = _dead_events(ids, topic)
+    return 0 if where is None else connection.execute(sa.delete(outbox).where(*where)).rowcount
+
+
+def _dead_events(
+    ids: Iterable[str] | None, topic: str | None
+) -> list[sa.ColumnElement[bool]] | None:
+    """What selects the dead events with these `ids` (None: all) of `topic`; None when
+    `ids` is empty (nothing is selected)."""
+    where = [outbox.c.status == DEAD]
     if ids is not None:
         id_list = _checked_ids(ids)
         if not id_list:
-            return 0
-        query = query.where(outbox.c.id.in_(id_list))
+            return None
+        where.append(outbox.c.id.in_(id_list))
     if topic is not None:
-        query = query.where(outbox.c.topic == topic)
-    return connection.execute(query).rowcount
+        where.append(outbox.c.topic == topic)
+    return where
 
 
 @overload

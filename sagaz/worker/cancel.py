@@ -73,6 +73,7 @@ class CancelWatch:
             return None
         self.claimed.discard(saga_id)
         self._compensating.add(saga_id)
+        log.info("saga %s: compensating it, as an operator asked (sagaz cancel)", saga_id)
         return CANCELLED_ERROR
 
     def stop_requested(self, leases: dict[str, LeaseClock]) -> None:

@@ -305,12 +305,12 @@ class SagaWorker:
     async def _run_one(self, snapshot: SagaSnapshot, lease: LeaseClock) -> None:
         fence = Fence(self.owner, snapshot.lease_token)
         try:
-            give_up = self._cancels.give_up(snapshot.saga_id)
-            give_up = give_up or give_up_reason(snapshot, self.max_attempts)
+            cancel = self._cancels.give_up(snapshot.saga_id)  # an operator's cancel request
+            give_up = cancel or give_up_reason(snapshot, self.max_attempts)
             if give_up is not None and snapshot.status is SagaStatus.COMPENSATING:
                 await abandon_compensation(self.store, snapshot, fence, lease, give_up)
                 return
-            if give_up is not None:
+            if give_up is not None and cancel is None:
                 log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
             resumed = snapshot.status is not SagaStatus.PENDING
             definition, saga_engine = self._runner(snapshot.saga_name)
