@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,13 @@ from sagaz.cli.output import (
     when,
     yes_option,
 )
-from sagaz.outbox.maintenance import DeadEvent, list_dead, purge_dead, requeue_dead
+from sagaz.outbox.maintenance import (
+    DeadEvent,
+    count_dead,
+    list_dead,
+    purge_dead,
+    requeue_dead,
+)
 
 
 @click.group()
@@ -83,11 +88,6 @@ def show_command(database_url: str, event_id: str, as_json: bool) -> None:
 def _selection(ids: tuple[str, ...], everything: bool, topic: str | None) -> str:
     if bool(ids) == everything:
         raise click.UsageError("give event ids, or --all, but not both")
-    for event_id in ids:  # checked before asking
-        try:
-            uuid.UUID(event_id)
-        except ValueError:
-            raise click.UsageError(f"{event_id!r:.80} is not an outbox event id (a UUID)") from None
     if ids:
         return f"{len(ids)} dead-lettered event(s)"
     return "every dead-lettered event" + (f" of topic {topic!r}" if topic else "")
@@ -107,14 +107,20 @@ def _act(
     selection: tuple[tuple[str, ...], bool, str | None],
     yes: bool,
 ) -> int:
-    """Confirm, then apply `action` (requeue_dead or purge_dead) to the selection."""
+    """Confirm (when any event matches), then apply `action` (requeue_dead or
+    purge_dead) to the selection."""
     ids, everything, topic = selection
-    confirm(f"{verb} {_selection(ids, everything, topic)}?", yes)
+    described = _selection(ids, everything, topic)
+    chosen = None if everything else list(ids)
     with existing_database(database_url) as engine:
-        try:
-            return action(engine, None if everything else list(ids), topic=topic)
-        except ValueError as error:
-            raise click.UsageError(str(error)) from error
+        with engine.connect() as connection:
+            try:  # also checks the ids, before anything is asked or written
+                matching = count_dead(connection, chosen, topic=topic)
+            except ValueError as error:
+                raise click.UsageError(str(error)) from error
+        if matching:
+            confirm(f"{verb} {matching} dead-lettered event(s) ({described})?", yes)
+        return action(engine, chosen, topic=topic)
 
 
 @dlq.command("requeue")
