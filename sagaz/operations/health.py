@@ -35,9 +35,9 @@ from sagaz.store import migrations
 from sagaz.store.failures import describe_failure
 from sagaz.store.schema import sagas
 
-#: Saga statuses the health check counts: each is served by an index and stays small in
-#: a healthy system (COMPLETED and COMPENSATED grow forever; `sagaz stats` counts them).
 COUNTED_STATUSES = ("pending", "running", "compensating", "failed")
+"""Saga statuses the health check counts: each is served by an index and stays small in a
+healthy system (COMPLETED and COMPENSATED grow forever; `sagaz stats` counts them)."""
 
 #: What a health check catches as the database failing.
 DATABASE_FAILURES = (sa.exc.SQLAlchemyError, OSError)

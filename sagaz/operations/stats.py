@@ -85,3 +85,6 @@ def read_stats(
     now = now or utcnow()
     health = read_health_report(connection, thresholds=thresholds, now=now)
     return SagaStats(health, count_by_name(connection), lease_holders(connection, now=now))
+
+
+__all__ = ["SagaStats", "count_by_name", "lease_holders", "read_stats"]

@@ -252,3 +252,15 @@ def _checked_ids(ids: Iterable[str]) -> list[str]:
         except ValueError:
             raise ValueError(f"{event_id!r:.80} is not an outbox event id (a UUID)") from None
     return checked
+
+
+__all__ = [
+    "DeadEvent",
+    "count_dead",
+    "list_dead",
+    "purge",
+    "purge_dead",
+    "read_dead",
+    "requeue",
+    "requeue_dead",
+]

@@ -29,11 +29,11 @@ from sagaz.store.statements import SAGA_CHANNEL
 
 log = logging.getLogger("sagaz.worker")
 
-#: The error a cancelled saga ends with.
 CANCELLED_ERROR = "cancelled by an operator (sagaz cancel)"
+"""The error a cancelled saga ends with."""
 
-#: Statuses a cancel request applies to.
 CANCELLABLE_STATUSES = ("pending", "running")
+"""The saga statuses a cancel request applies to."""
 
 
 def request_cancel(connection: sa.Connection, saga_id: str, *, now: datetime) -> bool:
@@ -117,3 +117,6 @@ class CancelWatch:
         self._compensating.discard(saga_id)
         self.stopped.discard(saga_id)
         self.claimed.discard(saga_id)
+
+
+__all__ = ["CANCELLABLE_STATUSES", "CANCELLED_ERROR", "CancelWatch", "request_cancel"]

@@ -31,10 +31,10 @@ from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.types import SagaStatus, StepStatus
 from sagaz.worker.claims import resume_saga
 
-#: Step statuses that show a compensation has begun: the saga can only go backwards.
 COMPENSATION_BEGUN = frozenset(
     {StepStatus.COMPENSATING, StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED}
 )
+"""Step statuses that show a compensation has begun: the saga can only go backwards."""
 
 
 class RetryRefused(SagazError, ValueError):
@@ -99,3 +99,6 @@ def _wake_workers(connection: sa.Connection) -> None:
     """On PostgreSQL, idle workers wake when the transaction commits."""
     if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_notify(SAGA_CHANNEL, sa.func.current_schema())))
+
+
+__all__ = ["COMPENSATION_BEGUN", "Retry", "RetryRefused", "retry_saga"]
