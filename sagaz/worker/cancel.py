@@ -9,8 +9,9 @@ interrupts nothing by itself, and a saga that finishes first simply finishes.
   has nothing to undo and ends COMPENSATED without running a step.
 * A saga a worker is running: the worker learns of the mark when it renews its leases
   (every third of the lease) and stops the run at its next step boundary - once no step
-  of the saga is running, a step in flight being allowed to finish and record its result,
-  so its effects are known and compensated. The worker then gives the lease back and the
+  of the saga is running, a step in flight being allowed to finish (or its attempt to
+  fail, instead of being retried) and record its result, so its effects are known and
+  compensated. The worker then gives the lease back and the
   saga is claimed again as above: every step whose action succeeded is compensated, and
   no step runs twice. A saga already compensating is left to finish its compensation.
 """
@@ -48,6 +49,14 @@ def request_cancel(connection: sa.Connection, saga_id: str, *, now: datetime) ->
     if marked and connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_notify(SAGA_CHANNEL, sa.func.current_schema())))
     return bool(marked)
+
+
+#: Where a step's attempt ends: a step boundary (an attempt that failed and would be
+#: retried ends there too: a step retrying against a service that is down is a usual
+#: reason to cancel).
+_STEP_ENDS = frozenset(
+    {TransitionKind.STEP_COMPLETED, TransitionKind.STEP_FAILED, TransitionKind.STEP_ATTEMPT_FAILED}
+)
 
 
 class CancelWatch:
@@ -101,7 +110,7 @@ class CancelWatch:
         saga_id, kind = transition.saga_id, transition.kind
         if kind is TransitionKind.STEP_STARTED and transition.step is not None:
             self._in_flight.setdefault(saga_id, set()).add(transition.step)
-        elif kind in (TransitionKind.STEP_COMPLETED, TransitionKind.STEP_FAILED):
+        elif kind in _STEP_ENDS:
             running = self._in_flight.get(saga_id, set())
             running.discard(transition.step or "")
             if saga_id in self._requested and not running:
