@@ -26,10 +26,11 @@ from enum import StrEnum
 from typing import Any, overload
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz.errors import ConfigurationError
 from sagaz.journal import utcnow
+from sagaz.outbox.binds import AsyncBind, SyncBind, run_on_bind
 from sagaz.outbox.maintenance import OutboxHealth, read_health
 from sagaz.store import migrations
 from sagaz.store.failures import describe_failure
@@ -224,10 +225,6 @@ def unreachable(error: BaseException, *, now: datetime | None = None) -> HealthR
     )
 
 
-SyncBind = sa.Connection | sa.Engine
-AsyncBind = AsyncConnection | AsyncEngine
-
-
 @overload
 def check_health(
     bind: SyncBind, *, thresholds: HealthThresholds | None = None, now: datetime | None = None
@@ -249,29 +246,21 @@ def check_health(
     def read(connection: sa.Connection) -> HealthReport:
         return read_health_report(connection, thresholds=thresholds, now=now)
 
-    if isinstance(bind, sa.Connection):
-        return read(bind)
+    if isinstance(bind, AsyncEngine):
+        return _unless_unreachable(run_on_bind(bind, read, "read"), now)
     if isinstance(bind, sa.Engine):
         try:
-            with bind.connect() as connection:
-                return read(connection)
+            return run_on_bind(bind, read, "read")  # type: ignore[no-any-return]
         except DATABASE_FAILURES as error:
             return unreachable(error, now=now)
-    if isinstance(bind, AsyncConnection):
-        return bind.run_sync(read)
-    if isinstance(bind, AsyncEngine):
-        return _check_async(bind, read, now)
-    raise TypeError(
-        "check_health takes a SQLAlchemy Engine, Connection, AsyncEngine or "
-        f"AsyncConnection, got {type(bind).__name__}"
-    )
+    return run_on_bind(bind, read, "read")  # type: ignore[no-any-return]
 
 
-async def _check_async(engine: AsyncEngine, read: Any, now: datetime | None) -> HealthReport:
+async def _unless_unreachable(
+    report: Awaitable[HealthReport], now: datetime | None
+) -> HealthReport:
     try:
-        async with engine.connect() as connection:
-            report: HealthReport = await connection.run_sync(read)
-            return report
+        return await report
     except DATABASE_FAILURES as error:
         return unreachable(error, now=now)
 

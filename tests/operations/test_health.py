@@ -147,8 +147,9 @@ def test_a_database_that_does_not_answer_is_failing() -> None:
     assert "s3cret-pw" not in str(report.as_dict())
 
 
-def test_missing_tables_are_failing(sqlite_empty: DatabaseUrls) -> None:
-    engine = sqlite_empty.sync_engine()
+@pytest.mark.parametrize("fixture", ["pg_empty", "sqlite_empty"])
+def test_missing_tables_are_failing(request: pytest.FixtureRequest, fixture: str) -> None:
+    engine = request.getfixturevalue(fixture).sync_engine()
     try:
         report = check_health(engine)
     finally:
