@@ -56,15 +56,21 @@ class LeaseClock:
         self.margin_seconds = margin_seconds
         self.clock = clock
         self.deadline = -math.inf
+        self._lost = False
         self.granted(started_at)
 
     def granted(self, started_at: float) -> None:
-        """A claim or renewal sent at `started_at` (this clock) succeeded."""
+        """A claim or renewal sent at `started_at` (this clock) succeeded (ignored once
+        the lease was `lost()`)."""
+        if self._lost:
+            return
         expires = started_at + self.lease_seconds - self.margin_seconds
         self.deadline = max(self.deadline, expires)
 
     def lost(self) -> None:
-        """The lease is gone (a renewal found another owner): nothing more may start."""
+        """The lease is gone (a renewal found another owner, or the run is stopped for a
+        cancel request): nothing more may start, whatever a later renewal says."""
+        self._lost = True
         self.deadline = -math.inf
 
     def held(self) -> bool:

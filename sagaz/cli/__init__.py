@@ -11,6 +11,9 @@ import click
 from sagaz.cli.db import db
 from sagaz.cli.dlq import dlq
 from sagaz.cli.listing import list_sagas
+from sagaz.cli.repair import cancel, retry
+from sagaz.cli.show import show
+from sagaz.cli.stats import stats
 from sagaz.cli.worker import worker
 
 
@@ -24,5 +27,9 @@ main.add_command(db)
 main.add_command(worker)
 main.add_command(list_sagas)
 main.add_command(dlq)
+main.add_command(show)
+main.add_command(retry)
+main.add_command(cancel)
+main.add_command(stats)
 
 __all__ = ["main"]

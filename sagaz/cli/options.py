@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
@@ -79,3 +81,20 @@ def _current_directory_on_path() -> None:
     on_path = {os.path.abspath(entry or os.curdir) for entry in sys.path}
     if cwd not in on_path:
         sys.path.insert(0, cwd)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.3
+    """A duration: seconds, or a number with a unit - `90`, `30s`, `10m`, `2h`, `7d`."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if match is None:
+            self.fail(f"{value!r} is not a duration (like 90, 30s, 10m, 2h or 7d)", param, ctx)
+        return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])

@@ -1,4 +1,5 @@
-"""Outbox housekeeping: health counts, dead letters, retention.
+"""Outbox housekeeping: health counts and retention; the dead-letter functions
+(`sagaz.outbox.dead_letters`) are importable from here too.
 
 Each function takes a `bind`: a sync `Connection` or `Engine`, or an `AsyncConnection` or
 `AsyncEngine` - in which case it returns an awaitable. The work itself is written once
@@ -9,25 +10,30 @@ commit on their own (retention once per batch, so no long transaction holds lock
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, overload
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz.journal import utcnow
-from sagaz.outbox.claims import DEAD, PENDING, PUBLISHED, decode_row
+from sagaz.outbox.binds import AsyncBind, SyncBind
+from sagaz.outbox.binds import run_on_bind as _run
+from sagaz.outbox.claims import DEAD, PENDING, PUBLISHED
+from sagaz.outbox.dead_letters import (
+    DeadEvent,
+    count_dead,
+    list_dead,
+    purge,
+    purge_dead,
+    read_dead,
+    requeue,
+    requeue_dead,
+)
 from sagaz.store.operations import as_utc
 from sagaz.store.schema import inbox, outbox
-from sagaz.store.statements import OUTBOX_CHANNEL
-
-T = TypeVar("T")
-SyncBind = sa.Connection | sa.Engine
-AsyncBind = AsyncConnection | AsyncEngine
-_Mode = Literal["read", "write", "batches"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,59 +56,11 @@ class OutboxHealth:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadEvent:
-    """A dead-lettered outbox event."""
-
-    id: str
-    seq: int
-    topic: str
-    key: str | None
-    payload: Any
-    headers: dict[str, str]
-    attempts: int
-    last_error: str | None
-    created_at: datetime | None
-    saga_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class RetentionResult:
     """How many rows one retention run deleted."""
 
     published: int
     inbox: int
-
-
-def _run(bind: SyncBind | AsyncBind, work: Callable[[sa.Connection], T], mode: _Mode) -> Any:
-    """Run `work` on a sync connection from `bind` (see the module docstring)."""
-    if isinstance(bind, sa.Connection):
-        return work(bind)
-    if isinstance(bind, sa.Engine):
-        if mode == "write":
-            with bind.begin() as connection:
-                return work(connection)
-        with bind.connect() as connection:
-            result = work(connection)
-            connection.commit()
-            return result
-    if isinstance(bind, AsyncConnection):
-        return bind.run_sync(work)
-    if isinstance(bind, AsyncEngine):
-        return _run_async(bind, work, mode)
-    raise TypeError(
-        "expected a SQLAlchemy Connection, Engine, AsyncConnection or AsyncEngine, "
-        f"got {type(bind).__name__}"
-    )
-
-
-async def _run_async(engine: AsyncEngine, work: Callable[[sa.Connection], T], mode: _Mode) -> T:
-    if mode == "write":
-        async with engine.begin() as connection:
-            return await connection.run_sync(work)
-    async with engine.connect() as connection:
-        result = await connection.run_sync(work)
-        await connection.commit()
-        return result
 
 
 # -- health -------------------------------------------------------------------------------
@@ -131,151 +89,6 @@ def outbox_health(
     """Counts for health endpoints: pending events, dead-lettered events, and the age in
     seconds of the oldest pending event. Read-only. Awaitable for async binds."""
     return _run(bind, lambda connection: read_health(connection, now=now), "read")  # type: ignore[no-any-return]
-
-
-# -- dead letters -------------------------------------------------------------------------
-
-
-def read_dead(
-    connection: sa.Connection,
-    *,
-    topic: str | None = None,
-    limit: int = 100,
-    after_seq: int | None = None,
-) -> list[DeadEvent]:
-    """Dead-lettered events in publish order (seq), `limit` at a time after `after_seq`.
-    A row whose payload is not JSON shows its stored text as the payload; headers that
-    are not an object of strings show as `{}` (`last_error` says what was wrong)."""
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    columns = [column for column in outbox.c if column.name not in ("payload", "headers")]
-    query = (
-        sa.select(
-            *columns,
-            # As text: a row dead-lettered because it could not be read is listed too.
-            sa.cast(outbox.c.payload, sa.Text()).label("payload"),
-            sa.cast(outbox.c.headers, sa.Text()).label("headers"),
-        )
-        .where(outbox.c.status == DEAD)
-        .order_by(outbox.c.seq)
-        .limit(limit)
-    )
-    if topic is not None:
-        query = query.where(outbox.c.topic == topic)
-    if after_seq is not None:
-        query = query.where(outbox.c.seq > after_seq)
-    events = []
-    for row in connection.execute(query):
-        payload, headers, problem = decode_row(row.payload, row.headers)
-        events.append(
-            DeadEvent(
-                id=str(row.id),
-                seq=row.seq,
-                topic=row.topic,
-                key=row.key,
-                payload=row.payload if problem and problem.startswith("payload") else payload,
-                headers=headers,
-                attempts=row.attempts,
-                last_error=row.last_error,
-                created_at=as_utc(row.created_at),
-                saga_id=None if row.saga_id is None else str(row.saga_id),
-            )
-        )
-    return events
-
-
-@overload
-def list_dead(
-    bind: SyncBind, *, topic: str | None = None, limit: int = 100, after_seq: int | None = None
-) -> list[DeadEvent]: ...
-@overload
-def list_dead(
-    bind: AsyncBind, *, topic: str | None = None, limit: int = 100, after_seq: int | None = None
-) -> Awaitable[list[DeadEvent]]: ...
-def list_dead(
-    bind: SyncBind | AsyncBind,
-    *,
-    topic: str | None = None,
-    limit: int = 100,
-    after_seq: int | None = None,
-) -> list[DeadEvent] | Awaitable[list[DeadEvent]]:
-    """Dead-lettered events, oldest first, optionally of one topic; page with `after_seq`
-    (the last `seq` seen). Read-only. Awaitable for async binds."""
-    return _run(  # type: ignore[no-any-return]
-        bind,
-        lambda connection: read_dead(connection, topic=topic, limit=limit, after_seq=after_seq),
-        "read",
-    )
-
-
-def requeue(
-    connection: sa.Connection,
-    ids: Iterable[str] | None = None,
-    *,
-    topic: str | None = None,
-    now: datetime | None = None,
-) -> int:
-    """Put dead-lettered events back in the queue; returns how many (see `requeue_dead`)."""
-    query = sa.update(outbox).where(outbox.c.status == DEAD)
-    if ids is not None:
-        id_list = _checked_ids(ids)
-        if not id_list:
-            return 0
-        query = query.where(outbox.c.id.in_(id_list))
-    if topic is not None:
-        query = query.where(outbox.c.topic == topic)
-    result = connection.execute(
-        query.values(
-            status=PENDING,
-            attempts=0,
-            next_attempt_at=now or utcnow(),
-            claim_owner=None,
-            claim_expires_at=None,
-        )
-    )
-    count = result.rowcount
-    if count and connection.dialect.name == "postgresql":
-        # Delivered at commit: relays in every process wake up at once.
-        connection.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, sa.func.current_schema())))
-    return count
-
-
-@overload
-def requeue_dead(
-    bind: SyncBind, ids: Iterable[str] | None = None, *, topic: str | None = None
-) -> int: ...
-@overload
-def requeue_dead(
-    bind: AsyncBind, ids: Iterable[str] | None = None, *, topic: str | None = None
-) -> Awaitable[int]: ...
-def requeue_dead(
-    bind: SyncBind | AsyncBind, ids: Iterable[str] | None = None, *, topic: str | None = None
-) -> int | Awaitable[int]:
-    """Re-queue dead-lettered events: the ones with these `ids` (None: all of them),
-    optionally only of `topic`. Each becomes pending again with its attempts reset and is
-    due at once; returns how many were re-queued (ids that are not dead are ignored).
-
-    A re-queued keyed event blocks the later pending events of its key again until it is
-    published, but later events of its key that were published meanwhile stay published:
-    the re-queued one arrives after them. Raises ValueError for an id that is not a UUID,
-    before anything is written. Awaitable for async binds.
-    """
-    id_list = None if ids is None else _checked_ids(ids)
-    return _run(  # type: ignore[no-any-return]
-        bind, lambda connection: requeue(connection, id_list, topic=topic), "write"
-    )
-
-
-def _checked_ids(ids: Iterable[str]) -> list[str]:
-    if isinstance(ids, str):
-        raise TypeError("ids must be a collection of event ids, not a single str")
-    checked = []
-    for event_id in ids:
-        try:
-            checked.append(str(uuid.UUID(str(event_id))))
-        except ValueError:
-            raise ValueError(f"{event_id!r:.80} is not an outbox event id (a UUID)") from None
-    return checked
 
 
 # -- retention ----------------------------------------------------------------------------
@@ -390,3 +203,23 @@ def apply_retention(
         ),
         "batches",
     )
+
+
+__all__ = [
+    "DeadEvent",
+    "OutboxHealth",
+    "RetentionResult",
+    "apply_retention",
+    "count_dead",
+    "delete_inbox_batch",
+    "delete_published_batch",
+    "list_dead",
+    "outbox_health",
+    "purge",
+    "purge_dead",
+    "read_dead",
+    "read_health",
+    "requeue",
+    "requeue_dead",
+    "retain",
+]

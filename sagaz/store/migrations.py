@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 from collections.abc import Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -267,11 +268,23 @@ def current(target: Target, *, schema: str | None = None) -> str | None:
     return run_with_connection(target, read, schema=schema, create_schema=False)
 
 
-def heads() -> Collection[str]:
-    """The head revision(s) this installed sagaz ships (what `upgrade()` migrates to)."""
+@functools.cache
+def _shipped() -> tuple[tuple[str, ...], frozenset[str]]:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config()).get_heads()
+    script = ScriptDirectory.from_config(alembic_config())
+    return tuple(script.get_heads()), frozenset(r.revision for r in script.walk_revisions())
+
+
+def heads() -> Collection[str]:
+    """The head revision(s) this installed sagaz ships (what `upgrade()` migrates to);
+    read once per process."""
+    return _shipped()[0]
+
+
+def known_revisions() -> Collection[str]:
+    """Every revision this installed sagaz ships (read once per process)."""
+    return _shipped()[1]
 
 
 __all__ = [
@@ -280,6 +293,7 @@ __all__ = [
     "VERSION_TABLE",
     "alembic_config",
     "current",
+    "known_revisions",
     "downgrade",
     "heads",
     "include_name",

@@ -146,8 +146,11 @@ def list_sagas(
     name: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    created_before: datetime | None = None,
+    created_after: datetime | None = None,
 ) -> list[SagaSnapshot]:
-    """Sagas newest first (without their steps), filtered by status and name, paged.
+    """Sagas newest first (without their steps), filtered by status, name and creation
+    time (`created_after` <= created_at < `created_before`), paged.
 
     A row whose context cannot be read is listed with an empty context (a worker that
     met it failed the saga with an error naming the column), so one bad row never hides
@@ -163,6 +166,10 @@ def list_sagas(
         query = query.where(sagas.c.status == SagaStatus(status).value)
     if name is not None:
         query = query.where(sagas.c.name == name)
+    if created_before is not None:
+        query = query.where(sagas.c.created_at < created_before)
+    if created_after is not None:
+        query = query.where(sagas.c.created_at >= created_after)
     rows = connection.execute(query.offset(offset))
     return [snapshot_from_row(row, strict=False) for row in rows]
 

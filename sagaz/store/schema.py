@@ -67,6 +67,9 @@ sagas = sa.Table(
     # ended by a known infrastructure failure; a saga that keeps crashing its worker is
     # given up once this reaches the worker's max_attempts.
     sa.Column("stalled_claims", sa.Integer(), nullable=False, server_default="0"),
+    # When an operator asked to cancel the saga (`sagaz cancel`): the worker running it
+    # stops at its next step boundary and the saga is compensated.
+    sa.Column("cancel_requested_at", Timestamp, nullable=True),
     sa.UniqueConstraint("name", "idempotency_key", name="uq_sagaz_sagas_name_idempotency_key"),
     sa.Index(
         "ix_sagaz_sagas_runnable",

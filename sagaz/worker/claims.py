@@ -127,11 +127,14 @@ def claim_sagas(
     lease_seconds: float,
     now: datetime,
     corrupt: list[CorruptSaga] | None = None,
+    cancelled: set[str] | None = None,
 ) -> list[SagaSnapshot]:
     """Lease up to `limit` runnable sagas named in `names`, oldest first, to `owner`.
 
     A claimed row that cannot be read is appended to `corrupt` (still leased to `owner`,
-    for the caller to fail it) or, without that list, raises CorruptRowError."""
+    for the caller to fail it) or, without that list, raises CorruptRowError. The ids of
+    claimed PENDING or RUNNING sagas an operator asked to cancel are added to `cancelled`
+    (see `sagaz.worker.cancel`)."""
     if limit <= 0 or not names:
         return []
     candidates = (
@@ -148,7 +151,14 @@ def claim_sagas(
         .values(_lease_to(owner, lease_seconds, now))
         .returning(*SAGA_COLUMNS_AS_TEXT)
     )
-    return _snapshots(connection.execute(statement).all(), corrupt)
+    rows = connection.execute(statement).all()
+    if cancelled is not None:
+        cancelled.update(str(row.id) for row in rows if _cancel_pending(row))
+    return _snapshots(rows, corrupt)
+
+
+def _cancel_pending(row: sa.Row[Any]) -> bool:
+    return row.cancel_requested_at is not None and row.status in ("pending", "running")
 
 
 def renew_leases(
@@ -158,9 +168,11 @@ def renew_leases(
     leases: dict[str, int],
     lease_seconds: float,
     now: datetime,
+    cancelled: set[str] | None = None,
 ) -> set[str]:
     """Extend `owner`'s leases (saga id -> token); returns the ids still held. A lease
-    never gets shorter (the claim's backoff stays)."""
+    never gets shorter (the claim's backoff stays). The held ids of PENDING or RUNNING
+    sagas an operator asked to cancel are added to `cancelled`."""
     if not leases:
         return set()
     expires = now + timedelta(seconds=lease_seconds)
@@ -169,9 +181,12 @@ def renew_leases(
         sa.update(sagas)
         .where(sagas.c.id.in_(sorted(leases)), sagas.c.lease_owner == owner)
         .values(lease_expires_at=later)
-        .returning(sagas.c.id, sagas.c.lease_token)
+        .returning(sagas.c.id, sagas.c.lease_token, sagas.c.status, sagas.c.cancel_requested_at)
     )
-    return {str(row.id) for row in rows if leases.get(str(row.id)) == row.lease_token}
+    held = [row for row in rows if leases.get(str(row.id)) == row.lease_token]
+    if cancelled is not None:
+        cancelled.update(str(row.id) for row in held if _cancel_pending(row))
+    return {str(row.id) for row in held}
 
 
 def released_by_holder(connection: sa.Connection, *, leases: dict[str, int]) -> set[str]:

@@ -73,6 +73,7 @@ from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.store.stores import AsyncSagaStore, is_connection_error
 from sagaz.types import SagaStatus
 from sagaz.worker import claims
+from sagaz.worker.cancel import CancelWatch
 from sagaz.worker.give_up import (
     DEFAULT_MAX_ATTEMPTS,
     abandon_compensation,
@@ -135,6 +136,8 @@ class SagaWorker:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.owner = owner or f"saga-worker-{uuid.uuid4().hex[:12]}"
         self.listen = listen
+        self._cancels = CancelWatch()  # operators' cancel requests: sagaz.worker.cancel
+        listeners = (self._cancels, *listeners)
         self._saga_engine = SagaEngine(self.store, options or RunOptions(), tuple(listeners))
         self._running: dict[str, _Run] = {}
         self._definitions: dict[str, tuple[object, SagaDefinition, SagaEngine]] = {}
@@ -263,6 +266,7 @@ class SagaWorker:
                 lease_seconds=self.lease_seconds,
                 now=now,
                 corrupt=corrupt,
+                cancelled=self._cancels.claimed,
             )
         )
         for bad in corrupt:
@@ -289,6 +293,7 @@ class SagaWorker:
 
     def _finished(self, saga_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(saga_id, None)
+        self._cancels.forget(saga_id)
         self._wake.set()
 
     async def _in_transaction(self, operation: Callable[[Connection], T]) -> T:
@@ -300,11 +305,12 @@ class SagaWorker:
     async def _run_one(self, snapshot: SagaSnapshot, lease: LeaseClock) -> None:
         fence = Fence(self.owner, snapshot.lease_token)
         try:
-            give_up = give_up_reason(snapshot, self.max_attempts)
+            cancel = self._cancels.give_up(snapshot.saga_id)  # an operator's cancel request
+            give_up = cancel or give_up_reason(snapshot, self.max_attempts)
             if give_up is not None and snapshot.status is SagaStatus.COMPENSATING:
                 await abandon_compensation(self.store, snapshot, fence, lease, give_up)
                 return
-            if give_up is not None:
+            if give_up is not None and cancel is None:
                 log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
             resumed = snapshot.status is not SagaStatus.PENDING
             definition, saga_engine = self._runner(snapshot.saga_name)
@@ -320,6 +326,9 @@ class SagaWorker:
             self.completed += 1
             log.debug("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, result.status)
         except LeaseLostError:
+            if snapshot.saga_id in self._cancels.stopped:  # to be claimed and compensated
+                await self._release(snapshot.saga_id, snapshot.lease_token)
+                return
             log.warning("lost the lease of saga %s; another worker owns it now", snapshot.saga_id)
         except asyncio.CancelledError:
             raise
@@ -428,6 +437,7 @@ class SagaWorker:
                         leases=leases,
                         lease_seconds=self.lease_seconds,
                         now=utcnow(),
+                        cancelled=self._cancels.renewed,
                     )
                 )
             except Exception as error:
@@ -446,3 +456,4 @@ class SagaWorker:
                 if self._running.get(saga_id) is run:
                     log.warning("lease of saga %s was taken over; stopping its run", saga_id)
                     run.task.cancel()
+            self._cancels.stop_requested({i: run.lease for i, run in running.items()})

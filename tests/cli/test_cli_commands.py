@@ -80,10 +80,10 @@ def test_dlq_list_and_requeue(db: DatabaseUrls) -> None:
     assert "broker said no" in listed.output
     assert "Dead-lettered events (3)" in listed.output
     assert "(2)" in invoke("dlq", "list", "--url", db.url, "--topic", "orders").output
-    requeued = invoke("dlq", "requeue", "--url", db.url, first)
+    requeued = invoke("dlq", "requeue", "--url", db.url, first, input="y\n")
     assert "re-queued 1 event(s)" in requeued.output
     assert statuses(db) == {first: "pending", second: "dead", third: "dead"}
-    requeued = invoke("dlq", "requeue", "--url", db.url, "--all", "--topic", "payments")
+    requeued = invoke("dlq", "requeue", "--url", db.url, "--all", "--topic", "payments", "--yes")
     assert "re-queued 1 event(s)" in requeued.output
     assert statuses(db)[third] == "pending"
 
@@ -94,6 +94,11 @@ def test_dlq_list_and_requeue(db: DatabaseUrls) -> None:
         (["dlq", "requeue"], "give event ids, or --all"),
         (["dlq", "requeue", "--all", "x"], "give event ids, or --all"),
         (["dlq", "requeue", "not-a-uuid"], "not-a-uuid"),
+        (["dlq", "purge"], "give event ids, or --all"),
+        (["dlq", "purge", "not-a-uuid", "--yes"], "not-a-uuid"),
+        (["dlq", "show", "not-a-uuid"], "not-a-uuid"),
+        (["show", "not-a-uuid"], "not-a-uuid"),
+        (["list", "--older-than", "soon"], "not a duration"),
     ],
 )
 def test_dlq_usage_errors(sqlite: DatabaseUrls, args: list[str], message: str) -> None:
@@ -118,5 +123,5 @@ def test_worker_usage_errors(sqlite: DatabaseUrls, args: list[str], message: str
 def test_help_lists_the_commands() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("worker", "list", "dlq"):
+    for command in ("worker", "list", "dlq", "show", "retry", "cancel", "stats"):
         assert command in result.output

@@ -65,7 +65,7 @@ def test_migrate_matches_sagaz_db_upgrade_on_postgresql(pg_empty: DatabaseUrls) 
     # the partial indexes kept their predicates
     indexes = {index[0]: index for index in migrated["sagaz_outbox"]["indexes"]}
     assert "status" in str(indexes["ix_sagaz_outbox_pending_key"])
-    assert migrations.current(database_url("default")) == "0003_worker_claims"
+    assert migrations.current(database_url("default")) == "0004_cancel_requests"
 
 
 @pytest.mark.django_db(transaction=True, databases=["sqlite"])
@@ -95,20 +95,25 @@ def applied(alias: str) -> list[str]:
 @pytest.mark.django_db(transaction=True, databases=["scratch"])
 def test_migrate_backwards_and_forwards_and_adopting_sagaz_db_upgrade(scratch: str) -> None:
     call_command("migrate", "sagaz", database="scratch", verbosity=0)
-    assert migrations.current(scratch) == "0003_worker_claims"
+    assert migrations.current(scratch) == "0004_cancel_requests"
     call_command("migrate", "sagaz", "zero", database="scratch", verbosity=0)
     assert migrations.current(scratch) is None
     assert not set(sa.inspect(create_engine(scratch)).get_table_names()) & TABLE_NAMES
     # again, over the empty version table a downgrade leaves behind
     call_command("migrate", "sagaz", database="scratch", verbosity=0)
-    assert migrations.current(scratch) == "0003_worker_claims"
+    assert migrations.current(scratch) == "0004_cancel_requests"
 
     # A database `sagaz db upgrade` migrated first: `migrate` records it, changes nothing.
     call_command("migrate", "sagaz", "zero", database="scratch", verbosity=0)
     sagaz_db_upgrade("--url", scratch)
     before = snapshot(scratch)
     call_command("migrate", "sagaz", database="scratch", verbosity=0)
-    assert applied("scratch") == ["0001_initial", "0002_json_text", "0003_worker_claims"]
+    assert applied("scratch") == [
+        "0001_initial",
+        "0002_json_text",
+        "0003_worker_claims",
+        "0004_cancel_requests",
+    ]
     assert snapshot(scratch) == before
 
 
