@@ -72,7 +72,7 @@ def verify_schema(state: SchemaState, *, database: str, fix: str = UPGRADE_HINT)
             found=state.revision,
             expected=heads,
         )
-    gaps = _gaps(state.columns)
+    gaps = missing_parts(state.columns)
     if not gaps:
         return  # unversioned, but complete: built from this sagaz's metadata
     raise SchemaNotReadyError(
@@ -83,7 +83,8 @@ def verify_schema(state: SchemaState, *, database: str, fix: str = UPGRADE_HINT)
     )
 
 
-def _gaps(found: Mapping[str, frozenset[str]]) -> str:
+def missing_parts(found: Mapping[str, frozenset[str]]) -> str:
+    """What of sagaz's tables and columns `found` lacks, on one line ("" when nothing)."""
     missing_tables: list[str] = []
     missing_columns: list[str] = []
     for table, columns in sorted(expected_columns().items()):

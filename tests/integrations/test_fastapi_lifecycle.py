@@ -158,7 +158,7 @@ def test_the_health_router_says_503_when_the_database_is_unreachable() -> None:
     with TestClient(app) as client:
         response = client.get("/sagaz/health")
     assert response.status_code == 503
-    assert response.json()["status"] == "unavailable"
+    assert response.json()["status"] == "failing"
 
 
 def test_without_a_database_the_health_router_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

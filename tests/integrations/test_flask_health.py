@@ -37,7 +37,7 @@ def test_an_unreachable_database_is_a_503_naming_only_the_error_type() -> None:
         extension.close()
     assert response.status_code == 503
     body = response.get_json()
-    assert body["status"] == "unavailable"
+    assert body["status"] == "failing"
     assert body["database"] == "unavailable"
     assert "secret" not in response.text
     assert "127.0.0.1" not in response.text
