@@ -65,8 +65,8 @@ class SagaConfig:
     def __repr__(self) -> str:
         """The settings, with the passwords of `database_url` and `broker_url` hidden
         (``***``; a broker URL's query string is left out too): safe to log."""
-        from sagaz.outbox.brokers.common import redact_url
-        from sagaz.store.urls import redacted
+        from sagaz._util import redact_database_url as redacted
+        from sagaz._util import redact_url
 
         shown = {spec.name: getattr(self, spec.name) for spec in fields(self) if spec.repr}
         if self.database_url:
@@ -231,7 +231,8 @@ def _check_database_url(value: Any) -> None:
     """A URL sagaz can build its engines from: parsed and its backend checked, no I/O."""
     from sqlalchemy.engine import make_url
 
-    from sagaz.store.urls import async_url, scrub_passwords, sync_url
+    from sagaz._util import scrub_passwords
+    from sagaz.store.urls import async_url, sync_url
 
     try:
         make_url(value)
@@ -250,8 +251,8 @@ def _check_database_url(value: Any) -> None:
 def _check_broker_url(value: Any) -> None:
     """A broker URL whose scheme `broker_from_url` knows (its options are checked when the
     broker is built: that may need the broker's extra)."""
+    from sagaz._util import scrub_passwords
     from sagaz.outbox.brokers import SCHEMES
-    from sagaz.store.urls import scrub_passwords
 
     schemes = ", ".join(f"{scheme}://" for scheme in SCHEMES)
     if not isinstance(value, str) or "://" not in value:

@@ -22,16 +22,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from sagaz._util import utcnow as utcnow  # re-exported for sagaz.integrations (issue 12)
 from sagaz.errors import LeaseLostError
 from sagaz.types import JSONDict, SagaStatus, StepStatus
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class TransitionKind(StrEnum):

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, overload
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from sagaz.journal import utcnow
+from sagaz._util import utcnow
 from sagaz.outbox.claims import DEAD, PENDING, PUBLISHED, decode_row
 from sagaz.store.operations import as_utc
 from sagaz.store.schema import inbox, outbox

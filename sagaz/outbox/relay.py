@@ -33,14 +33,14 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sagaz.engine import _describe as describe
-from sagaz.journal import utcnow
+from sagaz._util import backoff as backoff_delay  # deprecated re-export; remove (issue 12)
+from sagaz._util import describe, utcnow
 from sagaz.outbox import claims
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.claims import ClaimedEvent, Failure, Settled
 from sagaz.outbox.listen import NotificationListener
 from sagaz.outbox.maintenance import RetentionResult, retain
-from sagaz.outbox.relay_pass import PassResult, backoff_delay, default_owner, split_outcomes
+from sagaz.outbox.relay_pass import PassResult, default_owner, split_outcomes
 from sagaz.signals import Subscription, outbox_signal
 from sagaz.store.failures import is_fatal, log_failure
 from sagaz.store.statements import OUTBOX_CHANNEL

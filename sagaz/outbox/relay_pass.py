@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sagaz.engine import _describe as describe
-from sagaz.journal import utcnow
+from sagaz._util import backoff, describe, utcnow
 from sagaz.outbox.claims import ClaimedEvent, Failure
 
 logger = logging.getLogger("sagaz.outbox.relay")
@@ -40,13 +38,6 @@ def default_owner() -> str:
     return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-def backoff_delay(attempts: int, base: float, maximum: float) -> float:
-    """Seconds until the next attempt after `attempts` failed ones: exponential, capped at
-    `maximum`, with "equal jitter" (between half and all of it) so retries spread out."""
-    ceiling = min(maximum, base * 2.0 ** min(attempts, 62))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
 def split_outcomes(
     events: Sequence[ClaimedEvent],
     results: Sequence[BaseException | None],
@@ -56,7 +47,7 @@ def split_outcomes(
     who: str,
 ) -> tuple[list[int], list[Failure]]:
     """Split a published batch into confirmed seqs and failures. A failure counts an
-    attempt, waits `backoff_delay` and stores the error escaped (NUL and lone surrogates,
+    attempt, waits `sagaz._util.backoff` and stores the error escaped (NUL and lone surrogates,
     which PostgreSQL's text refuses); after a failed keyed event the rest of its key is
     held back (released without counting an attempt)."""
     now = utcnow()
@@ -81,7 +72,7 @@ def split_outcomes(
         if error is None:
             published.append(event.seq)
             continue
-        delay = backoff_delay(event.attempts, base_backoff, max_backoff)
+        delay = backoff(event.attempts + 1, base_backoff, max_backoff)
         failures.append(Failure(event.seq, True, now + timedelta(seconds=delay), describe(error)))
         if key is not None:
             failed_keys.add(key)

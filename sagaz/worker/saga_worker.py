@@ -50,6 +50,7 @@ from typing import TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz._util import utcnow
 from sagaz.definition import SagaDefinition
 from sagaz.engine import RunOptions, SagaEngine, backoff_delay
 from sagaz.errors import (
@@ -62,7 +63,6 @@ from sagaz.journal import (
     Fence,
     SagaSnapshot,
     TransitionListener,
-    utcnow,
 )
 from sagaz.outbox.listen import NotificationListener
 from sagaz.registry import SagaRegistry, registry

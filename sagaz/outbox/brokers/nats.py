@@ -21,7 +21,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sagaz.errors import ConfigurationError, MissingExtraError
+from sagaz._util import describe, requires_extra
+from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.base import MESSAGE_ID_HEADER, OutboxMessage
 from sagaz.outbox.brokers.common import (
     KEY_HEADER,
@@ -35,14 +36,13 @@ from sagaz.outbox.brokers.common import (
     close_within,
     connect_error,
     decode_payload,
-    describe,
     encode_payload,
     require_id,
     split_url_options,
     wire_headers,
 )
 
-try:
+with requires_extra("nats", "nats-py", "The NATS JetStream broker"):
     import nats
     import nats.errors
     import nats.js.errors
@@ -50,8 +50,6 @@ try:
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
     from nats.js.api import StreamConfig, StreamInfo
-except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("nats", "nats-py", "The NATS JetStream broker") from _missing
 
 __all__ = [
     "MSG_ID_HEADER",
