@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from sagaz.engine import RunOptions
 from sagaz.errors import ConfigurationError
 from sagaz.journal import MemoryJournal, SagaJournal, TransitionListener
 from sagaz.observability import build_listeners
+from sagaz.policy import RunOptions
 from sagaz.types import ParallelFailureStrategy
 
 if TYPE_CHECKING:

@@ -52,7 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz._util import utcnow
 from sagaz.definition import SagaDefinition
-from sagaz.engine import RunOptions, SagaEngine, backoff_delay
+from sagaz.engine import SagaEngine
 from sagaz.errors import (
     CorruptRowError,
     DatabaseUnavailableError,
@@ -65,6 +65,7 @@ from sagaz.journal import (
     TransitionListener,
 )
 from sagaz.outbox.listen import NotificationListener
+from sagaz.policy import RunOptions, backoff_delay
 from sagaz.registry import SagaRegistry, registry
 from sagaz.run_context import LeaseClock
 from sagaz.signals import Subscription, saga_signal
