@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz._util import backoff
 from sagaz.outbox.brokers.base import OutboxMessage
 from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.maintenance import list_dead, outbox_health, requeue_dead
-from sagaz._util import backoff
 from sagaz.outbox.relay import OutboxRelay, PassResult
 from sagaz.store.operations import as_utc
 from sagaz.store.schema import outbox as outbox_table
