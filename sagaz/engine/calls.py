@@ -13,7 +13,8 @@ import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any
 
@@ -50,16 +51,26 @@ async def invoke(
         what = f"compensation of step '{step}'" if compensating else f"step '{step}'"
         run.lease.check(run.saga_id, what)
     view = MappingProxyType(dict(run.context))
+    async with _attempt(run, step, attempt, limit, compensating=compensating):
+        if is_async_callable(function):
+            return await function(view)
+        result = await _in_thread(run, step, function, view)
+        if inspect.isawaitable(result):  # e.g. a lambda calling an async function
+            return await result
+        return result
+
+
+@asynccontextmanager
+async def _attempt(
+    run: SagaRun, step: str, attempt: int, limit: float | None, *, compensating: bool
+) -> AsyncIterator[None]:
+    """One attempt of a step: `current_run()` is its `StepRun`; bounded by `limit`
+    seconds (StepTimeoutError; a TimeoutError the step raised itself passes through)."""
     deadline = asyncio.timeout(limit)
     token = set_current_run(run.step_run(step, attempt, compensating=compensating))
     try:
         async with deadline:
-            if is_async_callable(function):
-                return await function(view)
-            result = await _in_thread(run, step, function, view)
-            if inspect.isawaitable(result):  # e.g. a lambda calling an async function
-                return await result
-            return result
+            yield
     except TimeoutError as error:
         if not deadline.expired():  # the step raised TimeoutError itself
             raise
@@ -113,19 +124,8 @@ async def run_in_transaction(
         check_result=functools.partial(check_result, step.name),
         completion=completion,
     )
-    deadline = asyncio.timeout(limit)
-    token = set_current_run(run.step_run(step.name, attempt, compensating=False))
-    try:
-        async with deadline:
-            result = await journal.run_step_transaction(call)
-    except TimeoutError as error:
-        if not deadline.expired():  # the step raised TimeoutError itself
-            raise
-        raise StepTimeoutError(
-            f"step '{step.name}' attempt {attempt} timed out after {limit}s"
-        ) from error
-    finally:
-        reset_current_run(token)
+    async with _attempt(run, step.name, attempt, limit, compensating=False):
+        result = await journal.run_step_transaction(call)
     if run.listeners:
         await notify_listeners(run.listeners, completion(result), log)
     return result
