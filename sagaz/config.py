@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from sagaz.engine import RunOptions
 from sagaz.errors import ConfigurationError
 from sagaz.journal import MemoryJournal, SagaJournal, TransitionListener
 from sagaz.observability import build_listeners
+from sagaz.policy import RunOptions
 from sagaz.settings import read_settings
 from sagaz.types import ParallelFailureStrategy
 
@@ -66,12 +66,11 @@ class SagaConfig:
     def __repr__(self) -> str:
         """The settings, with the passwords of `database_url` and `broker_url` hidden
         (``***``; a broker URL's query string is left out too): safe to log."""
-        from sagaz.outbox.brokers.common import redact_url
-        from sagaz.store.urls import redacted
+        from sagaz._util import redact_database_url, redact_url
 
         shown = {spec.name: getattr(self, spec.name) for spec in fields(self) if spec.repr}
         if self.database_url:
-            shown["database_url"] = redacted(self.database_url)
+            shown["database_url"] = redact_database_url(self.database_url)
         broker_url = str(self.broker_url)
         if "@" in broker_url or "?" in broker_url:
             shown["broker_url"] = redact_url(broker_url)
@@ -290,7 +289,8 @@ def _check_database_url(value: Any) -> None:
     """A URL sagaz can build its engines from: parsed and its backend checked, no I/O."""
     from sqlalchemy.engine import make_url
 
-    from sagaz.store.urls import async_url, scrub_passwords, sync_url
+    from sagaz._util import scrub_passwords
+    from sagaz.store.urls import async_url, sync_url
 
     try:
         make_url(value)
@@ -309,8 +309,8 @@ def _check_database_url(value: Any) -> None:
 def _check_broker_url(value: Any) -> None:
     """A broker URL whose scheme `broker_from_url` knows (its options are checked when the
     broker is built: that may need the broker's extra)."""
+    from sagaz._util import scrub_passwords
     from sagaz.outbox.brokers import SCHEMES
-    from sagaz.store.urls import scrub_passwords
 
     schemes = ", ".join(f"{scheme}://" for scheme in SCHEMES)
     if not isinstance(value, str) or "://" not in value:

@@ -22,9 +22,9 @@ import asyncio
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
+from sagaz._util import utcnow as utcnow  # re-exported for sagaz.integrations (issue 12)
 from sagaz.errors import LeaseLostError
 from sagaz.state import (
     STEP_STATUS_AFTER,
@@ -52,10 +52,6 @@ __all__ = [
     "notify_listeners",
     "utcnow",
 ]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sagaz.errors import MissingExtraError
+from sagaz._util import requires_extra
 from sagaz.journal import Transition, TransitionListener
 
 transition_log = logging.getLogger("sagaz.transitions")
@@ -35,10 +35,8 @@ class PrometheusListener:
     _counter: Any = None
 
     def __init__(self) -> None:
-        try:
+        with requires_extra("prometheus", "prometheus_client", "metrics=True"):
             import prometheus_client
-        except ImportError as error:
-            raise MissingExtraError("prometheus", "prometheus_client", "metrics=True") from error
         if PrometheusListener._counter is None:
             PrometheusListener._counter = prometheus_client.Counter(
                 "sagaz_transitions",
@@ -54,10 +52,8 @@ class TracingListener:
     """Adds each transition as an event on the current OpenTelemetry span."""
 
     def __init__(self) -> None:
-        try:
+        with requires_extra("otel", "opentelemetry-api", "tracing=True"):
             from opentelemetry import trace
-        except ImportError as error:
-            raise MissingExtraError("otel", "opentelemetry-api", "tracing=True") from error
         self._trace = trace
 
     def __call__(self, transition: Transition) -> None:

@@ -6,12 +6,39 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from sagaz.errors import SagaRegistryError, UnknownSagaError
 
 if TYPE_CHECKING:
-    from sagaz.saga import Saga
+    from sagaz.definition import SagaDefinition
+    from sagaz.policy import RunSettings
+
+
+class RegisteredSaga(Protocol):
+    """What the registry needs of a saga (`sagaz.Saga` is one). The registry does not
+    import `sagaz.saga`, which registers every saga it defines here."""
+
+    @property
+    def definition(self) -> SagaDefinition: ...
+
+    @property
+    def config(self) -> RunSettings | None: ...
+
+    @property
+    def is_declarative(self) -> bool: ...
+
+    @property
+    def is_being_built(self) -> bool: ...
+
+    @property
+    def step_names(self) -> list[str]: ...
+
+    def fingerprint(self) -> tuple[object, ...]: ...
+
+
+Source: TypeAlias = "type[RegisteredSaga] | RegisteredSaga"
+"""What a name is registered to: a saga class (declarative) or an imperative saga."""
 
 
 class SagaRegistry:
@@ -31,13 +58,13 @@ class SagaRegistry:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[str, type[Saga] | Saga] = {}
+        self._entries: dict[str, Source] = {}
         # Module-level imperative sagas whose steps so far are a strict prefix of the
         # saga registered under their name: still being built, or stopped short.
-        self._waiting: dict[str, weakref.ref[Saga]] = {}
+        self._waiting: dict[str, weakref.ref[RegisteredSaga]] = {}
         self._lock = threading.Lock()
 
-    def register(self, name: str, source: type[Saga] | Saga) -> None:
+    def register(self, name: str, source: Source) -> None:
         with self._lock:
             existing = self._entries.get(name)
             waiting = self._waiting.get(name)
@@ -55,8 +82,8 @@ class SagaRegistry:
                     self._waiting[name] = weakref.ref(source)
                     return
                 raise SagaRegistryError(
-                    f"saga name '{name}' is already registered to {_describe(existing)}; "
-                    f"cannot register {_describe(source)} under the same name"
+                    f"saga name '{name}' is already registered to {_label(existing)}; "
+                    f"cannot register {_label(source)} under the same name"
                 )
             self._entries[name] = source
 
@@ -65,34 +92,30 @@ class SagaRegistry:
             self._entries.pop(name, None)
             self._waiting.pop(name, None)
 
-    def check_registered(self, name: str, source: type[Saga] | Saga) -> None:
+    def check_registered(self, name: str, source: Source) -> None:
         """Raise SagaRegistryError unless `source` is what a worker would run for `name`:
         the registered saga itself, or one with the same definition (the same class
         re-imported, an imperative saga with the same steps). UnknownSagaError when
         nothing is registered under `name`."""
-        from sagaz.saga import Saga
-
         registered = self.source(name)
-        if isinstance(source, Saga) and source.is_declarative:
+        if not isinstance(source, type) and source.is_declarative:
             source = type(source)
         if registered is source or _fingerprint(registered) == _fingerprint(source):
             return
         raise SagaRegistryError(
-            f"saga name '{name}' is registered to {_describe(registered)}, not to the given "
-            f"{_describe(source)}; a worker would run the registered one. Register this "
+            f"saga name '{name}' is registered to {_label(registered)}, not to the given "
+            f"{_label(source)}; a worker would run the registered one. Register this "
             "saga under a name of its own (or start the registered one)"
         )
 
-    def resolve(self, name: str) -> Saga:
+    def resolve(self, name: str) -> RegisteredSaga:
         """A saga instance ready to run for `name`; UnknownSagaError when not registered."""
-        from sagaz.saga import Saga
-
         source = self.source(name)
-        if isinstance(source, Saga):
-            return source
-        return source()
+        if isinstance(source, type):
+            return source()
+        return source
 
-    def source(self, name: str) -> type[Saga] | Saga:
+    def source(self, name: str) -> Source:
         """The class or imperative saga registered under `name` (UnknownSagaError if none;
         SagaRegistryError while a module-level saga of that name stopped short of it)."""
         source = self._entries.get(name)
@@ -124,8 +147,8 @@ class SagaRegistry:
                 del self._waiting[name]
                 return
         raise SagaRegistryError(
-            f"saga name '{name}' is registered to {_describe(existing)}, and another "
-            f"{_describe(waiting)} was built under the same name at module level; it stopped "
+            f"saga name '{name}' is registered to {_label(existing)}, and another "
+            f"{_label(waiting)} was built under the same name at module level; it stopped "
             "short of the registered saga, so a worker could not tell which one is meant. "
             "Give one of them another name"
         )
@@ -147,19 +170,19 @@ class SagaRegistry:
                 self._waiting = saved_waiting
 
 
-def _fingerprint(source: type[Saga] | Saga) -> tuple[object, ...]:
+def _fingerprint(source: Source) -> tuple[object, ...]:
     if isinstance(source, type):
         return ("class", source.__module__, source.__qualname__)
     return ("instance", *source.fingerprint())
 
 
-def _describe(source: type[Saga] | Saga) -> str:
+def _label(source: Source) -> str:
     if isinstance(source, type):
         return f"class {source.__module__}.{source.__qualname__}"
     return f"imperative saga with steps {source.step_names}"
 
 
-def _is_being_built(source: type[Saga] | Saga) -> bool:
+def _is_being_built(source: Source) -> bool:
     return not isinstance(source, type) and source.is_being_built
 
 

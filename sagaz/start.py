@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from sagaz._json import ensure_json_object, text_problem
+from sagaz._util import utcnow
 from sagaz.context import current_correlation_id
 from sagaz.errors import InvalidContextError, UnknownSagaError
-from sagaz.journal import utcnow
 from sagaz.registry import registry
 from sagaz.saga import Saga
 from sagaz.signals import saga_signal

@@ -13,11 +13,12 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
+from sagaz._util import redact_database_url
 from sagaz.cli.options import require_url
 from sagaz.errors import ConfigurationError
 from sagaz.store.engines import create_engine
 from sagaz.store.failures import describe_failure
-from sagaz.store.urls import missing_sqlite_file, redacted, sync_url
+from sagaz.store.urls import missing_sqlite_file, sync_url
 
 #: SQLSTATE of PostgreSQL's "relation does not exist".
 UNDEFINED_TABLE = "42P01"
@@ -25,7 +26,7 @@ UNDEFINED_TABLE = "42P01"
 
 def shown(url: str | sa.URL) -> str:
     """The URL fit for a message: its password hidden."""
-    return redacted(url)
+    return redact_database_url(url)
 
 
 def parse_url(url: str, *, origin: str = "--url") -> sa.URL:

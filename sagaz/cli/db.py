@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 import click
 from alembic.util import CommandError
 
+from sagaz._util import scrub_passwords
 from sagaz.cli.database import DATABASE_FAILURES, database_error, shown
 from sagaz.cli.options import database_url_option, require_url
 from sagaz.errors import ConfigurationError
 from sagaz.store import migrations
-from sagaz.store.urls import scrub_passwords
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import click
 
+from sagaz._util import utcnow
 from sagaz.cli.database import existing_database
 from sagaz.cli.options import database_url_option
 from sagaz.cli.output import confirm, yes_option
 from sagaz.cli.show import load_detail, saga_id_argument
-from sagaz.journal import utcnow
 from sagaz.worker.cancel import CANCELLABLE_STATUSES, request_cancel
 from sagaz.worker.repair import Retry, RetryRefused, retry_saga
 

@@ -27,8 +27,8 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz._util import utcnow
 from sagaz.errors import ConfigurationError
-from sagaz.journal import utcnow
 from sagaz.outbox.binds import AsyncBind, SyncBind, run_on_bind
 from sagaz.outbox.maintenance import OutboxHealth, read_health
 from sagaz.store import migrations

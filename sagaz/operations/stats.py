@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sagaz.journal import utcnow
+from sagaz._util import utcnow
 from sagaz.operations.health import HealthReport, HealthThresholds, read_health_report
 from sagaz.store.schema import RUNNABLE_SAGA_STATUSES, sagas
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from sagaz._json import ensure_json_value, text_problem
+from sagaz._util import utcnow
 from sagaz.context import current_correlation_id
 from sagaz.errors import InvalidContextError
-from sagaz.journal import utcnow
 from sagaz.outbox.broker_rules import (
     MAX_HEADER_NAME_LENGTH,
     MAX_TOPIC_LENGTH,

@@ -30,8 +30,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from sagaz._util import describe, utcnow
 from sagaz.errors import SagazError
-from sagaz.journal import utcnow
 from sagaz.store.schema import inbox
 from sagaz.store.statements import insert_ignoring_conflicts
 
@@ -202,5 +202,5 @@ class ConsumerInbox:
 def _note(error: BaseException, cleanup_error: BaseException) -> None:
     error.add_note(
         f"sagaz inbox: removing the inbox row after the handler failed also failed "
-        f"({type(cleanup_error).__name__}: {cleanup_error}); roll the transaction back"
+        f"({describe(cleanup_error)}); roll the transaction back"
     )

@@ -18,7 +18,7 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sagaz.journal import utcnow
+from sagaz._util import utcnow
 from sagaz.outbox.binds import AsyncBind, SyncBind
 from sagaz.outbox.binds import run_on_bind as _run
 from sagaz.outbox.claims import DEAD, PENDING, PUBLISHED

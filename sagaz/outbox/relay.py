@@ -34,14 +34,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sagaz.engine import _describe as describe
-from sagaz.journal import utcnow
+from sagaz._util import backoff, describe, utcnow
 from sagaz.outbox import claims
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.claims import ClaimedEvent, Failure, Settled
 from sagaz.outbox.listen import NotificationListener
 from sagaz.outbox.maintenance import RetentionResult, retain
-from sagaz.outbox.relay_pass import PassResult, backoff_delay, default_owner, split_outcomes
+from sagaz.outbox.relay_pass import PassResult, default_owner, split_outcomes
 from sagaz.outbox.relay_publish import publish_claimed, wait_for
 from sagaz.signals import Subscription, outbox_signal
 from sagaz.store.failures import is_fatal, log_failure
@@ -49,7 +48,7 @@ from sagaz.store.statements import OUTBOX_CHANNEL
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OutboxRelay", "PassResult", "backoff_delay", "default_owner"]
+__all__ = ["OutboxRelay", "PassResult", "default_owner"]
 
 
 class OutboxRelay:
@@ -334,7 +333,7 @@ class OutboxRelay:
             error_delay = 0.0
             if result.outage:
                 # The broker is unreachable: wake-ups would only fail again; pause.
-                pause = backoff_delay(outages, self.base_backoff, self.max_connection_backoff)
+                pause = backoff(outages + 1, self.base_backoff, self.max_connection_backoff)
                 outages += 1
                 if outages == 1:
                     logger.warning(

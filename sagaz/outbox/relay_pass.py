@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sagaz.engine import _describe as describe
-from sagaz.journal import utcnow
+from sagaz._util import backoff, describe, utcnow
 from sagaz.outbox.brokers.common import BrokerConnectionError, EarlierMessageFailedError
 from sagaz.outbox.claims import ClaimedEvent, Failure
 
@@ -50,13 +48,6 @@ class PassResult:
 def default_owner() -> str:
     """A claim owner unique to this relay instance: host, pid and a random suffix."""
     return f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def backoff_delay(attempts: int, base: float, maximum: float) -> float:
-    """Seconds until the next attempt after `attempts` failed ones: exponential, capped at
-    `maximum`, with "equal jitter" (between half and all of it) so retries spread out."""
-    ceiling = min(maximum, base * 2.0 ** min(attempts, 62))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 #: Failures that say the broker, not the message, failed.
@@ -103,7 +94,7 @@ def split_outcomes(
     """Split a published batch into confirmed seqs and failures.
 
     In an outage (`is_outage`) every event goes back uncounted, its error stored.
-    Otherwise a failure counts an attempt, waits `backoff_delay` (capped at
+    Otherwise a failure counts an attempt, waits `sagaz._util.backoff` (capped at
     `max_connection_backoff` for a lost connection) and stores the error escaped (NUL
     and lone surrogates, which PostgreSQL's text refuses); after a failed keyed event
     the rest of its key is held back (released without counting an attempt)."""
@@ -143,7 +134,7 @@ def split_outcomes(
         ceiling = max_backoff
         if isinstance(error, CONNECTION_FAILURES):
             ceiling = min(max_backoff, max_connection_backoff)
-        delay = backoff_delay(event.attempts, min(base_backoff, ceiling), ceiling)
+        delay = backoff(event.attempts + 1, min(base_backoff, ceiling), ceiling)
         failures.append(Failure(event.seq, True, now + timedelta(seconds=delay), describe(error)))
         if key is not None:
             failed_keys.add(key)

@@ -10,8 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sagaz.engine import _describe as describe
-from sagaz.journal import utcnow
+from sagaz._util import describe, utcnow
 from sagaz.outbox import claims
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.claims import ClaimedEvent

@@ -27,8 +27,8 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 
+from sagaz._util import escape_text, scrub_passwords
 from sagaz.errors import DatabaseUnavailableError
-from sagaz.store.urls import scrub_passwords
 
 #: SQLSTATE classes (first two characters) and codes that retrying cannot fix.
 FATAL_CLASSES = frozenset({"42", "28", "3D", "3F"})
@@ -158,14 +158,15 @@ def is_transient(error: BaseException) -> bool:
 
 def describe_failure(error: BaseException) -> str:
     """One line for `error`: the driver's message (first line, no statement, no
-    parameters, no quoted values, no URL password), its SQLSTATE and a hint."""
+    parameters, no quoted values, no URL password; escaped as `sagaz._util.escape_text`),
+    its SQLSTATE and a hint."""
     driver = _driver_error(error)
     code = sqlstate(error)
     lines = [line.strip() for line in str(driver).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     if code is not None and code[:2] in _VALUE_QUOTING_CLASSES:
         text = _QUOTED_VALUE.sub("'...'", text.split(":", 1)[0])
-    text = scrub_passwords(text)
+    text = escape_text(scrub_passwords(text))
     kind = type(driver).__name__
     line = f"{kind}: {text}" if text else kind
     if code is not None:

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz._util import redact_database_url
 from sagaz.errors import SchemaNotReadyError
 from sagaz.store import migrations
 from sagaz.store.failures import describe_failure
 from sagaz.store.schema import metadata
-from sagaz.store.urls import missing_sqlite_file, redacted
+from sagaz.store.urls import missing_sqlite_file
 
 log = logging.getLogger("sagaz.store")
 
@@ -129,7 +130,7 @@ def check_schema(target: sa.Engine | str | sa.URL, *, fix: str = UPGRADE_HINT) -
     except UNREACHABLE as error:
         _unreachable(url, error)
         return
-    verify_schema(state, database=redacted(url), fix=fix)
+    verify_schema(state, database=redact_database_url(url), fix=fix)
 
 
 async def check_schema_async(engine: AsyncEngine, *, fix: str = UPGRADE_HINT) -> None:
@@ -141,7 +142,7 @@ async def check_schema_async(engine: AsyncEngine, *, fix: str = UPGRADE_HINT) ->
     except UNREACHABLE as error:
         _unreachable(engine.url, error)
         return
-    verify_schema(state, database=redacted(engine.url), fix=fix)
+    verify_schema(state, database=redact_database_url(engine.url), fix=fix)
 
 
 def _refuse_missing_sqlite_file(url: sa.URL, fix: str) -> None:
@@ -153,7 +154,7 @@ def _refuse_missing_sqlite_file(url: sa.URL, fix: str) -> None:
     raise SchemaNotReadyError(
         f"there is no database at {path}, so no sagaz tables at revision "
         f"{', '.join(heads)} (found: none): {fix}",
-        database=redacted(url),
+        database=redact_database_url(url),
         found=None,
         expected=heads,
     )
@@ -162,7 +163,7 @@ def _refuse_missing_sqlite_file(url: sa.URL, fix: str) -> None:
 def _unreachable(url: sa.URL, error: BaseException) -> None:
     log.warning(
         "cannot check sagaz's tables in %s (%s); starting anyway",
-        redacted(url),
+        redact_database_url(url),
         describe_failure(error),
     )
 

@@ -7,11 +7,11 @@ through sqlite3 (sync) and aiosqlite (async).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
+from sagaz._util import redact_database_url
 from sagaz.errors import ConfigurationError
 
 _ASYNC_DRIVERS = {"postgresql": "psycopg", "sqlite": "aiosqlite"}
@@ -28,7 +28,7 @@ def _parse(url: str | URL) -> URL:
         parsed = make_url(url)
     except Exception as error:
         raise ConfigurationError(
-            f"database URL {redacted(url)!r} is not a valid SQLAlchemy URL"
+            f"database URL {redact_database_url(url)!r} is not a valid SQLAlchemy URL"
         ) from error
     if parsed.get_backend_name() not in _ASYNC_DRIVERS:
         raise ConfigurationError(
@@ -51,27 +51,6 @@ def sync_url(url: str | URL) -> URL:
     """The URL with a sync driver: psycopg for PostgreSQL, sqlite3 for SQLite."""
     parsed = _parse(url)
     return parsed.set(drivername=_TO_SYNC.get(parsed.drivername, parsed.drivername))
-
-
-_PASSWORD = re.compile(r"((?:^|(?<=[\s,'\"(]))(?:[\w+.-]+://)?[^:/@\s,'\"]*:)[^\s,'\"]*@")
-
-
-def scrub_passwords(text: str) -> str:
-    """`text` with the password of every ``scheme://user:password@`` (or a schemeless
-    ``user:password@``) in it shown as ``***``."""
-    return _PASSWORD.sub(r"\1***@", text)
-
-
-def redacted(url: str | URL) -> str:
-    """`url` fit for a message or a log line: its password (also one given as a
-    ``password`` query parameter) shown as ``***``. Never raises."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return scrub_passwords(str(url))
-    if "password" in parsed.query:
-        parsed = parsed.update_query_dict({"password": "***"})
-    return parsed.render_as_string(hide_password=True)
 
 
 def missing_sqlite_file(url: str | URL) -> Path | None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 
-from sagaz.journal import Fence, SagaJournal, SagaSnapshot, Transition, TransitionKind, utcnow
+from sagaz._util import utcnow
+from sagaz.journal import Fence, SagaJournal, SagaSnapshot, Transition, TransitionKind
 from sagaz.run_context import LeaseClock
 from sagaz.types import SagaStatus, StepStatus
 

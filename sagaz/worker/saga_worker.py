@@ -50,8 +50,9 @@ from typing import TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz._util import backoff, utcnow
 from sagaz.definition import SagaDefinition
-from sagaz.engine import RunOptions, SagaEngine, backoff_delay
+from sagaz.engine import SagaEngine
 from sagaz.errors import (
     CorruptRowError,
     DatabaseUnavailableError,
@@ -62,9 +63,9 @@ from sagaz.journal import (
     Fence,
     SagaSnapshot,
     TransitionListener,
-    utcnow,
 )
 from sagaz.outbox.listen import NotificationListener
+from sagaz.policy import RunOptions
 from sagaz.registry import SagaRegistry, registry
 from sagaz.run_context import LeaseClock
 from sagaz.signals import Subscription, saga_signal
@@ -352,7 +353,7 @@ class SagaWorker:
             # Not a step failure (those are the saga's business) but e.g. its journal
             # writes failing: retry later, backing off so that a saga that fails this way
             # every time does not spin through its max_attempts claims.
-            delay = backoff_delay(1.0, snapshot.attempts, 60.0)
+            delay = backoff(snapshot.attempts, 1.0, 60.0)
             log_failure(
                 log,
                 error,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sagaz._util import redact_url
 from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers import Broker, InMemoryBroker, broker_from_url
-from sagaz.outbox.brokers.common import redact_url
 from sagaz.outbox.brokers.kafka import KafkaBroker
 from sagaz.outbox.brokers.nats import NatsJetStreamBroker
 from sagaz.outbox.brokers.rabbitmq import RabbitMQBroker

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-import sagaz.engine
+import sagaz._util
+import sagaz.policy
 from sagaz import (
     MemoryJournal,
     Saga,
@@ -19,7 +20,8 @@ from sagaz import (
     action,
     compensate,
 )
-from sagaz.engine import RunOptions, backoff_delay
+from sagaz._util import backoff
+from sagaz.engine import RunOptions
 from sagaz.journal import Transition
 
 
@@ -89,11 +91,11 @@ async def test_step_failing_more_often_than_its_retries_fails_the_saga() -> None
 async def test_retries_wait_with_exponential_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     delays: list[tuple[float, int, float]] = []
 
-    def recording_delay(base: float, retry: int, cap: float) -> float:
+    def recording_delay(retry: int, base: float, cap: float) -> float:
         delays.append((base, retry, cap))
         return 0.0
 
-    monkeypatch.setattr(sagaz.engine, "backoff_delay", recording_delay)
+    monkeypatch.setattr(sagaz.policy, "backoff", recording_delay)
     _calls, step = flaky(failures=3)
     saga = Saga(name="retry-backoff").add_step("flaky", step, max_retries=3, retry_backoff=0.25)
 
@@ -103,19 +105,22 @@ async def test_retries_wait_with_exponential_backoff(monkeypatch: pytest.MonkeyP
     assert delays == [(0.25, 1, 30.0), (0.25, 2, 30.0), (0.25, 3, 30.0)]
 
 
-def test_backoff_delay_doubles_with_jitter_and_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sagaz.engine.random, "random", lambda: 0.0)
-    assert [backoff_delay(1.0, retry, 100.0) for retry in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
-    monkeypatch.setattr(sagaz.engine.random, "random", lambda: 0.5)
-    assert [backoff_delay(1.0, retry, 100.0) for retry in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
-    assert backoff_delay(1.0, 20, 30.0) == 30.0
-    assert backoff_delay(0.0, 5, 30.0) == 0.0
+def test_backoff_doubles_with_equal_jitter_and_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uniform(0, half) picks the bottom, then the top, of each delay's range
+    monkeypatch.setattr(sagaz._util.random, "uniform", lambda low, high: low)
+    assert [backoff(retry, 1.0, 100.0) for retry in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    monkeypatch.setattr(sagaz._util.random, "uniform", lambda low, high: high)
+    assert [backoff(retry, 1.0, 100.0) for retry in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert backoff(20, 1.0, 30.0) == 30.0
+    assert backoff(0, 1.0, 30.0) == 1.0  # below 1 counts as the first retry
+    assert backoff(0, 0.0, 30.0) == 0.0
+    assert backoff(10_000, 1.0, 30.0) == 30.0  # no overflow
 
 
 def test_backoff_jitter_spreads_delays() -> None:
-    samples = {backoff_delay(1.0, 2, 100.0) for _ in range(50)}
+    samples = {backoff(2, 1.0, 100.0) for _ in range(50)}
     assert len(samples) > 1
-    assert all(1.0 <= sample < 3.0 for sample in samples)
+    assert all(1.0 <= sample <= 2.0 for sample in samples)
 
 
 async def test_config_defaults_apply_to_steps_that_leave_options_unset() -> None:

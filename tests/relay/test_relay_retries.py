@@ -10,10 +10,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz._util import backoff
 from sagaz.outbox.brokers.base import OutboxMessage
 from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.maintenance import list_dead, outbox_health, requeue_dead
-from sagaz.outbox.relay import OutboxRelay, PassResult, backoff_delay
+from sagaz.outbox.relay import OutboxRelay, PassResult
 from sagaz.store.operations import as_utc
 from sagaz.store.schema import outbox as outbox_table
 from tests.conftest import DatabaseUrls
@@ -38,8 +39,9 @@ def make_due(engine: sa.Engine) -> None:
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:
-    for attempts, ceiling in [(0, 1.0), (1, 2.0), (3, 8.0), (10, 60.0), (500, 60.0)]:
-        delays = {backoff_delay(attempts, 1.0, 60.0) for _ in range(50)}
+    # after the first failure (attempts 0 -> 1) the ceiling is base_backoff, doubling after
+    for attempts, ceiling in [(1, 1.0), (2, 2.0), (4, 8.0), (11, 60.0), (501, 60.0)]:
+        delays = {backoff(attempts, 1.0, 60.0) for _ in range(50)}
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
         assert len(delays) > 1
 

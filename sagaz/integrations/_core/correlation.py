@@ -8,7 +8,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from sagaz.context import generate_correlation_id
+from sagaz.context import (
+    MAX_CORRELATION_ID_LENGTH,
+    generate_correlation_id,
+    is_valid_correlation_id,
+)
 from sagaz.errors import ConfigurationError
 
 __all__ = [
@@ -22,13 +26,6 @@ __all__ = [
 
 CORRELATION_ID_HEADER = "X-Correlation-ID"
 """The request and response header every adapter reads and echoes by default."""
-MAX_CORRELATION_ID_LENGTH = 128
-_CORRELATION_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_CORRELATION_ID_LENGTH}}}")
-
-
-def is_valid_correlation_id(value: object) -> bool:
-    """True for a str of 1 to 128 characters of ``[A-Za-z0-9._:-]`` (ASCII only)."""
-    return isinstance(value, str) and _CORRELATION_ID.fullmatch(value) is not None
 
 
 def correlation_id_from(raw: str | bytes | None) -> str:

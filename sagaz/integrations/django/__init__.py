@@ -18,12 +18,10 @@ Django is imported only inside this package; without it, importing it raises
 
 from __future__ import annotations
 
-from sagaz.errors import MissingExtraError
+from sagaz._util import requires_extra
 
-try:
+with requires_extra("django", "django", "sagaz.integrations.django"):
     import django  # noqa: F401
-except ImportError as error:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("django", "django", "sagaz.integrations.django") from error
 
 from sagaz.integrations.django.runner import run_saga
 from sagaz.integrations.django.steps import orm_step

@@ -20,10 +20,10 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, connections
 
+from sagaz._util import redact_database_url
 from sagaz.integrations.django.conf import database_url, get_settings
 from sagaz.integrations.django.operations import current_revision
 from sagaz.store.schema_check import DJANGO_HINT, SchemaState, expected_columns, verify_schema
-from sagaz.store.urls import redacted
 
 __all__ = ["check_schema", "check_schema_at_startup", "read_schema"]
 
@@ -84,6 +84,6 @@ def _check_on_own_thread() -> None:
 
 def _name(alias: str) -> str:
     try:
-        return f"DATABASES[{alias!r}] ({redacted(database_url(alias))})"
+        return f"DATABASES[{alias!r}] ({redact_database_url(database_url(alias))})"
     except ImproperlyConfigured:  # in-memory SQLite: no URL to show
         return f"DATABASES[{alias!r}]"

@@ -26,12 +26,10 @@ which needs no FastAPI. See docs/fastapi.md.
 
 from __future__ import annotations
 
-from sagaz.errors import MissingExtraError
+from sagaz._util import requires_extra
 
-try:
+with requires_extra("fastapi", "fastapi", "sagaz.integrations.fastapi"):
     import fastapi
-except ImportError as error:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("fastapi", "fastapi", "sagaz.integrations.fastapi") from error
 
 MIN_FASTAPI_VERSION = (0, 121)
 """`Depends(..., scope="function")` - cleanup before the response is sent - came in 0.121."""

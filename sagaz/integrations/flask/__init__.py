@@ -35,13 +35,11 @@ runtime), `hooks` (request hooks), `binds` (which connection sagaz's rows use), 
 
 from __future__ import annotations
 
-from sagaz.errors import MissingExtraError
+from sagaz._util import requires_extra
 
-try:
+with requires_extra("flask", "flask and flask-sqlalchemy", "sagaz.integrations.flask"):
     import flask  # noqa: F401
     import flask_sqlalchemy  # noqa: F401
-except ImportError as error:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("flask", error.name or "flask", "sagaz.integrations.flask") from error
 
 from sagaz.errors import CrossBindError
 from sagaz.integrations.flask.cli import sagaz_cli

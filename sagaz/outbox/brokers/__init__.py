@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, cast
 
+from sagaz._util import scrub_passwords
 from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.base import MESSAGE_ID_HEADER, Broker, OutboxMessage
 from sagaz.outbox.brokers.common import (
@@ -43,6 +44,7 @@ __all__ = [
     "PublishError",
     "ReceivedMessage",
     "broker_from_url",
+    "broker_scheme",
 ]
 
 #: URL scheme -> (module under sagaz.outbox.brokers, broker class).
@@ -65,17 +67,7 @@ def broker_from_url(url: str, **options: Any) -> Broker:
     as URL query parameters. Raises ConfigurationError for an unknown scheme or option
     value, MissingExtraError when the broker's client library is not installed.
     """
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(
-            f"broker URL must look like scheme://..., got {_redacted(url)!r}; schemes: "
-            + ", ".join(f"{scheme}://" for scheme in SCHEMES)
-        )
-    scheme = url.split("://", 1)[0].lower()
-    if scheme not in SCHEMES:
-        raise ConfigurationError(
-            f"unknown broker URL scheme {scheme + '://'!r}; use one of "
-            + ", ".join(f"{known}://" for known in SCHEMES)
-        )
+    scheme = broker_scheme(url)
     module_name, class_name = SCHEMES[scheme]
     module = importlib.import_module(f"{__name__}.{module_name}")
     broker_class = getattr(module, class_name)
@@ -85,6 +77,21 @@ def broker_from_url(url: str, **options: Any) -> Broker:
         raise ConfigurationError(f"{class_name}: {error}") from None
 
 
-def _redacted(url: object) -> str:
-    text = str(url)
-    return text if len(text) <= 40 and "@" not in text else text[:8] + "..."
+def broker_scheme(url: object, setting: str | None = None) -> str:
+    """The scheme of a broker URL that `broker_from_url` knows, lowercased (no I/O, no
+    import of the broker's client). Raises ConfigurationError - naming `setting`, when
+    given, e.g. ``"SagaConfig.broker_url"`` - for a value that is not ``scheme://...`` or
+    whose scheme is unknown; the message shows the value with its password hidden."""
+    schemes = ", ".join(f"{known}://" for known in SCHEMES)
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"{setting or 'broker URL'} must look like scheme://..., "
+            f"got {scrub_passwords(str(url))!r}; schemes: {schemes}"
+        )
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"{setting + ' has an ' if setting else ''}unknown broker URL scheme "
+            f"{scheme + '://'!r}; use one of {schemes}"
+        )
+    return scheme

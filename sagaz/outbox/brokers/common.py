@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from sagaz._util import describe, redact_url
 from sagaz.errors import ConfigurationError, SagazError
 from sagaz.outbox.brokers.base import MESSAGE_ID_HEADER, OutboxMessage
 from sagaz.outbox.events import CORRELATION_HEADER as CORRELATION_HEADER
@@ -192,30 +193,6 @@ class BatchOutcomes:
         return self.errors
 
 
-def describe(error: BaseException) -> str:
-    """`Type: message` for error texts (the relay stores them as the event's last error)."""
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def redact_url(url: str) -> str:
-    """`url` fit for an error message: the password (or a lone user part, which may be a
-    token) replaced by `***`, the query string (which may hold secrets) left out.
-    Several comma-separated URLs are redacted one by one."""
-    if "," in url:
-        return ",".join(redact_url(part.strip()) for part in url.split(","))
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, colon, _secret = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def connect_error(
     broker: str, url: str, error: BaseException, timeout: float | None = None
 ) -> BrokerConnectionError:
@@ -255,15 +232,6 @@ def _consume(task: asyncio.Future[object]) -> None:
 
 
 # -- URL options ---------------------------------------------------------------------------
-
-
-def as_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
 def as_list(value: str) -> list[str]:

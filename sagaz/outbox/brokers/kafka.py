@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from sagaz.errors import MissingExtraError
+from sagaz._util import requires_extra
 from sagaz.outbox.brokers.base import MESSAGE_ID_HEADER, OutboxMessage
 from sagaz.outbox.brokers.common import (
     KEY_HEADER,
@@ -37,11 +37,9 @@ from sagaz.outbox.brokers.common import (
     wire_headers,
 )
 
-try:
+with requires_extra("kafka", "aiokafka", "The Kafka broker"):
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError, KafkaTimeoutError
-except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("kafka", "aiokafka", "The Kafka broker") from _missing
 
 __all__ = ["KafkaBroker", "decode", "message_id_of"]
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from sagaz.errors import ConfigurationError, MissingExtraError
+from sagaz._util import describe, requires_extra
+from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.base import MESSAGE_ID_HEADER, OutboxMessage
 from sagaz.outbox.brokers.common import (
     KEY_HEADER,
@@ -35,23 +35,20 @@ from sagaz.outbox.brokers.common import (
     close_within,
     connect_error,
     decode_payload,
-    describe,
     encode_payload,
     require_id,
     split_url_options,
     wire_headers,
 )
+from sagaz.outbox.brokers.nats_link import NatsLink
 
-try:
+with requires_extra("nats", "nats-py", "The NATS JetStream broker"):
     import nats
     import nats.errors
     import nats.js.errors
-    from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
     from nats.js.api import StreamConfig, StreamInfo
-except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("nats", "nats-py", "The NATS JetStream broker") from _missing
 
 __all__ = [
     "MSG_ID_HEADER",
@@ -64,8 +61,6 @@ __all__ = [
 
 #: JetStream's deduplication header.
 MSG_ID_HEADER = "Nats-Msg-Id"
-_STATUS_HEADER = "Status"
-_NO_RESPONDERS = "503"
 
 _URL_OPTIONS: OptionParsers = {
     "stream": str,
@@ -123,7 +118,7 @@ class NatsJetStreamBroker:
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
         self.connect_options = dict(connect_options or {})
-        self._link: _Link | None = None
+        self._link: NatsLink | None = None
         self._connect_lock = asyncio.Lock()
         self._tokens = itertools.count()
         self.last_error: BaseException | None = None
@@ -158,13 +153,13 @@ class NatsJetStreamBroker:
             await self._drop()
             self._link = await self._open()
 
-    async def _open(self) -> _Link:
+    async def _open(self) -> NatsLink:
         user_callbacks = {
             name: self.connect_options[name]
             for name in ("error_cb", "disconnected_cb", "closed_cb")
             if self.connect_options.get(name) is not None
         }
-        link = _Link(self, user_callbacks)
+        link = NatsLink(self._saw_error, user_callbacks)
         options: dict[str, Any] = {
             "connect_timeout": self.connect_timeout,
             "allow_reconnect": False,
@@ -202,6 +197,9 @@ class NatsJetStreamBroker:
                 "nats", ",".join(self.servers), cause, self.connect_timeout
             ) from error
         return link
+
+    def _saw_error(self, error: BaseException) -> None:
+        self.last_error = error
 
     async def publish_batch(self, messages: Sequence[OutboxMessage]) -> Outcomes:
         outcomes = BatchOutcomes(messages)
@@ -273,14 +271,14 @@ class NatsJetStreamBroker:
         close within `connect_timeout` (a server that stopped reading) is aborted."""
         await self._drop()
 
-    async def _drop(self, link: _Link | None = None) -> None:
+    async def _drop(self, link: NatsLink | None = None) -> None:
         """Close `link` (default: the current connection) and fail what waits on it."""
         if link is None or link is self._link:
             link, self._link = self._link, None
         if link is not None:
             await self._close_link(link)
 
-    async def _close_link(self, link: _Link) -> None:
+    async def _close_link(self, link: NatsLink) -> None:
         link.fail_pending(BrokerConnectionError("nats: connection closed"))
         if not link.client.is_closed:
             await close_within(link.client.close(), self.connect_timeout, link.abort)
@@ -296,80 +294,6 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
-
-
-class _Link:
-    """One connection and the acknowledgements waiting on it (its reply subscription)."""
-
-    inbox: str
-
-    def __init__(
-        self, broker: NatsJetStreamBroker, user_callbacks: dict[str, Callable[..., Any]]
-    ) -> None:
-        self.client = Client()
-        self.broker = broker
-        self.user_callbacks = user_callbacks
-        self.pending: dict[str, asyncio.Future[None]] = {}
-        self.last_error: BaseException | None = None
-        self.stalled: BaseException | None = None
-
-    def fail_pending(self, error: BaseException) -> None:
-        pending, self.pending = self.pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
-
-    def abort(self) -> None:
-        """Drop the socket at once, unsent data and all.
-
-        nats-py has no public abort: its TCP transport keeps the stream writers as
-        `_io_writer` (and `_bare_io_writer` under TLS). Best effort: without them the
-        close simply takes longer.
-        """
-        transport = getattr(self.client, "_transport", None)
-        for name in ("_io_writer", "_bare_io_writer"):
-            writer = getattr(transport, name, None)
-            if isinstance(writer, asyncio.StreamWriter):
-                writer.transport.abort()
-
-    async def on_error(self, error: Exception) -> None:
-        self.last_error = self.broker.last_error = error
-        if isinstance(error, nats.errors.FlushTimeoutError):
-            self.stalled = error
-        await self._user_callback("error_cb", error)
-
-    async def on_disconnect(self) -> None:
-        self.fail_pending(BrokerConnectionError("nats: disconnected before acknowledgement"))
-        await self._user_callback("disconnected_cb")
-
-    async def on_closed(self) -> None:
-        self.fail_pending(BrokerConnectionError("nats: connection closed"))
-        await self._user_callback("closed_cb")
-
-    async def _user_callback(self, name: str, *args: Any) -> None:
-        callback = self.user_callbacks.get(name)
-        if callback is not None:
-            await callback(*args)
-
-    async def on_ack(self, msg: Msg) -> None:
-        future = self.pending.pop(msg.subject.rsplit(".", 1)[-1], None)
-        if future is None or future.done():
-            return
-        if msg.headers and msg.headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
-            future.set_exception(
-                PublishError("nats: no JetStream stream captures this subject (no responders)")
-            )
-            return
-        try:
-            response = json.loads(msg.data)
-        except ValueError:
-            future.set_exception(PublishError(f"nats: unreadable acknowledgement {msg.data!r:.80}"))
-            return
-        error = response.get("error") if isinstance(response, dict) else None
-        if error:
-            future.set_exception(PublishError(f"nats: JetStream refused the message: {error}"))
-        else:
-            future.set_result(None)  # stored, or a duplicate JetStream already had
 
 
 async def ensure_stream(

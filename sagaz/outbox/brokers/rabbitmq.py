@@ -14,7 +14,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sagaz.errors import ConfigurationError, MissingExtraError
+from sagaz._util import describe, parse_bool, requires_extra
+from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.base import MESSAGE_ID_HEADER, OutboxMessage
 from sagaz.outbox.brokers.common import (
     CORRELATION_HEADER,
@@ -25,18 +26,16 @@ from sagaz.outbox.brokers.common import (
     Outcomes,
     PublishError,
     ReceivedMessage,
-    as_bool,
     close_within,
     connect_error,
     decode_payload,
-    describe,
     encode_payload,
     require_id,
     split_url_options,
     wire_headers,
 )
 
-try:
+with requires_extra("rabbitmq", "aio-pika", "The RabbitMQ broker"):
     import aio_pika
     import aiormq
     from aio_pika.abc import (
@@ -46,8 +45,6 @@ try:
         AbstractIncomingMessage,
         AbstractQueue,
     )
-except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("rabbitmq", "aio-pika", "The RabbitMQ broker") from _missing
 
 __all__ = ["RabbitMQBroker", "declare_bound_queue", "decode", "message_id_of"]
 
@@ -56,9 +53,9 @@ DEFAULT_EXCHANGE = "sagaz"
 _URL_OPTIONS: OptionParsers = {
     "exchange": str,
     "exchange_type": str,
-    "durable": as_bool,
-    "declare_exchange": as_bool,
-    "mandatory": as_bool,
+    "durable": parse_bool,
+    "declare_exchange": parse_bool,
+    "mandatory": parse_bool,
     "confirm_timeout": float,
     "connect_timeout": float,
 }

@@ -15,7 +15,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from sagaz.errors import MissingExtraError
+from sagaz._util import describe, requires_extra
 from sagaz.outbox.brokers.base import OutboxMessage
 from sagaz.outbox.brokers.common import (
     BatchOutcomes,
@@ -27,20 +27,17 @@ from sagaz.outbox.brokers.common import (
     ReceivedMessage,
     connect_error,
     decode_payload,
-    describe,
     encode_payload,
     require_id,
     split_url_options,
     wire_headers,
 )
 
-try:
+with requires_extra("redis", "redis", "The Redis Streams broker"):
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ResponseError
-except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("redis", "redis", "The Redis Streams broker") from _missing
 
 __all__ = [
     "RedisStreamsBroker",

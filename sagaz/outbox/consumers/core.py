@@ -36,11 +36,11 @@ from typing import Any, ClassVar, Protocol, Self
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from sagaz._util import describe
 from sagaz.errors import ConfigurationError, MissingExtraError
 from sagaz.outbox.brokers.common import (
     OptionParsers,
     ReceivedMessage,
-    describe,
     split_url_options,
 )
 from sagaz.outbox.inbox import ConsumerInbox, check_key

@@ -19,15 +19,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from sagaz.errors import ConfigurationError, MissingExtraError
+from sagaz._util import requires_extra
+from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.common import OptionParsers, ReceivedMessage
 from sagaz.outbox.brokers.kafka import decode
 from sagaz.outbox.consumers.core import BrokerConsumer, Delivery, Handler, Sessions, close_quietly
 
-try:
+with requires_extra("kafka", "aiokafka", "The Kafka consumer"):
     from aiokafka import AIOKafkaConsumer, TopicPartition
-except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("kafka", "aiokafka", "The Kafka consumer") from _missing
 
 __all__ = ["KafkaConsumer"]
 

@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from sagaz.errors import ConfigurationError, MissingExtraError
+from sagaz._util import requires_extra
+from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.common import OptionParsers, ReceivedMessage
 from sagaz.outbox.brokers.nats import _URL_OPTIONS as BROKER_URL_OPTIONS
 from sagaz.outbox.brokers.nats import decode
@@ -35,14 +36,12 @@ from sagaz.outbox.consumers.core import (
     logger,
 )
 
-try:
+with requires_extra("nats", "nats-py", "The NATS JetStream consumer"):
     import nats.errors
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("nats", "nats-py", "The NATS JetStream consumer") from _missing
 
 __all__ = ["NatsJetStreamConsumer"]
 

@@ -18,12 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from sagaz.errors import ConfigurationError, MissingExtraError
+from sagaz._util import parse_bool, requires_extra
+from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.common import (
     BrokerConnectionError,
     OptionParsers,
     ReceivedMessage,
-    as_bool,
     close_within,
 )
 from sagaz.outbox.brokers.rabbitmq import _URL_OPTIONS as BROKER_URL_OPTIONS
@@ -35,11 +35,9 @@ from sagaz.outbox.brokers.rabbitmq import (
 )
 from sagaz.outbox.consumers.core import BrokerConsumer, Delivery, Handler, Sessions
 
-try:
+with requires_extra("rabbitmq", "aio-pika", "The RabbitMQ consumer"):
     import aio_pika
     from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("rabbitmq", "aio-pika", "The RabbitMQ consumer") from _missing
 
 __all__ = ["RabbitMQConsumer"]
 
@@ -77,7 +75,7 @@ class RabbitMQConsumer(BrokerConsumer):
     url_options: ClassVar[OptionParsers] = {
         "exchange": str,
         "exchange_type": str,
-        "durable": as_bool,
+        "durable": parse_bool,
         "queue": str,
         "prefetch": int,
         "receive_timeout": float,

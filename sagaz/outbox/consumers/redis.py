@@ -24,16 +24,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from sagaz.errors import ConfigurationError, MissingExtraError
+from sagaz._util import requires_extra
+from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers.common import OptionParsers, ReceivedMessage
 from sagaz.outbox.brokers.redis import _URL_OPTIONS as BROKER_URL_OPTIONS
 from sagaz.outbox.brokers.redis import _text, decode, ensure_group
 from sagaz.outbox.consumers.core import BrokerConsumer, Delivery, Handler, Sessions, close_quietly
 
-try:
+with requires_extra("redis", "redis", "The Redis Streams consumer"):
     import redis.asyncio as aioredis
-except ImportError as _missing:  # pragma: no cover - exercised in a subprocess test
-    raise MissingExtraError("redis", "redis", "The Redis Streams consumer") from _missing
 
 __all__ = ["RedisStreamsConsumer"]
 
