@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, connections
+from django.db import connections
 
 from sagaz._util import redact_database_url
 from sagaz.integrations.django.conf import database_url, get_settings
@@ -28,6 +29,10 @@ from sagaz.store.schema_check import DJANGO_HINT, SchemaState, expected_columns,
 __all__ = ["check_schema", "check_schema_at_startup", "read_schema"]
 
 log = logging.getLogger("sagaz.integrations.django")
+
+_checking = threading.Lock()
+_passed: set[str] = set()
+"""Aliases whose check passed in this process (tables do not go away while it runs)."""
 
 
 def read_schema(connection: Any) -> SchemaState:
@@ -49,30 +54,37 @@ def read_schema(connection: Any) -> SchemaState:
 def check_schema(alias: str | None = None) -> None:
     """Raise `sagaz.SchemaNotReadyError` (a ConfigurationError) unless the database
     `alias` (default: SAGAZ["DATABASE"]) holds sagaz's tables at this sagaz's revision;
-    the message says to run `python manage.py migrate`. A database that does not answer
-    is logged, not raised (the health view reports it)."""
+    the message says to run `python manage.py migrate`. A database that cannot be read
+    (it does not answer, a privilege is missing) is logged, not raised: the health view
+    reports it."""
     alias = alias or get_settings().database
     try:
         state = read_schema(connections[alias])
-    except (OperationalError, InterfaceError) as error:
+    except Exception as error:  # no connection, no privilege...: the health view says more
         log.warning(
             "cannot check sagaz's tables in DATABASES[%r] (%s); starting anyway", alias, error
         )
         return
     verify_schema(state, database=_name(alias), fix=DJANGO_HINT)
+    _passed.add(alias)
 
 
 def check_schema_at_startup() -> None:
     """`check_schema()` from wherever Django builds its handler: directly, or - inside a
     running event loop (an ASGI test client), where Django refuses synchronous database
-    access - on a helper thread, whose connection is closed afterwards."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        check_schema()
-        return
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sagaz-check") as pool:
-        pool.submit(_check_on_own_thread).result()
+    access - on a helper thread, whose connection is closed afterwards. Once it passed
+    for the alias, it is not run again in this process (test clients build a handler
+    each; tables do not go away while the process runs)."""
+    with _checking:  # once per process, however many handlers threads build at once
+        if get_settings().database in _passed:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            check_schema()
+            return
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sagaz-check") as pool:
+            pool.submit(_check_on_own_thread).result()
 
 
 def _check_on_own_thread() -> None:
