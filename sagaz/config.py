@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from sagaz._util import parse_bool
 from sagaz.errors import ConfigurationError
 from sagaz.journal import MemoryJournal, SagaJournal, TransitionListener
 from sagaz.observability import build_listeners
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from sagaz.store.stores import AsyncSagaStore
 
 log = logging.getLogger("sagaz.config")
+
+
+_RUN_DEFAULTS = RunOptions()
+"""The step and saga defaults, defined once in `sagaz.policy`."""
 
 
 @dataclass
@@ -45,13 +50,13 @@ class SagaConfig:
 
     database_url: str | None = None
     broker_url: str = "memory://"
-    max_retries: int = 0
-    retry_backoff: float = 0.5
-    max_retry_backoff: float = 30.0
-    step_timeout_seconds: float | None = None
-    compensation_retries: int = 3
-    failure_strategy: ParallelFailureStrategy = ParallelFailureStrategy.FAIL_FAST
-    saga_timeout_seconds: float | None = None
+    max_retries: int = _RUN_DEFAULTS.max_retries
+    retry_backoff: float = _RUN_DEFAULTS.retry_backoff
+    max_retry_backoff: float = _RUN_DEFAULTS.max_retry_backoff
+    step_timeout_seconds: float | None = _RUN_DEFAULTS.step_timeout_seconds
+    compensation_retries: int = _RUN_DEFAULTS.compensation_retries
+    failure_strategy: ParallelFailureStrategy = _RUN_DEFAULTS.failure_strategy
+    saga_timeout_seconds: float | None = _RUN_DEFAULTS.saga_timeout_seconds
     lease_seconds: float = 30.0
     log_transitions: bool = False
     metrics: bool = False
@@ -90,7 +95,9 @@ class SagaConfig:
         _require("lease_seconds", self.lease_seconds, lambda v: v > 0, "> 0")
         if self.database_url:  # None (or empty): sagas run in memory only
             _check_database_url(self.database_url)
-        _check_broker_url(self.broker_url)
+        from sagaz.outbox.brokers import broker_scheme  # the brokers' registry: imported late
+
+        broker_scheme(self.broker_url, "SagaConfig.broker_url")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SagaConfig:
@@ -306,26 +313,6 @@ def _check_database_url(value: Any) -> None:
         raise ConfigurationError(f"SagaConfig.database_url is not usable: {error}") from None
 
 
-def _check_broker_url(value: Any) -> None:
-    """A broker URL whose scheme `broker_from_url` knows (its options are checked when the
-    broker is built: that may need the broker's extra)."""
-    from sagaz._util import scrub_passwords
-    from sagaz.outbox.brokers import SCHEMES
-
-    schemes = ", ".join(f"{scheme}://" for scheme in SCHEMES)
-    if not isinstance(value, str) or "://" not in value:
-        raise ConfigurationError(
-            "SagaConfig.broker_url must look like scheme://..., "
-            f"got {scrub_passwords(str(value))!r}; schemes: {schemes}"
-        )
-    scheme = value.split("://", 1)[0].lower()
-    if scheme not in SCHEMES:
-        raise ConfigurationError(
-            f"SagaConfig.broker_url has an unknown broker URL scheme {scheme + '://'!r}; "
-            f"use one of {schemes}"
-        )
-
-
 def _parse_strategy(name: str, value: Any) -> ParallelFailureStrategy:
     try:
         return ParallelFailureStrategy(str(value).lower())
@@ -334,19 +321,14 @@ def _parse_strategy(name: str, value: Any) -> ParallelFailureStrategy:
         raise ConfigurationError(f"{name} must be one of {choices}, got {value!r}") from None
 
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
 def _convert(variable: str, raw: str, default: Any) -> Any:
     if isinstance(default, ParallelFailureStrategy):
         return _parse_strategy(variable, raw)
     if isinstance(default, bool):
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        raise ConfigurationError(f"{variable} must be true or false, got {raw!r}")
+        try:
+            return parse_bool(raw)
+        except ValueError:
+            raise ConfigurationError(f"{variable} must be true or false, got {raw!r}") from None
     if isinstance(default, int):
         try:
             return int(raw)
