@@ -13,10 +13,10 @@
   `LazyPortal` starts one on first use - with a `SagaRuntime` on it, when asked - and
   starts a new one after `close()` (Flask's extension, Django's `run_saga`).
 * **The health payload** - `check_health` / `check_health_sync` -> `HealthReport`.
-* **The runtime** - `SagaRuntime` (in `sagaz.integrations._runtime`, re-exported here):
-  what an adapter starts with the application and stops with it (the config's engines
-  and pools, an optional in-process saga worker and outbox relay, and the
-  `BackgroundSagaRunner` behind durable background runs).
+* **The runtime** - `SagaRuntime` (in `sagaz.runtime`, re-exported here, as is
+  `sagaz.background.BackgroundSagaRunner`): what an adapter starts with the application
+  and stops with it. It imports the engine, worker and relay, so importing this module
+  does too; the pieces above need none of them.
 """
 
 from __future__ import annotations
@@ -34,15 +34,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from sagaz.background import BackgroundRun, BackgroundSagaRunner
 from sagaz.context import generate_correlation_id
 from sagaz.errors import ConfigurationError
-from sagaz.integrations._runtime import (
-    BackgroundRun,
-    BackgroundSagaRunner,
-    SagaRuntime,
-    find_runtime,
-)
 from sagaz.outbox.maintenance import OutboxHealth, outbox_health
+from sagaz.runtime import SagaRuntime, find_runtime
 
 __all__ = [
     "COMMIT_FAILED_NOTE",

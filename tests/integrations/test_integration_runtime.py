@@ -1,4 +1,4 @@
-"""SagaRuntime and BackgroundSagaRunner (sagaz.integrations._runtime), framework-free:
+"""SagaRuntime (sagaz.runtime) and BackgroundSagaRunner (sagaz.background), framework-free:
 lifecycle, start failures, finding the runtime, and runs that lose their lease, hit an
 unknown saga or are stopped by shutdown - on real PostgreSQL."""
 
@@ -201,12 +201,12 @@ async def test_an_unexpected_failure_releases_the_saga_for_a_worker(
             saga_id = start_saga(session, vanishing, {})
             await session.commit()
         registry.unregister("integration-vanishing")
-        with caplog.at_level(logging.ERROR, logger="sagaz.integrations"):
+        with caplog.at_level(logging.ERROR, logger="sagaz.worker"):
             assert await runtime.runner.run(saga_id) is None
     row = saga_row(sync_db, saga_id)
     assert row is not None
     assert (row.status, row.lease_owner, row.attempts) == ("pending", None, 1)
-    assert "released for a worker" in caplog.text
+    assert "vanished from the registry; releasing it" in caplog.text
 
 
 async def test_submit_works_from_any_thread_and_not_after_close(
