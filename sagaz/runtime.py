@@ -77,6 +77,7 @@ class SagaRuntime:
         worker_options: Mapping[str, Any] | None = None,
         relay_options: Mapping[str, Any] | None = None,
         shutdown_grace_seconds: float = 10.0,
+        broker: Broker | None = None,
     ) -> None:
         self.config = config
         self.run_worker = run_worker
@@ -86,27 +87,32 @@ class SagaRuntime:
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.worker: SagaWorker | None = None
         self.relay: OutboxRelay | None = None
-        self.broker: Broker | None = None
+        #: The relay's broker: given, or built from `config.broker_url`; closed by `stop`.
+        self.broker: Broker | None = broker
         self._runner: BackgroundSagaRunner | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._sync_sessions: sessionmaker[Session] | None = None
         self._sync_engine: sa.Engine | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._owns_config = False
+        self._built = False
         self._started = False
+        self._serving = False
 
     @property
     def started(self) -> bool:
         return self._started
 
-    async def start(self) -> SagaRuntime:
-        """Initialise and start everything (see the class docstring). On failure, what
-        was already started is stopped again before the error propagates."""
-        if self._started:
+    async def build(self) -> SagaRuntime:
+        """Initialise the config and build the worker, the background runner and, when
+        asked, the relay and its broker - without I/O and without starting anything
+        (`start` does both; `stop` undoes either). Raises what building them raises
+        (ConfigurationError, MissingExtraError, ValueError), after undoing it."""
+        if self._built:
             return self
         self._owns_config = not self.config.initialized
         await self.config.initialize()
-        self._started = True
+        self._built = True
         try:
             if self.config.database_url or self.run_worker:
                 self.worker = saga_worker_for(
@@ -120,19 +126,61 @@ class SagaRuntime:
                     loop=asyncio.get_running_loop(),
                     shutdown_grace_seconds=self.shutdown_grace_seconds,
                 )
-            if self.run_worker and self.worker is not None:
-                self._spawn(self.worker.run_until_stopped(), "sagaz:in-process-worker")
             if self.run_relay:
-                engine = self.config.engine
-                self.broker = broker_from_url(self.config.broker_url)
-                self.relay = OutboxRelay(engine, self.broker, **self.relay_options)
-                self._spawn(self.relay.run_until_stopped(), "sagaz:in-process-relay")
+                if self.broker is None:
+                    self.broker = broker_from_url(self.config.broker_url)
+                self.relay = OutboxRelay(self.config.engine, self.broker, **self.relay_options)
         except BaseException:
             await self.stop()
             raise
+        return self
+
+    async def start(self) -> SagaRuntime:
+        """Build (see `build`) and start everything (see the class docstring). On
+        failure, what was already started is stopped again before the error propagates."""
+        if self._started:
+            return self
+        await self.build()
+        self._started = True
+        if self.run_worker and self.worker is not None:
+            self._spawn(self.worker.run_until_stopped(), "sagaz:in-process-worker")
+        if self.relay is not None:
+            self._spawn(self.relay.run_until_stopped(), "sagaz:in-process-relay")
         with _active_lock:
             _active.append(self)
         return self
+
+    async def serve(self) -> None:
+        """Start, then run until `request_stop()` (e.g. on SIGTERM), then `stop()`. When
+        the worker or the relay stops on a failure retrying cannot fix, the other is
+        stopped too and, once everything is stopped, that failure is raised (instead of
+        being logged). For a process that runs nothing else: `sagaz worker`."""
+        self._serving = True
+        try:
+            await self.start()
+            outcomes = await asyncio.gather(
+                *(self._stop_all_if_failed(task) for task in self._tasks),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        finally:
+            await self.stop()
+
+    async def _stop_all_if_failed(self, task: asyncio.Task[None]) -> None:
+        try:
+            await task
+        except BaseException:
+            self.request_stop()
+            raise
+
+    def request_stop(self) -> None:
+        """Ask the worker and the relay to stop (no new work; in-flight sagas finish or
+        are released). Call it on the runtime's loop, e.g. from a signal handler."""
+        for runner in (self.worker, self.relay):
+            if runner is not None:
+                runner.stop()
 
     def _spawn(self, coroutine: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine, name=name)
@@ -141,7 +189,9 @@ class SagaRuntime:
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         error = None if task.cancelled() else task.exception()
-        if error is not None:  # e.g. a database role without a privilege it needs
+        if (
+            error is not None and not self._serving
+        ):  # `serve` raises it instead  # e.g. a database role without a privilege it needs
             log_failure(
                 log,
                 error,
@@ -151,16 +201,14 @@ class SagaRuntime:
             )
 
     async def stop(self) -> None:
-        """Stop and release everything `start` started. Idempotent."""
-        if not self._started:
+        """Stop and release everything `build` and `start` started. Idempotent."""
+        if not self._built:
             return
-        self._started = False
+        self._built = self._started = False
         with _active_lock:
             if self in _active:
                 _active.remove(self)
-        for runner in (self.worker, self.relay):
-            if runner is not None:
-                runner.stop()
+        self.request_stop()
         tasks, self._tasks = self._tasks, []
         # The worker, the relay and the background runs wind down at the same time.
         await asyncio.gather(
