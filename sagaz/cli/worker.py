@@ -6,8 +6,10 @@ their variables. A host that has a config of its own (a framework integration) c
 in `ctx.meta[CONFIG_META_KEY]` before the command runs; it then replaces
 `SagaConfig.from_env()`, and the options still override it.
 
-Everything is checked and built before the event loop starts, so a bad option, variable
-or URL is a one-line error (exit status 2), never a traceback. Once running, database
+It runs a `sagaz.runtime.SagaRuntime` - the one every framework integration starts -
+with its worker polling and its relay running. Everything is checked and built before any
+I/O, so a bad option, variable or URL is a one-line error (exit status 2), never a
+traceback. Once running, database
 failures are logged on one line each and retried, except those retrying cannot fix (no
 privilege, no table: `sagaz.store.failures`), which stop it with a one-line error (exit
 status 1).
