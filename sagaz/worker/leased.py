@@ -107,20 +107,11 @@ class LeasedRuns:
         finished, or leased to another worker), and None when the run did not finish
         (lost lease, unexpected error: see the module docstring; the saga is left to a
         worker). Raises CancelledError when cancelled, after giving the lease back."""
-        started = time.monotonic()
-        snapshot = await self._in_transaction(
-            partial(
-                claims.claim_saga,
-                saga_id=saga_id,
-                owner=self.owner,
-                lease_seconds=self.lease_seconds,
-                now=utcnow(),
-            )
-        )
+        snapshot, lease = await self._claim(claims.claim_saga, saga_id=saga_id, now=utcnow())
         if snapshot is None:
             log.debug("saga %s is not claimable here; a worker has or had it", saga_id)
             return None
-        return await self._run_inline(snapshot, self._lease(started), None, reraise=False)
+        return await self._run_inline(snapshot, lease, None, reraise=False)
 
     async def run_here(
         self,
@@ -156,20 +147,9 @@ class LeasedRuns:
         extra = tuple(listeners)
         if extra:
             engine = SagaEngine(engine.journal, engine.options, (*engine.listeners, *extra))
-        started = time.monotonic()
-        snapshot = await self._in_transaction(
-            partial(
-                claims.record_and_claim,
-                row=row,
-                owner=self.owner,
-                lease_seconds=self.lease_seconds,
-                now=row["created_at"],
-            )
-        )
+        snapshot, lease = await self._claim(claims.record_and_claim, row=row, now=row["created_at"])
         if snapshot is not None:
-            result = await self._run_inline(
-                snapshot, self._lease(started), (definition, engine), reraise=True
-            )
+            result = await self._run_inline(snapshot, lease, (definition, engine), reraise=True)
             if result is not None:
                 return result
         stored = await self.store.load(str(row["id"]))
@@ -180,6 +160,17 @@ class LeasedRuns:
 
     def _lease(self, started: float) -> LeaseClock:
         return LeaseClock(self.lease_seconds, self.lease_margin_seconds, started)
+
+    async def _claim(
+        self, claim: Callable[..., SagaSnapshot | None], **arguments: Any
+    ) -> tuple[SagaSnapshot | None, LeaseClock]:
+        """`claim` (a claim of one saga in `claims`) for this worker, in a transaction,
+        and the lease's clock, started before the request was sent."""
+        started = time.monotonic()
+        snapshot = await self._in_transaction(
+            partial(claim, owner=self.owner, lease_seconds=self.lease_seconds, **arguments)
+        )
+        return snapshot, self._lease(started)
 
     async def _run_inline(
         self, snapshot: SagaSnapshot, lease: LeaseClock, runner: Runner | None, *, reraise: bool
