@@ -356,11 +356,24 @@ class Saga:
 
         With a `journal` that already holds `saga_id`, the run resumes: completed steps'
         results are loaded, not re-executed.
+
+        With a config that has a database (initialised with a `database_url`) and no
+        `journal` or `fence` given, the run is durable and holds a worker's lease from
+        its first write to its last (`SagaWorker.run_here`): no `sagaz worker` claims it
+        while it runs here, and if this process dies a worker resumes it once the lease
+        (`lease_seconds`) expired. It also raises LeaseLostError when another worker
+        holds the saga `saga_id`.
         """
         from sagaz.config import get_config
         from sagaz.engine import SagaEngine
 
         config = self.config or get_config()
+        if journal is None and fence is None and config.initialized and config.database_url:
+            from sagaz.worker.in_process import run_in_process
+
+            return await run_in_process(
+                config, self.definition, context or {}, saga_id=saga_id, listeners=listeners
+            )
         engine = SagaEngine(
             journal=journal if journal is not None else config.journal(),
             options=config.run_options(),

@@ -13,10 +13,10 @@ from sagaz.errors import InvalidContextError, UnknownSagaError
 from sagaz.registry import registry
 from sagaz.saga import Saga
 from sagaz.signals import saga_signal
+from sagaz.store.operations import pending_saga_row
 from sagaz.store.schema import sagas
 from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.store.unit_of_work import AnySession, queue_row, sync_session_of
-from sagaz.types import SagaStatus
 
 #: Namespace of the deterministic saga ids derived from (saga name, idempotency key).
 SAGA_ID_NAMESPACE = uuid.UUID("5a6a2c1e-3f0b-4b8e-9a8e-0d5a9a7c2b11")
@@ -80,22 +80,14 @@ def build_saga_row(
     else:
         _check_idempotency_key(idempotency_key)
         saga_id = saga_id_for(name, idempotency_key)
-    now = utcnow()
-    return {
-        "id": saga_id,
-        "name": name,
-        "status": SagaStatus.PENDING.value,
-        "context": document,
-        "idempotency_key": idempotency_key,
-        "correlation_id": current_correlation_id(),
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "lease_token": 0,
-        "attempts": 0,
-        "error": None,
-        "created_at": now,
-        "updated_at": now,
-    }
+    return pending_saga_row(
+        saga_id,
+        name,
+        document,
+        idempotency_key=idempotency_key,
+        correlation_id=current_correlation_id(),
+        now=utcnow(),
+    )
 
 
 def _registered_name(saga: type[Saga] | Saga | str) -> str:

@@ -6,8 +6,10 @@ their variables. A host that has a config of its own (a framework integration) c
 in `ctx.meta[CONFIG_META_KEY]` before the command runs; it then replaces
 `SagaConfig.from_env()`, and the options still override it.
 
-Everything is checked and built before the event loop starts, so a bad option, variable
-or URL is a one-line error (exit status 2), never a traceback. Once running, database
+It runs a `sagaz.runtime.SagaRuntime` - the one every framework integration starts -
+with its worker polling and its relay running. Everything is checked and built before any
+I/O, so a bad option, variable or URL is a one-line error (exit status 2), never a
+traceback. Once running, database
 failures are logged on one line each and retried, except those retrying cannot fix (no
 privilege, no table: `sagaz.store.failures`), which stop it with a one-line error (exit
 status 1).
@@ -40,13 +42,11 @@ from sagaz.cli.options import import_modules, imports_option, require_url
 from sagaz.config import SagaConfig
 from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers import Broker, broker_from_url
-from sagaz.outbox.relay import OutboxRelay
 from sagaz.registry import registry
-from sagaz.store.engines import create_async_engine
+from sagaz.runtime import SagaRuntime
 from sagaz.store.failures import describe_failure, is_fatal
 from sagaz.store.schema import outbox, sagas
 from sagaz.store.urls import missing_sqlite_file
-from sagaz.worker import SagaWorker
 from sagaz.worker.give_up import DEFAULT_MAX_ATTEMPTS
 
 log = logging.getLogger("sagaz.cli")
@@ -270,11 +270,11 @@ def worker(
             "no sagas are registered: pass --import with the module(s) that define them"
         )
     log.info("imported %s; sagas: %s", modules or "nothing", ", ".join(registry.names()))
-    engine, broker, runners = build_runners(ctx, config, options)
+    runtime = build_runtime(ctx, config, options)
     try:
-        asyncio.run(serve(engine, broker, runners))
+        asyncio.run(serve(runtime, _origin(ctx, "database_url")))
     except DATABASE_FAILURES as error:  # one that retrying cannot fix (is_fatal)
-        raise database_error(error, engine.url) from error
+        raise database_error(error, runtime.config.database_url or "") from error
 
 
 def worker_config(ctx: click.Context, **given: Any) -> SagaConfig:
@@ -294,12 +294,11 @@ def worker_config(ctx: click.Context, **given: Any) -> SagaConfig:
         raise click.UsageError(message) from None
 
 
-def build_runners(
-    ctx: click.Context, config: SagaConfig, options: WorkerOptions
-) -> tuple[AsyncEngine, Broker | None, list[SagaWorker | OutboxRelay]]:
-    """The engine, broker and runners, built without I/O; failures are click errors."""
+def build_runtime(ctx: click.Context, config: SagaConfig, options: WorkerOptions) -> SagaRuntime:
+    """The `SagaRuntime` that runs the worker and the relay, its settings checked (and
+    the broker built) without I/O; failures are click errors."""
     try:
-        listeners = config.build_listeners()
+        config.build_listeners()
     except ImportError as error:  # MissingExtraError: SAGAZ_METRICS / SAGAZ_TRACING
         raise click.UsageError(str(error)) from None
     broker: Broker | None = None
@@ -309,48 +308,33 @@ def build_runners(
         except (ConfigurationError, ImportError) as error:
             raise click.UsageError(f"{_origin(ctx, 'broker_url')}: {error}") from None
     database_url = require_url(config.database_url)
-    url_origin = _origin(ctx, "database_url")
-    path = missing_sqlite_file(parse_url(database_url, origin=url_origin))
+    url = parse_url(database_url, origin=_origin(ctx, "database_url"))
+    path = missing_sqlite_file(url)
     if path is not None:
         raise no_database(path)
-    try:
-        engine = create_async_engine(database_url)
-    except (ConfigurationError, ImportError, sa.exc.ArgumentError) as error:
-        raise click.UsageError(f"{url_origin}: cannot use {shown(database_url)}: {error}") from None
-    postgres = engine.dialect.name == "postgresql"
-    runners: list[SagaWorker | OutboxRelay] = []
-    try:
-        if options.run_sagas:
-            runners.append(
-                SagaWorker(
-                    engine,
-                    concurrency=options.concurrency,
-                    lease_seconds=config.lease_seconds,
-                    poll_interval=options.poll_interval,
-                    max_attempts=options.max_attempts,
-                    shutdown_grace_seconds=options.shutdown_grace,
-                    options=config.run_options(),
-                    listeners=listeners,
-                    listen=postgres,
-                )
-            )
-        if broker is not None:
-            runners.append(
-                OutboxRelay(
-                    engine,
-                    broker,
-                    batch_size=options.batch_size,
-                    claim_seconds=options.relay_lease_seconds,
-                    poll_interval=options.poll_interval,
-                    listen=postgres,
-                    published_retention=options.published_retention,
-                    inbox_retention=options.inbox_retention,
-                    retention_interval=options.retention_interval,
-                )
-            )
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    return engine, broker, runners
+    postgres = url.get_backend_name() == "postgresql"
+    return SagaRuntime(
+        dataclasses.replace(config, database_url=database_url),
+        run_worker=options.run_sagas,
+        run_relay=options.run_outbox,
+        worker_options={
+            "concurrency": options.concurrency,
+            "poll_interval": options.poll_interval,
+            "max_attempts": options.max_attempts,
+            "listen": postgres,
+        },
+        relay_options={
+            "batch_size": options.batch_size,
+            "claim_seconds": options.relay_lease_seconds,
+            "poll_interval": options.poll_interval,
+            "listen": postgres,
+            "published_retention": options.published_retention,
+            "inbox_retention": options.inbox_retention,
+            "retention_interval": options.retention_interval,
+        },
+        shutdown_grace_seconds=options.shutdown_grace,
+        broker=broker,
+    )
 
 
 def _origin(ctx: click.Context, name: str) -> str:
@@ -360,51 +344,41 @@ def _origin(ctx: click.Context, name: str) -> str:
     return option if source is ParameterSource.COMMANDLINE else variable
 
 
-async def serve(
-    engine: AsyncEngine, broker: Broker | None, runners: list[SagaWorker | OutboxRelay]
-) -> None:
-    """Run `runners` until SIGTERM/SIGINT, then close what the command built."""
+async def serve(runtime: SagaRuntime, url_origin: str) -> None:
+    """Check the tables, then run `runtime` until SIGTERM/SIGINT (or a failure retrying
+    cannot fix, raised); close everything either way."""
     loop = asyncio.get_running_loop()
+    config = runtime.config
     try:
-        await _check_tables(engine, runners)
+        await runtime.build()
+    except (ConfigurationError, ImportError, sa.exc.ArgumentError) as error:  # the engine
+        shown_url = shown(config.database_url or "")
+        raise click.UsageError(f"{url_origin}: cannot use {shown_url}: {error}") from None
+    except ValueError as error:  # an option the worker or the relay refuses
+        raise click.UsageError(str(error)) from None
+    try:
+        await _check_tables(config.engine, runtime)
         for number in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(number, _stop_all, runners)
-        log.info("sagaz worker running (%s)", ", ".join(type(r).__name__ for r in runners))
+            loop.add_signal_handler(number, _stop, runtime)
+        running = [r for r in (runtime.worker if runtime.run_worker else None, runtime.relay) if r]
+        log.info("sagaz worker running (%s)", ", ".join(type(r).__name__ for r in running))
         try:
-            outcomes = await asyncio.gather(
-                *(_run(runner, runners) for runner in runners), return_exceptions=True
-            )
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            await runtime.serve()
         finally:
             for number in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(number)
     finally:
-        if broker is not None:
-            await broker.close()
-        for runner in runners:
-            if isinstance(runner, SagaWorker):
-                await runner.store.close()
-        await engine.dispose()
+        await runtime.stop()
         log.info("sagaz worker stopped")
 
 
-async def _run(runner: SagaWorker | OutboxRelay, runners: list[SagaWorker | OutboxRelay]) -> None:
-    """Run one runner; if it stops on a failure (one retrying cannot fix), stop the others
-    too, so the command exits with that failure once they have finished."""
-    try:
-        await runner.run_until_stopped()
-    except BaseException:
-        _stop_all(runners)
-        raise
-
-
-async def _check_tables(engine: AsyncEngine, runners: list[SagaWorker | OutboxRelay]) -> None:
+async def _check_tables(engine: AsyncEngine, runtime: SagaRuntime) -> None:
     """Refuse to start on a database without sagaz's tables, or that refuses this role
     (any failure retrying cannot fix, see sagaz.store.failures). A database that does not
     answer yet is only logged, on one line: the runners retry until it does."""
-    tables = [sagas if isinstance(runner, SagaWorker) else outbox for runner in runners]
+    tables = [sagas] if runtime.run_worker else []
+    if runtime.run_relay:
+        tables.append(outbox)
     try:
         async with engine.connect() as connection:
             for table in tables:
@@ -419,7 +393,6 @@ async def _check_tables(engine: AsyncEngine, runners: list[SagaWorker | OutboxRe
         )
 
 
-def _stop_all(runners: list[SagaWorker | OutboxRelay]) -> None:
+def _stop(runtime: SagaRuntime) -> None:
     log.info("stopping: no new work; finishing or releasing what is in flight")
-    for runner in runners:
-        runner.stop()
+    runtime.request_stop()

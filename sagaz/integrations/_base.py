@@ -2,12 +2,13 @@
 
 The framework-free pieces live in small modules of `sagaz.integrations._core`
 (`correlation`, `commit`, `portal`, `health`); the runtime - which imports the engine,
-the worker, the relay and the brokers - in `sagaz.integrations._runtime`. New code
+the worker, the relay and the brokers - in `sagaz.runtime` and `sagaz.background`. New code
 imports from those modules; this one only re-exports them.
 """
 
 from __future__ import annotations
 
+from sagaz.background import BackgroundRun, BackgroundSagaRunner
 from sagaz.integrations._core.commit import COMMIT_FAILED_NOTE, finish_session, finish_session_sync
 from sagaz.integrations._core.correlation import (
     CORRELATION_ID_HEADER,
@@ -19,12 +20,7 @@ from sagaz.integrations._core.correlation import (
 )
 from sagaz.integrations._core.health import HealthReport, check_health, check_health_sync
 from sagaz.integrations._core.portal import EventLoopPortal, LazyPortal
-from sagaz.integrations._runtime import (
-    BackgroundRun,
-    BackgroundSagaRunner,
-    SagaRuntime,
-    find_runtime,
-)
+from sagaz.runtime import SagaRuntime, find_runtime
 
 __all__ = [
     "COMMIT_FAILED_NOTE",

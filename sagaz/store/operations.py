@@ -93,6 +93,33 @@ def snapshot_from_row(row: sa.Row[Any], *, strict: bool = True) -> SagaSnapshot:
     )
 
 
+def pending_saga_row(
+    saga_id: str,
+    name: str,
+    context: dict[str, Any],
+    *,
+    idempotency_key: str | None,
+    correlation_id: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The row of a new PENDING saga, unleased (checked values in, no I/O)."""
+    return {
+        "id": saga_id,
+        "name": name,
+        "status": SagaStatus.PENDING.value,
+        "context": context,
+        "idempotency_key": idempotency_key,
+        "correlation_id": correlation_id,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "lease_token": 0,
+        "attempts": 0,
+        "error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def step_from_row(row: sa.Row[Any]) -> StepOutcome:
     """A step row as a snapshot; CorruptRowError when its result or status is unreadable."""
     where = f"saga {row.saga_id}: column {saga_steps.name}.result of step '{row.name}'"
@@ -174,4 +201,4 @@ def list_sagas(
     return [snapshot_from_row(row, strict=False) for row in rows]
 
 
-__all__ = ["list_sagas", "load_saga", "load_sagas", "write_transitions"]
+__all__ = ["list_sagas", "load_saga", "load_sagas", "pending_saga_row", "write_transitions"]

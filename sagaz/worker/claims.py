@@ -29,6 +29,7 @@ from sagaz.errors import CorruptRowError
 from sagaz.journal import SagaSnapshot
 from sagaz.store.operations import SAGA_COLUMNS_AS_TEXT, snapshot_from_row
 from sagaz.store.schema import RUNNABLE_SAGA_STATUSES, saga_steps, sagas
+from sagaz.store.statements import insert_ignoring_conflicts
 
 #: The longest a stalled saga's next claim is held back, on top of the lease.
 MAX_CLAIM_BACKOFF_SECONDS = 30.0
@@ -290,6 +291,25 @@ def claim_saga(
     )
     row = connection.execute(statement).one_or_none()
     return None if row is None else snapshot_from_row(row)
+
+
+def record_and_claim(
+    connection: sa.Connection,
+    row: dict[str, Any],
+    *,
+    owner: str,
+    lease_seconds: float,
+    now: datetime,
+) -> SagaSnapshot | None:
+    """Insert the saga `row` (a `pending_saga_row`) unless its id exists, and lease it
+    to `owner` in the same transaction, as `claim_saga` does.
+
+    For a saga run in the process that records it: the row becomes visible to other
+    workers only with the transaction's commit, already leased, so no worker can claim it
+    while it runs here. An existing saga with that id is claimed instead (to resume it);
+    None, changing nothing, when it is finished or leased to another owner."""
+    connection.execute(insert_ignoring_conflicts(sagas, connection.dialect.name), [row])
+    return claim_saga(connection, str(row["id"]), owner=owner, lease_seconds=lease_seconds, now=now)
 
 
 def resume_saga(connection: sa.Connection, saga_id: str, *, now: datetime) -> bool:

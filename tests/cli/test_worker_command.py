@@ -19,16 +19,15 @@ import click
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from sagaz import ParallelFailureStrategy, SagaConfig, start_saga
+from sagaz import runtime as runtime_module
 from sagaz.cli import main
 from sagaz.cli.worker import CONFIG_META_KEY, worker
 from sagaz.engine import RunOptions
 from sagaz.observability import log_transition
-from sagaz.outbox.brokers import Broker
-from sagaz.outbox.relay import OutboxRelay
+from sagaz.runtime import SagaRuntime
 from sagaz.store.schema import sagas
 from sagaz.worker import SagaWorker
 from tests.cli.sagas_for_cli import FlakySaga
@@ -169,7 +168,7 @@ Captured = dict[str, Any]
 
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> Captured:
-    """Build the worker's runners for real, but record them instead of running them."""
+    """Build the worker's runtime for real, but record what it built instead of running it."""
     seen: Captured = {"saga_worker": None, "relay": None}
 
     class RecordingSagaWorker(SagaWorker):
@@ -177,15 +176,14 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> Captured:
             seen["saga_worker_options"] = kwargs
             super().__init__(*args, **kwargs)
 
-    async def serve(
-        engine: AsyncEngine, broker: Broker | None, runners: list[SagaWorker | OutboxRelay]
-    ) -> None:
-        for runner in runners:
-            seen["saga_worker" if isinstance(runner, SagaWorker) else "relay"] = runner
-        seen["broker"] = broker
-        await engine.dispose()
+    async def serve(runtime: SagaRuntime, url_origin: str) -> None:
+        await runtime.build()
+        seen["saga_worker"] = runtime.worker if runtime.run_worker else None
+        seen["relay"] = runtime.relay
+        seen["broker"] = runtime.broker
+        await runtime.stop()
 
-    monkeypatch.setattr(worker_module, "SagaWorker", RecordingSagaWorker)
+    monkeypatch.setattr(runtime_module, "SagaWorker", RecordingSagaWorker)
     monkeypatch.setattr(worker_module, "serve", serve)
     return seen
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 
 from sagaz import Saga, action, compensate
+from sagaz.store.engines import create_async_engine
 from sagaz.store.schema import outbox, sagas
+from sagaz.worker import SagaWorker
 
 app_metadata = sa.MetaData()
 orders = sa.Table(
@@ -165,3 +168,57 @@ def settled_pg_connections(
 def reached(engine: sa.Engine, saga_id: str, status: str = "completed") -> Callable[[], bool]:
     """A check for wait_until: the saga has `status`."""
     return lambda: status_of(engine, saga_id) == status
+
+
+# -- a slow saga and a separate polling worker (in-process runs vs. workers) --------------
+
+#: (run key, step) for every step execution of `SlowLeaseSaga`, across threads.
+slow_effects: list[tuple[str, str]] = []
+SLOW_STEP_SECONDS = 1.5
+
+
+class SlowLeaseSaga(Saga):
+    """first -> second, each taking SLOW_STEP_SECONDS: long enough for a worker polling
+    with a short lease to claim the run several times over, were it claimable."""
+
+    saga_name = "integration-slow-lease"
+
+    @action("first")
+    async def first(self, ctx: dict[str, Any]) -> None:
+        slow_effects.append((str(ctx["n"]), "first"))
+        await asyncio.sleep(SLOW_STEP_SECONDS)
+
+    @action("second", depends_on=["first"])
+    async def second(self, ctx: dict[str, Any]) -> None:
+        slow_effects.append((str(ctx["n"]), "second"))
+        await asyncio.sleep(SLOW_STEP_SECONDS)
+
+
+@contextmanager
+def polling_worker(url: str, *, lease_seconds: float = 0.5) -> Iterator[SagaWorker]:
+    """A `SagaWorker` polling the database at `url` every 50 ms with a short lease, in a
+    thread and event loop of its own (as another process's worker would), until exit.
+    It knows every saga of this process's registry."""
+    started = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def serve() -> None:
+        engine = create_async_engine(url)
+        worker = SagaWorker(engine, lease_seconds=lease_seconds, poll_interval=0.05)
+        holder["worker"], holder["loop"] = worker, asyncio.get_running_loop()
+        started.set()
+        try:
+            await worker.run_until_stopped()
+        finally:
+            await worker.store.close()
+            await engine.dispose()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="test-polling-worker")
+    thread.start()
+    assert started.wait(10), "the polling worker did not start"
+    try:
+        yield holder["worker"]
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["worker"].stop)
+        thread.join(30)
+        assert not thread.is_alive(), "the polling worker did not stop"

@@ -1,4 +1,4 @@
-"""SagaRuntime and BackgroundSagaRunner (sagaz.integrations._runtime), framework-free:
+"""SagaRuntime (sagaz.runtime) and BackgroundSagaRunner (sagaz.background), framework-free:
 lifecycle, start failures, finding the runtime, and runs that lose their lease, hit an
 unknown saga or are stopped by shutdown - on real PostgreSQL."""
 
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from sagaz import ConfigurationError, Saga, SagaConfig, start_saga
 from sagaz.integrations._base import SagaRuntime, find_runtime
-from sagaz.journal import utcnow
+from sagaz.journal import SagaSnapshot, utcnow
 from sagaz.registry import registry
 from sagaz.store.schema import sagas
 from sagaz.worker import SagaWorker, claims
@@ -171,16 +171,23 @@ async def test_a_run_that_loses_its_lease_stops_without_writing_again(
         saga_id = await record(runtime, {"n": 1, "sleep_once": 30})
         run = asyncio.create_task(runtime.runner.run(saga_id))
         await wait_until(lambda: step_log.running.get("1") == 1)
-        # Another worker takes the saga over (as if this process had stalled).
-        with sync_db.begin() as connection:
-            connection.execute(
-                sa.update(sagas)
-                .where(sagas.c.id == saga_id)
-                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
-            )
-            stolen = claims.claim_saga(
-                connection, saga_id, owner="thief", lease_seconds=30, now=utcnow()
-            )
+
+        def take_over() -> SagaSnapshot | None:
+            """Another worker takes the saga over (as if this process had stalled)."""
+            with sync_db.begin() as connection:
+                connection.execute(
+                    sa.update(sagas)
+                    .where(sagas.c.id == saga_id)
+                    .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+                )
+                return claims.claim_saga(
+                    connection, saga_id, owner="thief", lease_seconds=30, now=utcnow()
+                )
+
+        # In a thread: blocking the event loop here would deadlock whenever the run's own
+        # transaction (a lease renewal, a journal write) holds the saga row's lock, since
+        # that transaction needs the loop to commit.
+        stolen = await asyncio.to_thread(take_over)
         assert stolen is not None
         assert await asyncio.wait_for(run, 5) is None
         row = saga_row(sync_db, saga_id)
@@ -201,12 +208,12 @@ async def test_an_unexpected_failure_releases_the_saga_for_a_worker(
             saga_id = start_saga(session, vanishing, {})
             await session.commit()
         registry.unregister("integration-vanishing")
-        with caplog.at_level(logging.ERROR, logger="sagaz.integrations"):
+        with caplog.at_level(logging.ERROR, logger="sagaz.worker"):
             assert await runtime.runner.run(saga_id) is None
     row = saga_row(sync_db, saga_id)
     assert row is not None
     assert (row.status, row.lease_owner, row.attempts) == ("pending", None, 1)
-    assert "released for a worker" in caplog.text
+    assert "vanished from the registry; releasing it" in caplog.text
 
 
 async def test_submit_works_from_any_thread_and_not_after_close(

@@ -9,8 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTasks
 
+from sagaz.background import BackgroundRun
 from sagaz.config import SagaConfig
-from sagaz.integrations._runtime import BackgroundRun, SagaRuntime, find_runtime
+from sagaz.runtime import SagaRuntime, find_runtime
 from sagaz.saga import Saga
 
 __all__ = ["run_saga_background"]

@@ -15,8 +15,8 @@ from starlette.requests import HTTPConnection
 
 from sagaz.config import SagaConfig
 from sagaz.integrations._core.commit import finish_session, finish_session_sync
-from sagaz.integrations._runtime import SagaRuntime
 from sagaz.integrations.fastapi.lifespan import runtime_of
+from sagaz.runtime import SagaRuntime
 from sagaz.saga import Saga
 
 __all__ = [

@@ -11,7 +11,7 @@ from starlette.types import Lifespan
 
 from sagaz.config import SagaConfig
 from sagaz.errors import ConfigurationError
-from sagaz.integrations._runtime import SagaRuntime
+from sagaz.runtime import SagaRuntime
 from sagaz.store.schema_check import check_schema_async
 
 __all__ = ["STATE_KEY", "create_lifespan", "runtime_of"]

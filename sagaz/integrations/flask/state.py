@@ -14,7 +14,7 @@ from sagaz.config import SagaConfig
 from sagaz.integrations._core.errors import SetupError
 from sagaz.integrations._core.health import HealthReport, check_health, check_health_sync
 from sagaz.integrations._core.portal import LazyPortal
-from sagaz.integrations._runtime import SagaRuntime
+from sagaz.runtime import SagaRuntime
 
 __all__ = ["EXTENSION_KEY", "AppState", "current_state", "state_of"]
 
