@@ -20,7 +20,7 @@ from tests.integrations.integration_helpers import settled_pg_connections
 
 pytestmark = pytest.mark.postgres
 
-HEAD = "0003_worker_claims"
+(HEAD,) = migrations.heads()
 
 
 # -- FastAPI ----------------------------------------------------------------------------

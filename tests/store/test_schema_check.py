@@ -25,7 +25,7 @@ from sagaz.store.schema_check import (
 )
 from tests.conftest import DatabaseUrls
 
-HEAD = "0003_worker_claims"
+(HEAD,) = migrations.heads()
 
 
 def with_password(url: str) -> str:
