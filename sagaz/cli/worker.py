@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,7 @@ from sagaz.cli.database import (
 )
 from sagaz.cli.options import import_modules, imports_option, require_url
 from sagaz.config import SagaConfig
+from sagaz.engine.threads import in_flight as step_threads_in_flight
 from sagaz.errors import ConfigurationError
 from sagaz.outbox.brokers import Broker, broker_from_url
 from sagaz.registry import registry
@@ -275,6 +278,26 @@ def worker(
         asyncio.run(serve(runtime, _origin(ctx, "database_url")))
     except DATABASE_FAILURES as error:  # one that retrying cannot fix (is_fatal)
         raise database_error(error, runtime.config.database_url or "") from error
+    _leave_blocked_steps()
+
+
+def _leave_blocked_steps() -> None:
+    """Exit now if plain `def` steps still run in threads after the shutdown grace: a
+    thread cannot be interrupted, and waiting for it (what the interpreter does at exit)
+    could take for ever. Their runs were stopped and their leases given back or left to
+    expire: another worker resumes those sagas."""
+    blocked = step_threads_in_flight()
+    if not blocked:
+        return
+    log.warning(
+        "%d step(s) still running in threads after the shutdown grace; exiting without "
+        "waiting for them (their sagas are resumed by another worker)",
+        blocked,
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def worker_config(ctx: click.Context, **given: Any) -> SagaConfig:

@@ -1,6 +1,7 @@
 """Calling the application's step and compensation functions: with a read-only copy of
-the context, bounded by a timeout, as `sagaz.current_run()`, a plain `def` in the event
-loop's thread pool, a step that takes a session inside the journal's transaction.
+the context, bounded by a timeout, as `sagaz.current_run()`, a plain `def` in sagaz's
+step threads (`sagaz.engine.threads`), a step that takes a session inside the journal's
+transaction.
 
 A thread cannot be interrupted: when its attempt times out or is cancelled, the thread is
 kept as a straggler of the run, and compensation waits for it (see `sagaz.engine`).
@@ -21,6 +22,7 @@ from typing import Any
 from sagaz._json import ensure_json_object
 from sagaz.definition import StepDefinition, StepFunction, is_async_callable
 from sagaz.engine.run import SagaRun
+from sagaz.engine.threads import run_in_thread
 from sagaz.errors import InvalidContextError, SagaDefinitionError, StepTimeoutError
 from sagaz.journal import (
     TransactionalJournal,
@@ -84,9 +86,8 @@ async def _attempt(
 async def _in_thread(
     run: SagaRun, step: str, function: StepFunction, view: Mapping[str, Any]
 ) -> Any:
-    loop = asyncio.get_running_loop()
     call = functools.partial(contextvars.copy_context().run, function, view)
-    future = loop.run_in_executor(None, call)
+    future = run_in_thread(call)
     try:
         return await asyncio.shield(future)
     except BaseException:

@@ -30,7 +30,7 @@ from sagaz.observability import log_transition
 from sagaz.runtime import SagaRuntime
 from sagaz.store.schema import sagas
 from sagaz.worker import SagaWorker
-from tests.cli.sagas_for_cli import FlakySaga
+from tests.cli.sagas_for_cli import FlakySaga, GatedSaga
 from tests.conftest import DatabaseUrls
 
 # `sagaz.cli.worker` the attribute is the command; the module is reached by its name
@@ -370,3 +370,35 @@ def test_sagaz_max_retries_reaches_the_sagas_a_worker_runs(
     # SAGAZ_LOG_TRANSITIONS: failed attempts are logged at WARNING by the listener
     assert "sagaz.transitions" in errors
     assert "flaky failure 1 of 2" in errors
+
+
+def test_sigterm_leaves_a_step_blocked_in_a_thread_after_the_grace(
+    sqlite: DatabaseUrls, tmp_path: Path, worker_process: list[subprocess.Popen[str]]
+) -> None:
+    """A plain `def` step that never returns cannot be interrupted: the worker exits once
+    its shutdown grace is over (rather than waiting for the thread for ever), says so,
+    and leaves the saga to be resumed."""
+    engine = sqlite.sync_engine()
+    context = {"marker": "m", "entered": str(tmp_path / "entered"), "gate": str(tmp_path / "g")}
+    with Session(engine) as session:
+        saga_id = start_saga(session, GatedSaga, context)
+        session.commit()
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "SAGAZ_DATABASE_URL": sqlite.url}
+    command = [
+        sys.executable, "-m", "sagaz", "worker", "--import", SAGAS, "--no-outbox",
+        "--poll-interval", "0.1", "--shutdown-grace", "1", "--log-level", "WARNING",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True
+    )
+    worker_process.append(process)
+    wait_until(lambda: process.poll() is not None or Path(context["entered"]).exists())
+    assert process.poll() is None, process.communicate()[1]
+    process.send_signal(signal.SIGTERM)
+    _, errors = process.communicate(timeout=60)  # without the fix: blocked for ever
+    assert process.returncode == 0, errors
+    assert "1 step(s) still running in threads after the shutdown grace" in errors
+    with engine.connect() as connection:
+        status = connection.scalar(sa.select(sagas.c.status).where(sagas.c.id == saga_id))
+    engine.dispose()
+    assert status == "running"  # not finished here: the next worker resumes it
