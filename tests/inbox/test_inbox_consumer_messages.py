@@ -131,8 +131,9 @@ async def effect_counts_is(engine: AsyncEngine, expected: dict[int, int]) -> boo
 @pytest.mark.parametrize(
     ("url", "options", "match"),
     [
-        ("http://h/", {}, "consumer URL must start with one of"),
-        ("nohost", {}, "no scheme"),
+        ("http://h/", {}, "consumer URL has an unknown broker URL scheme 'http://'"),
+        ("nohost", {}, "consumer URL must look like scheme://"),
+        ("memory://", {}, "there is no consumer for memory://"),
         ("redis://h/0?min_idle=soon", {}, "min_idle='soon'"),
         ("redis://h/0", {"claim_interval": 0}, "claim_interval > 0"),
         ("redis://h/0", {"bogus": 1}, "unexpected keyword argument 'bogus'"),
@@ -265,7 +266,7 @@ def test_the_relays_url_fits_the_consumer() -> None:
         (["--handler", "tests.inbox.consumer_handlers:nope"], "has no function nope"),
         (["--handler", "no_such_module_x:f"], "cannot import no_such_module_x"),
         (["--broker", "nats://h:4222?ack_wait=-1"], "need ack_wait > 0"),
-        (["--broker", "ftp://h/"], "consumer URL must start with one of"),
+        (["--broker", "ftp://h/"], "unknown broker URL scheme 'ftp://'"),
     ],
 )
 def test_the_process_exits_2_naming_a_configuration_error(

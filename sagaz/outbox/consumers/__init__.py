@@ -27,6 +27,7 @@ import importlib
 from typing import Any, cast
 
 from sagaz.errors import ConfigurationError
+from sagaz.outbox.brokers import broker_scheme
 from sagaz.outbox.consumers.core import (
     BrokerConsumer,
     ConsumerStats,
@@ -66,12 +67,11 @@ def consumer_from_url(
     given as URL query parameters. Raises ConfigurationError for an unknown scheme or an
     invalid option, MissingExtraError when the broker's client library is not installed.
     """
-    scheme = url.split("://", 1)[0].lower() if isinstance(url, str) and "://" in url else ""
+    scheme = broker_scheme(url, "consumer URL")
     if scheme not in SCHEMES:
         raise ConfigurationError(
-            "consumer URL must start with one of "
-            + ", ".join(f"{known}://" for known in SCHEMES)
-            + f", got {scheme + '://' if scheme else 'no scheme'}"
+            f"there is no consumer for {scheme}:// (a broker of this process only); use one "
+            "of " + ", ".join(f"{known}://" for known in SCHEMES)
         )
     module_name, class_name = SCHEMES[scheme]
     module = importlib.import_module(f"{__name__}.{module_name}")
