@@ -95,9 +95,11 @@ async def test_1000_requests_100_at_a_time_leave_no_connection_behind(
         # in the pool, and the coalesced post-commit NOTIFY (sagaz.store.wakeup) borrows one
         # for a round trip: wait for them.
         assert await checked_out_settles(pool) == 0
-        after = await asyncio.to_thread(connections, admin, name, baseline)
-        assert after == baseline
-        assert after == pool.checkedin()  # type: ignore[attr-defined]
+        # Every connection of this app is one idle in its pool (an overflow connection the
+        # pool closed may linger in pg_stat_activity a moment: wait for it to go).
+        pooled = pool.checkedin()  # type: ignore[attr-defined]
+        after = await asyncio.to_thread(connections, admin, name, pooled)
+        assert after == pooled <= baseline
 
     assert await asyncio.to_thread(connections, admin, name, 0) == 0
     check = pg.sync_engine(poolclass=sa.NullPool)
