@@ -1,6 +1,13 @@
 """The event-loop portal: one long-lived event loop in a background thread that sync code
 (threaded servers, sync views) hands coroutines to, so async connection pools stay bound
-to one loop for the application's lifetime."""
+to one loop for the application's lifetime.
+
+Why not anyio's `start_blocking_portal` (checked with anyio 4.16): it carries context
+variables too, but it is a context manager whose exit waits for the loop's thread without
+a bound and, on a normal exit, for the tasks still running; sagaz needs a portal that
+starts lazily from any thread, cancels what is left and gives up after a timeout when the
+application (or the interpreter) shuts down, and starts anew after `close()`. Those are
+the ~100 lines below."""
 
 from __future__ import annotations
 
