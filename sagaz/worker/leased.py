@@ -52,6 +52,9 @@ from sagaz.errors import (
     UnknownSagaError,
 )
 from sagaz.journal import Fence, SagaSnapshot, TransitionListener
+from sagaz.logging import bind_saga
+from sagaz.logging import fields as log_fields
+from sagaz.metrics import NO_METRICS, MetricsHooks
 from sagaz.registry import SagaRegistry
 from sagaz.run_context import LeaseClock
 from sagaz.store.failures import log_failure
@@ -99,6 +102,7 @@ class LeasedRuns:
     _definitions: dict[str, tuple[object, SagaDefinition, SagaEngine]]
     _renewer: asyncio.Task[None] | None
     _renewal_users: int
+    metrics: MetricsHooks = NO_METRICS
 
     # -- in-process runs -------------------------------------------------------------
 
@@ -112,7 +116,11 @@ class LeasedRuns:
         worker). Raises CancelledError when cancelled, after giving the lease back."""
         snapshot, lease = await self._claim(claims.claim_saga, saga_id=saga_id, now=utcnow())
         if snapshot is None:
-            log.debug("saga %s is not claimable here; a worker has or had it", saga_id)
+            log.debug(
+                "saga %s is not claimable here; a worker has or had it",
+                saga_id,
+                extra=log_fields(saga_id=saga_id),
+            )
             return None
         return await self._run_inline(snapshot, lease, None, reraise=False)
 
@@ -200,7 +208,7 @@ class LeasedRuns:
             message = f"saga {saga_id}: its lease was taken over by another worker"
             if reraise:
                 raise LeaseLostError(message)
-            log.warning("%s; stopped its run", message)
+            log.warning("%s; stopped its run", message, extra=_saga_fields(snapshot))
             return None
 
     def _track(self, snapshot: SagaSnapshot, lease: LeaseClock, task: asyncio.Task[Any]) -> None:
@@ -224,6 +232,7 @@ class LeasedRuns:
         """Run a claimed saga to its end; on failure, end it as the module docstring says
         and return None (or, with `reraise`, raise the error)."""
         fence = Fence(self.owner, snapshot.lease_token)
+        bind_saga(snapshot.saga_id, snapshot.saga_name)  # this task's records name the saga
         scope = (
             SagaContextManager.scope(snapshot.correlation_id)
             if snapshot.correlation_id
@@ -236,7 +245,13 @@ class LeasedRuns:
                 await abandon_compensation(self.store, snapshot, fence, lease, give_up)
                 return None
             if give_up is not None and cancel is None:
-                log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
+                log.error(
+                    "saga %s %s: %s",
+                    snapshot.saga_name,
+                    snapshot.saga_id,
+                    give_up,
+                    extra=_saga_fields(snapshot),
+                )
             resumed = snapshot.status is not SagaStatus.PENDING
             definition, saga_engine = runner or self._runner(snapshot.saga_name)
             with scope:
@@ -250,7 +265,13 @@ class LeasedRuns:
                     give_up=give_up,
                 )
             self.completed += 1
-            log.debug("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, result.status)
+            log.debug(
+                "saga %s %s: %s",
+                snapshot.saga_name,
+                snapshot.saga_id,
+                result.status,
+                extra=_saga_fields(snapshot),
+            )
             return result
         except asyncio.CancelledError:
             raise
@@ -267,9 +288,18 @@ class LeasedRuns:
         if isinstance(error, LeaseLostError) and saga_id in self._cancels.stopped:
             await self._release(saga_id, token)  # stopped for a cancel: claimed, compensated
         elif isinstance(error, LeaseLostError):
-            log.warning("lost the lease of saga %s; another worker owns it now", saga_id)
+            self.metrics.lease_lost()
+            log.warning(
+                "lost the lease of saga %s; another worker owns it now",
+                saga_id,
+                extra=_saga_fields(snapshot),
+            )
         elif isinstance(error, UnknownSagaError):
-            log.error("saga %s vanished from the registry; releasing it", saga_id)
+            log.error(
+                "saga %s vanished from the registry; releasing it",
+                saga_id,
+                extra=_saga_fields(snapshot),
+            )
             await self._release(saga_id, token)
         elif isinstance(error, CorruptRowError):
             await fail_saga(self.store, saga_id, snapshot.saga_name, fence, str(error))
@@ -413,6 +443,20 @@ class LeasedRuns:
                     continue  # its own run gave the lease back (it finished): not taken over
                 run.lease.lost()
                 if self._running.get(saga_id) is run:
-                    log.warning("lease of saga %s was taken over; stopping its run", saga_id)
+                    self.metrics.lease_lost()
+                    log.warning(
+                        "lease of saga %s was taken over; stopping its run",
+                        saga_id,
+                        extra=log_fields(saga_id=saga_id),
+                    )
                     run.task.cancel()
             self._cancels.stop_requested({i: run.lease for i, run in running.items()})
+
+
+def _saga_fields(snapshot: SagaSnapshot) -> dict[str, str]:
+    """``extra=`` of a record about the claimed saga `snapshot`."""
+    return log_fields(
+        saga_id=snapshot.saga_id,
+        saga_name=snapshot.saga_name,
+        correlation_id=snapshot.correlation_id,
+    )
