@@ -34,8 +34,7 @@ def metrics_view(registry: Any = None) -> Callable[[HttpRequest], HttpResponse]:
 
 
 def metrics_urls(
-    *,
-    path: str = "metrics", name: str = "sagaz_metrics", registry: Any = None
+    *, path: str = "metrics", name: str = "sagaz_metrics", registry: Any = None
 ) -> list[URLPattern]:
     """``urlpatterns += metrics_urls()`` serves ``GET /metrics``."""
     return [url_path(path, metrics_view(registry), name=name)]
