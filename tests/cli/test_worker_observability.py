@@ -11,10 +11,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
@@ -41,18 +39,8 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-@pytest.fixture
-def process_list() -> Iterator[list[subprocess.Popen[str]]]:
-    processes: list[subprocess.Popen[str]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 def test_metrics_port_and_json_logs(
-    pg: DatabaseUrls, tmp_path: Path, process_list: list[subprocess.Popen[str]]
+    pg: DatabaseUrls, tmp_path: Path, worker_process: list[subprocess.Popen[str]]
 ) -> None:
     engine = pg.sync_engine()
     with Session(engine) as session:
@@ -79,7 +67,7 @@ def test_metrics_port_and_json_logs(
     process = subprocess.Popen(
         command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True
     )
-    process_list.append(process)
+    worker_process.append(process)
 
     finished = ("sagaz_sagas_finished_total", (("saga", "cli-flaky"), ("status", "completed")))
     undone = ("sagaz_sagas_finished_total", (("saga", "cli-flaky"), ("status", "compensated")))
