@@ -34,7 +34,7 @@ from typing import Any
 from sagaz.context import SagaContextManager
 from sagaz.run_context import _current as _current_run
 
-__all__ = ["FIELDS", "JsonFormatter", "SagaContextFilter", "bind_saga", "fields"]
+__all__ = ["FIELDS", "JsonFormatter", "SagaContextFilter", "bind_saga", "fields", "saga_fields"]
 
 FIELDS = ("saga_id", "saga_name", "step", "attempt", "event_id", "correlation_id", "trace_id")
 """The record attributes a record about a saga or an event carries (where they apply)."""
@@ -49,6 +49,14 @@ def fields(**values: Any) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"not sagaz log fields: {', '.join(sorted(unknown))}")
     return {name: value for name, value in values.items() if value is not None}
+
+
+def saga_fields(saga: Any) -> dict[str, Any]:
+    """``extra=`` of a record about `saga` (a `SagaSnapshot`, or anything with its
+    `saga_id`, `saga_name` and `correlation_id`)."""
+    return fields(
+        saga_id=saga.saga_id, saga_name=saga.saga_name, correlation_id=saga.correlation_id
+    )
 
 
 def bind_saga(saga_id: str, saga_name: str) -> None:

@@ -52,7 +52,7 @@ from sagaz.errors import (
     UnknownSagaError,
 )
 from sagaz.journal import Fence, SagaSnapshot, TransitionListener
-from sagaz.logging import bind_saga
+from sagaz.logging import bind_saga, saga_fields
 from sagaz.logging import fields as log_fields
 from sagaz.metrics import NO_METRICS, MetricsHooks
 from sagaz.registry import SagaRegistry
@@ -116,11 +116,7 @@ class LeasedRuns:
         worker). Raises CancelledError when cancelled, after giving the lease back."""
         snapshot, lease = await self._claim(claims.claim_saga, saga_id=saga_id, now=utcnow())
         if snapshot is None:
-            log.debug(
-                "saga %s is not claimable here; a worker has or had it",
-                saga_id,
-                extra=log_fields(saga_id=saga_id),
-            )
+            log.debug("saga %s is not claimable here; a worker has or had it", saga_id)
             return None
         return await self._run_inline(snapshot, lease, None, reraise=False)
 
@@ -208,7 +204,7 @@ class LeasedRuns:
             message = f"saga {saga_id}: its lease was taken over by another worker"
             if reraise:
                 raise LeaseLostError(message)
-            log.warning("%s; stopped its run", message, extra=_saga_fields(snapshot))
+            log.warning("%s; stopped its run", message, extra=saga_fields(snapshot))
             return None
 
     def _track(self, snapshot: SagaSnapshot, lease: LeaseClock, task: asyncio.Task[Any]) -> None:
@@ -245,13 +241,7 @@ class LeasedRuns:
                 await abandon_compensation(self.store, snapshot, fence, lease, give_up)
                 return None
             if give_up is not None and cancel is None:
-                log.error(
-                    "saga %s %s: %s",
-                    snapshot.saga_name,
-                    snapshot.saga_id,
-                    give_up,
-                    extra=_saga_fields(snapshot),
-                )
+                log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
             resumed = snapshot.status is not SagaStatus.PENDING
             definition, saga_engine = runner or self._runner(snapshot.saga_name)
             with scope:
@@ -265,13 +255,7 @@ class LeasedRuns:
                     give_up=give_up,
                 )
             self.completed += 1
-            log.debug(
-                "saga %s %s: %s",
-                snapshot.saga_name,
-                snapshot.saga_id,
-                result.status,
-                extra=_saga_fields(snapshot),
-            )
+            log.debug("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, result.status)
             return result
         except asyncio.CancelledError:
             raise
@@ -292,13 +276,13 @@ class LeasedRuns:
             log.warning(
                 "lost the lease of saga %s; another worker owns it now",
                 saga_id,
-                extra=_saga_fields(snapshot),
+                extra=saga_fields(snapshot),
             )
         elif isinstance(error, UnknownSagaError):
             log.error(
                 "saga %s vanished from the registry; releasing it",
                 saga_id,
-                extra=_saga_fields(snapshot),
+                extra=saga_fields(snapshot),
             )
             await self._release(saga_id, token)
         elif isinstance(error, CorruptRowError):
@@ -451,12 +435,3 @@ class LeasedRuns:
                     )
                     run.task.cancel()
             self._cancels.stop_requested({i: run.lease for i, run in running.items()})
-
-
-def _saga_fields(snapshot: SagaSnapshot) -> dict[str, str]:
-    """``extra=`` of a record about the claimed saga `snapshot`."""
-    return log_fields(
-        saga_id=snapshot.saga_id,
-        saga_name=snapshot.saga_name,
-        correlation_id=snapshot.correlation_id,
-    )

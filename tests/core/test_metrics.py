@@ -5,6 +5,7 @@ on a registry of the test's own."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -160,3 +161,13 @@ def test_metrics_need_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MissingExtraError) as caught:
         metrics_for(object())
     assert caught.value.extra == "prometheus"
+
+
+def test_prometheus_client_is_imported_only_when_metrics_are_on() -> None:
+    script = (
+        "import sys, sagaz, sagaz.metrics, sagaz.runtime, sagaz.cli.worker\n"
+        "assert 'prometheus_client' not in sys.modules, 'imported at import'\n"
+        "sagaz.metrics.metrics_for()\n"
+        "assert 'prometheus_client' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
