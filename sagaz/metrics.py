@@ -98,6 +98,7 @@ class MetricsHooks:
 
 
 NO_METRICS = MetricsHooks()
+"""What the worker and the relay report to while metrics are off: nothing is recorded."""
 
 
 class SagazMetrics(MetricsHooks):

@@ -67,6 +67,10 @@ class SagaRuntime:
     worker), closes the broker, the background runner and the config: nothing started
     here - connection, task or thread - is left behind. Production deployments run
     `sagaz worker` instead of the in-process worker and relay.
+
+    With metrics on - `config.metrics` (the default registry's) or `metrics` given - the
+    worker and the relay report to them and their outbox gauges read this runtime's
+    database (`sagaz.metrics`).
     """
 
     def __init__(
