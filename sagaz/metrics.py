@@ -108,8 +108,9 @@ class SagazMetrics(MetricsHooks):
     def __init__(self, registry: Any = None) -> None:
         with requires_extra("prometheus", "prometheus_client", "metrics=True"):
             import prometheus_client as prom
-        self.registry = prom.REGISTRY if registry is None else registry
-        reg = self.registry
+        reg = prom.REGISTRY if registry is None else registry
+        # Weak: `metrics_for` keeps one SagazMetrics per registry for as long as it lives.
+        self._registry = weakref.ref(reg)
         self.transitions = prom.Counter(
             "sagaz_transitions",
             "Saga and step transitions recorded by sagaz",
@@ -160,9 +161,14 @@ class SagazMetrics(MetricsHooks):
             "sagaz_worker_claim_failures", "Failed claims of sagas (database errors)", registry=reg
         )
         self.outbox = OutboxCollector()
-        self.registry.register(self.outbox)
+        reg.register(self.outbox)
         self._open: OrderedDict[tuple[str, str, str], datetime] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> Any:
+        """The `prometheus_client` registry these metrics are on."""
+        return self._registry()
 
     # -- transitions ---------------------------------------------------------------------
 

@@ -171,3 +171,15 @@ def test_prometheus_client_is_imported_only_when_metrics_are_on() -> None:
         "assert 'prometheus_client' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_a_dropped_registry_is_not_kept_alive() -> None:
+    import gc
+    import weakref
+
+    registry = CollectorRegistry()
+    metrics_for(registry)
+    dropped = weakref.ref(registry)
+    del registry
+    gc.collect()
+    assert dropped() is None

@@ -168,7 +168,8 @@ async def test_a_run_that_loses_its_lease_stops_without_writing_again(
     app_db: DatabaseUrls, sync_db: sa.Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = SagaConfig(database_url=app_db.url, lease_seconds=0.3)
-    metrics = metrics_for(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = metrics_for(registry)
     runtime = await SagaRuntime(config, metrics=metrics).start()
     try:
         saga_id = await record(runtime, {"n": 1, "sleep_once": 30})
@@ -199,7 +200,7 @@ async def test_a_run_that_loses_its_lease_stops_without_writing_again(
         assert "was taken over" in caplog.text
         lost = [r for r in caplog.records if "was taken over" in r.getMessage()]
         assert {getattr(r, "saga_id", None) for r in lost} == {saga_id}
-        assert metrics.registry.get_sample_value("sagaz_worker_lease_losses_total") == 1
+        assert registry.get_sample_value("sagaz_worker_lease_losses_total") == 1
     finally:
         await runtime.stop()
 
