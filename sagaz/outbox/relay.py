@@ -39,9 +39,9 @@ from sagaz.metrics import NO_METRICS, MetricsHooks
 from sagaz.outbox import claims
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.claims import ClaimedEvent, Failure, Settled
+from sagaz.outbox.event_logs import log_dead_letters
 from sagaz.outbox.listen import NotificationListener
 from sagaz.outbox.maintenance import RetentionResult, retain
-from sagaz.outbox.relay_logs import log_dead_letters
 from sagaz.outbox.relay_pass import PassResult, default_owner, split_outcomes
 from sagaz.outbox.relay_publish import publish_claimed, wait_for
 from sagaz.signals import Subscription, outbox_signal

@@ -22,7 +22,7 @@ from datetime import timedelta
 from sagaz._util import backoff, describe, utcnow
 from sagaz.outbox.brokers.common import BrokerConnectionError, EarlierMessageFailedError
 from sagaz.outbox.claims import ClaimedEvent, Failure
-from sagaz.outbox.relay_logs import event_fields
+from sagaz.outbox.event_logs import event_fields
 
 logger = logging.getLogger("sagaz.outbox.relay")
 

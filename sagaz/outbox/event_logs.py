@@ -1,5 +1,5 @@
-"""The relay's records about single events, each carrying the event's fields
-(`sagaz.logging.FIELDS`: event id, saga id, correlation id)."""
+"""Records about single outbox events (the relay's, the consumers'), each carrying the
+event's fields (`sagaz.logging.FIELDS`: event id, saga id, correlation id)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 
 from sagaz.logging import fields
 from sagaz.outbox.brokers.base import OutboxMessage
+from sagaz.outbox.brokers.common import ReceivedMessage
 from sagaz.outbox.claims import ClaimedEvent
 from sagaz.outbox.events import CORRELATION_HEADER
 
@@ -17,11 +18,11 @@ logger = logging.getLogger("sagaz.outbox.relay")
 MAX_RECORDS = 20
 
 
-def event_fields(message: OutboxMessage) -> dict[str, str]:
-    """``extra=`` of a record about the event `message`."""
+def event_fields(message: OutboxMessage | ReceivedMessage) -> dict[str, str]:
+    """``extra=`` of a record about the event `message` (published or received)."""
     return fields(
         event_id=message.id,
-        saga_id=message.saga_id,
+        saga_id=getattr(message, "saga_id", None),  # a received message does not carry it
         correlation_id=message.headers.get(CORRELATION_HEADER),
     )
 
