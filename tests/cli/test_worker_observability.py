@@ -107,3 +107,22 @@ def test_metrics_port_and_json_logs(
     done = [r for r in records if r.get("saga_id") == completed]
     assert any("saga_finished" in r["message"] for r in done)
     assert "password" not in errors
+
+
+def test_a_metrics_port_in_use_is_a_one_line_error(sqlite: DatabaseUrls) -> None:
+    from click.testing import CliRunner
+
+    from sagaz.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            main,
+            ["worker", "--url", sqlite.url, "--no-sagas", "--metrics-port", str(port)],
+            catch_exceptions=False,
+        )
+    assert result.exit_code == 2, result.output
+    assert f"--metrics-port {port}:" in result.output
+    assert "Traceback" not in result.output
