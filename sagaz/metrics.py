@@ -111,54 +111,52 @@ class SagazMetrics(MetricsHooks):
         reg = prom.REGISTRY if registry is None else registry
         # Weak: `metrics_for` keeps one SagazMetrics per registry for as long as it lives.
         self._registry = weakref.ref(reg)
-        self.transitions = prom.Counter(
-            "sagaz_transitions",
-            "Saga and step transitions recorded by sagaz",
-            ["saga", "kind"],
-            registry=reg,
+
+        def counter(name: str, documentation: str, *labels: str) -> Any:
+            return prom.Counter(name, documentation, labels, registry=reg)
+
+        def histogram(name: str, documentation: str, *labels: str) -> Any:
+            return prom.Histogram(
+                name, documentation, labels, buckets=DURATION_BUCKETS, registry=reg
+            )
+
+        self.transitions = counter(
+            "sagaz_transitions", "Saga and step transitions recorded by sagaz", "saga", "kind"
         )
-        self.sagas_started = prom.Counter(
-            "sagaz_sagas_started", "Sagas that started running", ["saga"], registry=reg
-        )
-        self.sagas_finished = prom.Counter(
+        self.sagas_started = counter("sagaz_sagas_started", "Sagas that started running", "saga")
+        self.sagas_finished = counter(
             "sagaz_sagas_finished",
             "Sagas that finished, by final status (completed, compensated, failed)",
-            ["saga", "status"],
-            registry=reg,
+            "saga",
+            "status",
         )
-        self.step_duration = prom.Histogram(
+        step_labels = ("saga", "step", "outcome")
+        self.step_duration = histogram(
             "sagaz_step_duration_seconds",
             "Duration of a step attempt, by outcome (completed, failed, retried)",
-            ["saga", "step", "outcome"],
-            buckets=DURATION_BUCKETS,
-            registry=reg,
+            *step_labels,
         )
-        self.compensation_duration = prom.Histogram(
+        self.compensation_duration = histogram(
             "sagaz_compensation_duration_seconds",
             "Duration of a step's compensation, by outcome (completed, failed)",
-            ["saga", "step", "outcome"],
-            buckets=DURATION_BUCKETS,
-            registry=reg,
+            *step_labels,
         )
-        self.publish_latency = prom.Histogram(
+        self.publish_latency = histogram(
             "sagaz_outbox_publish_latency_seconds",
             "From an outbox event's commit (created_at) to the broker's confirmation",
-            buckets=DURATION_BUCKETS,
-            registry=reg,
         )
-        self.events_published = prom.Counter(
-            "sagaz_outbox_published", "Outbox events the broker confirmed", registry=reg
+        self.events_published = counter(
+            "sagaz_outbox_published", "Outbox events the broker confirmed"
         )
-        self.events_dead_lettered = prom.Counter(
-            "sagaz_outbox_dead_lettered", "Outbox events dead-lettered by the relay", registry=reg
+        self.events_dead_lettered = counter(
+            "sagaz_outbox_dead_lettered", "Outbox events dead-lettered by the relay"
         )
-        self.lease_losses = prom.Counter(
+        self.lease_losses = counter(
             "sagaz_worker_lease_losses",
             "Saga runs stopped because another worker took their lease over",
-            registry=reg,
         )
-        self.claim_failures = prom.Counter(
-            "sagaz_worker_claim_failures", "Failed claims of sagas (database errors)", registry=reg
+        self.claim_failures = counter(
+            "sagaz_worker_claim_failures", "Failed claims of sagas (database errors)"
         )
         self.outbox = OutboxCollector()
         reg.register(self.outbox)
