@@ -11,6 +11,7 @@ from typing import Any
 
 from sagaz._util import requires_extra
 from sagaz.journal import Transition, TransitionListener
+from sagaz.logging import fields
 
 transition_log = logging.getLogger("sagaz.transitions")
 
@@ -26,26 +27,29 @@ def log_transition(transition: Transition) -> None:
         transition.kind.value,
         f" step={transition.step}" if transition.step else "",
         f" error={transition.error}" if transition.error else "",
+        extra=fields(
+            saga_id=transition.saga_id,
+            saga_name=transition.saga_name,
+            step=transition.step,
+            attempt=transition.attempt or None,
+            correlation_id=transition.correlation_id,
+        ),
     )
 
 
 class PrometheusListener:
-    """Counts transitions by saga name and kind in `sagaz_transitions_total`."""
+    """Feeds transitions to sagaz's Prometheus metrics (`sagaz.metrics`) on `registry`
+    (prometheus_client's default registry when None): `sagaz_transitions_total`, the saga
+    counters and the step and compensation duration histograms. Any number of listeners
+    share the one set of metrics of a registry."""
 
-    _counter: Any = None
+    def __init__(self, registry: Any = None) -> None:
+        from sagaz.metrics import metrics_for  # MissingExtraError without the extra
 
-    def __init__(self) -> None:
-        with requires_extra("prometheus", "prometheus_client", "metrics=True"):
-            import prometheus_client
-        if PrometheusListener._counter is None:
-            PrometheusListener._counter = prometheus_client.Counter(
-                "sagaz_transitions",
-                "Saga and step transitions recorded by sagaz",
-                ["saga", "kind"],
-            )
+        self.metrics = metrics_for(registry)
 
     def __call__(self, transition: Transition) -> None:
-        self._counter.labels(saga=transition.saga_name, kind=transition.kind.value).inc()
+        self.metrics.observe_transition(transition)
 
 
 class TracingListener:

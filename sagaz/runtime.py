@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sagaz.background import BackgroundSagaRunner
 from sagaz.config import SagaConfig
 from sagaz.errors import ConfigurationError
+from sagaz.metrics import NO_METRICS, SagazMetrics, metrics_for
 from sagaz.outbox.brokers import broker_from_url
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.relay import OutboxRelay
@@ -66,6 +67,10 @@ class SagaRuntime:
     worker), closes the broker, the background runner and the config: nothing started
     here - connection, task or thread - is left behind. Production deployments run
     `sagaz worker` instead of the in-process worker and relay.
+
+    With metrics on - `config.metrics` (the default registry's) or `metrics` given - the
+    worker and the relay report to them and their outbox gauges read this runtime's
+    database (`sagaz.metrics`).
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class SagaRuntime:
         relay_options: Mapping[str, Any] | None = None,
         shutdown_grace_seconds: float = 10.0,
         broker: Broker | None = None,
+        metrics: SagazMetrics | None = None,
     ) -> None:
         self.config = config
         self.run_worker = run_worker
@@ -90,6 +96,9 @@ class SagaRuntime:
         #: The relay's broker: given, or built from `config.broker_url`; closed by `stop`.
         self.broker: Broker | None = broker
         self._runner: BackgroundSagaRunner | None = None
+        #: Given, else the default registry's when `config.metrics` (sagaz.metrics).
+        self.metrics = metrics
+        self._watched: sa.Engine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._sync_sessions: sessionmaker[Session] | None = None
         self._sync_engine: sa.Engine | None = None
@@ -114,10 +123,12 @@ class SagaRuntime:
         await self.config.initialize()
         self._built = True
         try:
+            metrics = self._metrics()
             if self.config.database_url or self.run_worker:
                 self.worker = saga_worker_for(
                     self.config,
                     shutdown_grace_seconds=self.shutdown_grace_seconds,
+                    **metrics,
                     **self.worker_options,
                 )
                 self._sessions = async_sessionmaker(self.config.engine, expire_on_commit=False)
@@ -129,11 +140,36 @@ class SagaRuntime:
             if self.run_relay:
                 if self.broker is None:
                     self.broker = broker_from_url(self.config.broker_url)
-                self.relay = OutboxRelay(self.config.engine, self.broker, **self.relay_options)
+                self.relay = OutboxRelay(
+                    self.config.engine,
+                    self.broker,
+                    metrics=metrics.get("metrics", NO_METRICS),
+                    **self.relay_options,
+                )
         except BaseException:
             await self.stop()
             raise
         return self
+
+    def _metrics(self) -> dict[str, Any]:
+        """The worker's and the relay's `metrics=` (none when metrics are off), with the
+        outbox gauges watching this runtime's database. A `metrics` given to the runtime
+        is also fed the transitions: the worker gets it as a listener."""
+        given = self.metrics
+        if given is None and self.config.metrics:
+            self.metrics = metrics_for()
+        if self.metrics is None:
+            return {}
+        if self.config.database_url:
+            self._watched = self.config.store.sync_engine
+            self.metrics.outbox.watch(self._watched)
+        fed = any(getattr(listener, "metrics", None) is given for listener in self.config.listeners)
+        if given is not None and not fed and "listeners" not in self.worker_options:
+            return {
+                "metrics": given,
+                "listeners": (*self.config.listeners, given.observe_transition),
+            }
+        return {"metrics": self.metrics}
 
     async def start(self) -> SagaRuntime:
         """Build (see `build`) and start everything (see the class docstring). On
@@ -221,6 +257,9 @@ class SagaRuntime:
             except Exception:
                 log.warning("sagaz: closing the broker failed", exc_info=True)
         self.worker = self.relay = self.broker = None
+        if self.metrics is not None and self._watched is not None:
+            self.metrics.outbox.unwatch(self._watched)
+            self._watched = None
         self._runner = None
         self._sessions = self._sync_sessions = None
         self._sync_engine = None

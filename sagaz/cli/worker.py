@@ -40,6 +40,7 @@ from sagaz.cli.database import (
     parse_url,
     shown,
 )
+from sagaz.cli.observe import metrics_server, observe_options, setup_logging
 from sagaz.cli.options import import_modules, imports_option, require_url
 from sagaz.config import SagaConfig
 from sagaz.engine.threads import in_flight as step_threads_in_flight
@@ -216,6 +217,7 @@ class WorkerOptions:
     show_default=True,
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
 )
+@observe_options
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -235,6 +237,8 @@ def worker(
     inbox_retention: timedelta | None,
     retention_interval: float,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
 ) -> None:
     """Run sagas started in the database and relay outbox events until SIGTERM/SIGINT.
 
@@ -245,15 +249,15 @@ def worker(
     seconds to finish, then are released for another worker; the relay finishes the batch
     it is publishing. Then the process exits 0.
     """
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_level, log_format)
     if not run_sagas and not run_outbox:
         raise click.UsageError("nothing to run: --no-sagas and --no-outbox together")
     config = worker_config(
         ctx, database_url=database_url, broker_url=broker_url, lease_seconds=lease_seconds
     )
     require_url(config.database_url)  # before importing the application's modules
+    if metrics_port is not None:
+        config = dataclasses.replace(config, metrics=True)
     options = WorkerOptions(
         run_sagas=run_sagas,
         run_outbox=run_outbox,
@@ -275,7 +279,8 @@ def worker(
     log.info("imported %s; sagas: %s", modules or "nothing", ", ".join(registry.names()))
     runtime = build_runtime(ctx, config, options)
     try:
-        asyncio.run(serve(runtime, _origin(ctx, "database_url")))
+        with metrics_server(metrics_port):
+            asyncio.run(serve(runtime, _origin(ctx, "database_url")))
     except DATABASE_FAILURES as error:  # one that retrying cannot fix (is_fatal)
         raise database_error(error, runtime.config.database_url or "") from error
     _leave_blocked_steps()

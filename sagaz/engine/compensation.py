@@ -12,6 +12,7 @@ from sagaz.engine.calls import await_stragglers, invoke
 from sagaz.engine.run import SagaRun
 from sagaz.errors import LeaseLostError
 from sagaz.journal import TransitionKind
+from sagaz.logging import fields
 from sagaz.types import SagaStatus, StepStatus
 
 log = logging.getLogger("sagaz.engine")
@@ -74,7 +75,17 @@ async def _compensate_step(run: SagaRun, name: str) -> bool:
             message = describe(error)
             if attempt <= retries:
                 log.warning(
-                    "compensation of step %r failed (attempt %d): %s", name, attempt, message
+                    "compensation of step %r failed (attempt %d): %s",
+                    name,
+                    attempt,
+                    message,
+                    extra=fields(
+                        saga_id=run.saga_id,
+                        saga_name=run.definition.name,
+                        step=name,
+                        attempt=attempt,
+                        correlation_id=run.correlation_id,
+                    ),
                 )
                 await asyncio.sleep(policy.delay(attempt))
                 continue

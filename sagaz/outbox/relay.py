@@ -35,9 +35,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz._util import backoff, describe, utcnow
+from sagaz.metrics import NO_METRICS, MetricsHooks
 from sagaz.outbox import claims
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.claims import ClaimedEvent, Failure, Settled
+from sagaz.outbox.event_logs import log_dead_letters
 from sagaz.outbox.listen import NotificationListener
 from sagaz.outbox.maintenance import RetentionResult, retain
 from sagaz.outbox.relay_pass import PassResult, default_owner, split_outcomes
@@ -79,6 +81,7 @@ class OutboxRelay:
         inbox_retention: timedelta | None = timedelta(days=7),
         retention_interval: float = 300.0,
         retention_batch_size: int = 1000,
+        metrics: MetricsHooks = NO_METRICS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -106,6 +109,7 @@ class OutboxRelay:
         self.inbox_retention = inbox_retention
         self.retention_interval = retention_interval
         self.retention_batch_size = retention_batch_size
+        self.metrics = metrics  # sagaz.metrics: publish latency, dead letters
         self.listener: NotificationListener | None = None
         """The LISTEN connection while running on PostgreSQL with `listen=True`."""
         self.idle = asyncio.Event()
@@ -158,6 +162,7 @@ class OutboxRelay:
             if events
             else []
         )
+        self.metrics.published(events, results)
         outcomes = split_outcomes(
             events,
             results,
@@ -179,22 +184,9 @@ class OutboxRelay:
             earliest = min(retry_times)
             if self._next_retry_at is None or earliest < self._next_retry_at:
                 self._next_retry_at = earliest
-        if unreadable:
-            logger.error(
-                "outbox relay %s: dead-lettered %d unreadable event(s): %s",
-                self.owner,
-                len(unreadable),
-                "; ".join(f"seq {e.seq}: {e.problem}" for e in unreadable[:5]),
-            )
-        worn_out = settled.dead - {event.seq for event in unreadable}
-        if worn_out:
-            logger.error(
-                "outbox relay %s: dead-lettered %d event(s) after %d attempts (seq %s)",
-                self.owner,
-                len(worn_out),
-                self.max_attempts,
-                sorted(worn_out)[:20],
-            )
+        if settled.dead:
+            self.metrics.dead_lettered(len(settled.dead))
+            log_dead_letters(self.owner, claimed, settled.dead, self.max_attempts)
         recorded = len(marked) + len(settled.retried) + len(settled.dead)
         if recorded < len(claimed):
             logger.warning(

@@ -22,6 +22,7 @@ from datetime import timedelta
 from sagaz._util import backoff, describe, utcnow
 from sagaz.outbox.brokers.common import BrokerConnectionError, EarlierMessageFailedError
 from sagaz.outbox.claims import ClaimedEvent, Failure
+from sagaz.outbox.event_logs import event_fields
 
 logger = logging.getLogger("sagaz.outbox.relay")
 
@@ -123,6 +124,7 @@ def split_outcomes(
                     who,
                     event.message.id,
                     key,
+                    extra=event_fields(event.message),
                 )
                 published.append(event.seq)
             else:

@@ -24,6 +24,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from sagaz.journal import Transition, TransitionKind
+from sagaz.logging import fields
 from sagaz.run_context import LeaseClock
 from sagaz.store.schema import sagas
 from sagaz.store.statements import SAGA_CHANNEL
@@ -82,7 +83,11 @@ class CancelWatch:
             return None
         self.claimed.discard(saga_id)
         self._compensating.add(saga_id)
-        log.info("saga %s: compensating it, as an operator asked (sagaz cancel)", saga_id)
+        log.info(
+            "saga %s: compensating it, as an operator asked (sagaz cancel)",
+            saga_id,
+            extra=fields(saga_id=saga_id),
+        )
         return CANCELLED_ERROR
 
     def stop_requested(self, leases: dict[str, LeaseClock]) -> None:
@@ -97,7 +102,11 @@ class CancelWatch:
         if saga_id in self._compensating or saga_id in self.stopped:
             return
         if saga_id not in self._requested:
-            log.info("saga %s: cancel requested; stopping at its next step boundary", saga_id)
+            log.info(
+                "saga %s: cancel requested; stopping at its next step boundary",
+                saga_id,
+                extra=fields(saga_id=saga_id),
+            )
         self._requested[saga_id] = lease
         if not self._in_flight.get(saga_id):
             self._stop(saga_id)

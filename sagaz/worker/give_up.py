@@ -16,6 +16,7 @@ import logging
 
 from sagaz._util import utcnow
 from sagaz.journal import Fence, SagaJournal, SagaSnapshot, Transition, TransitionKind
+from sagaz.logging import fields
 from sagaz.run_context import LeaseClock
 from sagaz.types import SagaStatus, StepStatus
 
@@ -52,7 +53,13 @@ async def fail_saga(
 ) -> None:
     """End the saga FAILED with `reason`, running nothing. Fenced; a write that fails is
     logged (the saga is claimed again later)."""
-    log.error("saga %s %s: %s", saga_name, saga_id, reason)
+    log.error(
+        "saga %s %s: %s",
+        saga_name,
+        saga_id,
+        reason,
+        extra=fields(saga_id=saga_id, saga_name=saga_name),
+    )
     try:
         await journal.record(
             Transition(
@@ -66,7 +73,12 @@ async def fail_saga(
             )
         )
     except Exception as error:
-        log.error("could not fail saga %s (%s); it will be claimed again", saga_id, error)
+        log.error(
+            "could not fail saga %s (%s); it will be claimed again",
+            saga_id,
+            error,
+            extra=fields(saga_id=saga_id, saga_name=saga_name),
+        )
 
 
 async def abandon_compensation(

@@ -52,6 +52,9 @@ from sagaz.errors import (
     UnknownSagaError,
 )
 from sagaz.journal import Fence, SagaSnapshot, TransitionListener
+from sagaz.logging import bind_saga, saga_fields
+from sagaz.logging import fields as log_fields
+from sagaz.metrics import NO_METRICS, MetricsHooks
 from sagaz.registry import SagaRegistry
 from sagaz.run_context import LeaseClock
 from sagaz.store.failures import log_failure
@@ -99,6 +102,7 @@ class LeasedRuns:
     _definitions: dict[str, tuple[object, SagaDefinition, SagaEngine]]
     _renewer: asyncio.Task[None] | None
     _renewal_users: int
+    metrics: MetricsHooks = NO_METRICS
 
     # -- in-process runs -------------------------------------------------------------
 
@@ -200,7 +204,7 @@ class LeasedRuns:
             message = f"saga {saga_id}: its lease was taken over by another worker"
             if reraise:
                 raise LeaseLostError(message)
-            log.warning("%s; stopped its run", message)
+            log.warning("%s; stopped its run", message, extra=saga_fields(snapshot))
             return None
 
     def _track(self, snapshot: SagaSnapshot, lease: LeaseClock, task: asyncio.Task[Any]) -> None:
@@ -224,6 +228,7 @@ class LeasedRuns:
         """Run a claimed saga to its end; on failure, end it as the module docstring says
         and return None (or, with `reraise`, raise the error)."""
         fence = Fence(self.owner, snapshot.lease_token)
+        bind_saga(snapshot.saga_id, snapshot.saga_name)  # this task's records name the saga
         scope = (
             SagaContextManager.scope(snapshot.correlation_id)
             if snapshot.correlation_id
@@ -267,9 +272,18 @@ class LeasedRuns:
         if isinstance(error, LeaseLostError) and saga_id in self._cancels.stopped:
             await self._release(saga_id, token)  # stopped for a cancel: claimed, compensated
         elif isinstance(error, LeaseLostError):
-            log.warning("lost the lease of saga %s; another worker owns it now", saga_id)
+            self.metrics.lease_lost()
+            log.warning(
+                "lost the lease of saga %s; another worker owns it now",
+                saga_id,
+                extra=saga_fields(snapshot),
+            )
         elif isinstance(error, UnknownSagaError):
-            log.error("saga %s vanished from the registry; releasing it", saga_id)
+            log.error(
+                "saga %s vanished from the registry; releasing it",
+                saga_id,
+                extra=saga_fields(snapshot),
+            )
             await self._release(saga_id, token)
         elif isinstance(error, CorruptRowError):
             await fail_saga(self.store, saga_id, snapshot.saga_name, fence, str(error))
@@ -413,6 +427,11 @@ class LeasedRuns:
                     continue  # its own run gave the lease back (it finished): not taken over
                 run.lease.lost()
                 if self._running.get(saga_id) is run:
-                    log.warning("lease of saga %s was taken over; stopping its run", saga_id)
+                    self.metrics.lease_lost()
+                    log.warning(
+                        "lease of saga %s was taken over; stopping its run",
+                        saga_id,
+                        extra=log_fields(saga_id=saga_id),
+                    )
                     run.task.cancel()
             self._cancels.stop_requested({i: run.lease for i, run in running.items()})

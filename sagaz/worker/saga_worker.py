@@ -55,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sagaz._util import utcnow
 from sagaz.engine import SagaEngine
 from sagaz.journal import Fence, SagaSnapshot, TransitionListener
+from sagaz.metrics import NO_METRICS, MetricsHooks
 from sagaz.outbox.listen import NotificationListener
 from sagaz.policy import RunOptions
 from sagaz.registry import SagaRegistry, registry
@@ -90,6 +91,7 @@ class SagaWorker(LeasedRuns):
         owner: str | None = None,
         listen: bool = True,
         lease_margin_seconds: float | None = None,
+        metrics: MetricsHooks = NO_METRICS,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -112,6 +114,7 @@ class SagaWorker(LeasedRuns):
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.owner = owner or f"saga-worker-{uuid.uuid4().hex[:12]}"
         self.listen = listen
+        self.metrics = metrics  # sagaz.metrics: lease losses, claim failures
         self._cancels = CancelWatch()  # operators' cancel requests: sagaz.worker.cancel
         listeners = (self._cancels, *listeners)
         self._saga_engine = SagaEngine(self.store, options or RunOptions(), tuple(listeners))
@@ -167,6 +170,7 @@ class SagaWorker(LeasedRuns):
                 try:
                     claimed = await self.claim_and_start()
                 except Exception as error:
+                    self.metrics.claim_failed()
                     if is_fatal(error):  # no privilege, no table...: stop, say why
                         log_failure(
                             log, error, "saga worker %s: claiming failed, stopping", self.owner

@@ -314,3 +314,6 @@ async def test_nats_terminates_a_message_that_failed_max_deliver_times(
         await side.teardown()
     assert await effect_counts(engine) == {0: 1, 2: 1}
     assert "gave up on a message after 2 deliveries" in caplog.text
+    retried = [r for r in caplog.records if "will be delivered again" in r.getMessage()]
+    assert len(retried) == 2
+    assert all(r.getMessage().split()[4] == r.event_id for r in retried)  # type: ignore[attr-defined]

@@ -12,11 +12,13 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sagaz import ConfigurationError, Saga, SagaConfig, start_saga
 from sagaz.integrations._base import SagaRuntime, find_runtime
 from sagaz.journal import SagaSnapshot, utcnow
+from sagaz.metrics import metrics_for
 from sagaz.registry import registry
 from sagaz.store.schema import sagas
 from sagaz.worker import SagaWorker, claims
@@ -166,7 +168,9 @@ async def test_a_run_that_loses_its_lease_stops_without_writing_again(
     app_db: DatabaseUrls, sync_db: sa.Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = SagaConfig(database_url=app_db.url, lease_seconds=0.3)
-    runtime = await SagaRuntime(config).start()
+    registry = CollectorRegistry()
+    metrics = metrics_for(registry)
+    runtime = await SagaRuntime(config, metrics=metrics).start()
     try:
         saga_id = await record(runtime, {"n": 1, "sleep_once": 30})
         run = asyncio.create_task(runtime.runner.run(saga_id))
@@ -194,6 +198,9 @@ async def test_a_run_that_loses_its_lease_stops_without_writing_again(
         assert row is not None
         assert (row.lease_owner, row.status) == ("thief", "running")
         assert "was taken over" in caplog.text
+        lost = [r for r in caplog.records if "was taken over" in r.getMessage()]
+        assert {getattr(r, "saga_id", None) for r in lost} == {saga_id}
+        assert registry.get_sample_value("sagaz_worker_lease_losses_total") == 1
     finally:
         await runtime.stop()
 

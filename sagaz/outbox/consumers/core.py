@@ -43,6 +43,7 @@ from sagaz.outbox.brokers.common import (
     ReceivedMessage,
     split_url_options,
 )
+from sagaz.outbox.event_logs import event_fields
 from sagaz.outbox.inbox import ConsumerInbox, check_key
 
 __all__ = [
@@ -249,6 +250,7 @@ class BrokerConsumer(ABC):
                 self.group,
                 message.id,
                 describe(error),
+                extra=event_fields(message),
             )
             logger.debug("the handler failure", exc_info=True)
             await delivery.retry(error)
