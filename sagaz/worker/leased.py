@@ -57,6 +57,7 @@ from sagaz.run_context import LeaseClock
 from sagaz.store.failures import log_failure
 from sagaz.store.operations import pending_saga_row
 from sagaz.store.stores import AsyncSagaStore, is_connection_error
+from sagaz.tracing import current_trace_context, saga_run_span
 from sagaz.types import SagaResult, SagaStatus
 from sagaz.worker import claims
 from sagaz.worker.cancel import CancelWatch
@@ -99,6 +100,8 @@ class LeasedRuns:
     _definitions: dict[str, tuple[object, SagaDefinition, SagaEngine]]
     _renewer: asyncio.Task[None] | None
     _renewal_users: int
+    #: Stored trace contexts of claimed sagas not yet started (see `sagaz.tracing`).
+    _traces: dict[str, str]
 
     # -- in-process runs -------------------------------------------------------------
 
@@ -145,6 +148,7 @@ class LeasedRuns:
             idempotency_key=None,
             correlation_id=current_correlation_id(),
             now=utcnow(),
+            trace_context=current_trace_context(),
         )
         engine = self._saga_engine.for_config(config)
         extra = tuple(listeners)
@@ -171,7 +175,13 @@ class LeasedRuns:
         and the lease's clock, started before the request was sent."""
         started = time.monotonic()
         snapshot = await self._in_transaction(
-            partial(claim, owner=self.owner, lease_seconds=self.lease_seconds, **arguments)
+            partial(
+                claim,
+                owner=self.owner,
+                lease_seconds=self.lease_seconds,
+                traces=self._traces,
+                **arguments,
+            )
         )
         return snapshot, self._lease(started)
 
@@ -210,6 +220,7 @@ class LeasedRuns:
     def _finished(self, saga_id: str, _task: asyncio.Task[Any]) -> None:
         self._running.pop(saga_id, None)
         self._cancels.forget(saga_id)
+        self._traces.pop(saga_id, None)
 
     # -- one claimed run ---------------------------------------------------------------
 
@@ -224,6 +235,7 @@ class LeasedRuns:
         """Run a claimed saga to its end; on failure, end it as the module docstring says
         and return None (or, with `reraise`, raise the error)."""
         fence = Fence(self.owner, snapshot.lease_token)
+        stored_trace = self._traces.pop(snapshot.saga_id, None)
         scope = (
             SagaContextManager.scope(snapshot.correlation_id)
             if snapshot.correlation_id
@@ -239,7 +251,16 @@ class LeasedRuns:
                 log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
             resumed = snapshot.status is not SagaStatus.PENDING
             definition, saga_engine = runner or self._runner(snapshot.saga_name)
-            with scope:
+            with (
+                scope,
+                saga_run_span(
+                    snapshot.saga_name,
+                    snapshot.saga_id,
+                    attempt=snapshot.attempts,
+                    lease_token=snapshot.lease_token,
+                    stored=stored_trace,
+                ),
+            ):
                 result = await saga_engine.run(
                     definition,
                     {},

@@ -119,6 +119,7 @@ class SagaWorker(LeasedRuns):
         self._definitions = {}
         self._renewer = None
         self._renewal_users = 0
+        self._traces = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.completed = 0
@@ -250,6 +251,7 @@ class SagaWorker(LeasedRuns):
                 now=now,
                 corrupt=corrupt,
                 cancelled=self._cancels.claimed,
+                traces=self._traces,
             )
         )
         for bad in corrupt:

@@ -56,7 +56,7 @@ def test_migrated_tables_are_ok_and_thresholds_degrade(migrated: DatabaseUrls) -
         report = check_health(engine)
         assert report.status is HealthStatus.OK, report.problems
         assert report.database_reachable
-        assert report.schema_revision == expected_revision() == "0004_cancel_requests"
+        assert report.schema_revision == expected_revision() == "0005_trace_context"
         assert report.sagas == {"pending": 0, "running": 0, "compensating": 0, "failed": 0}
         assert report.outbox is not None
         assert report.outbox.pending == 0

@@ -1,0 +1,309 @@
+"""W3C trace context end to end: from the request that starts a saga or adds an event, to
+the worker's run, the relay's publish and the consumer's processing.
+
+* `start_saga` stores the current span's context (``traceparent``, ``tracestate``) in
+  the saga row's ``trace_context``; `outbox.add` puts it in the event's headers unless the
+  caller set a ``traceparent``. No statement, round trip or column shape changes: the
+  value rides in the row the request writes anyway.
+* The worker runs each claimed saga in a span ``sagaz.saga <name>`` whose parent is the
+  stored context (the request's span), each step attempt in ``sagaz.step <step>`` and
+  each compensation attempt in ``sagaz.compensate <step>`` below it.
+* The relay publishes each event in a producer span ``publish <topic>`` whose parent is
+  the event's stored context, and sends that span's context as the message's
+  ``traceparent``/``tracestate`` headers, on every broker.
+* The consumer helpers (`sagaz.outbox.consumers`) handle each message in a consumer span
+  ``process <topic>`` whose parent is the message's ``traceparent``; `processing_span`
+  does the same for a consumer of one's own.
+
+Only the OpenTelemetry *API* is used (the ``otel`` extra). Without it everything here is
+a no-op that costs one cached check: the import is tried once per process. With the API
+but no SDK tracer provider configured, no span is started (the stored context still
+travels in the headers). Trace data never changes what is committed or published: an
+unreadable stored context is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, Tracer
+
+    from sagaz.outbox.brokers.base import Broker, OutboxMessage
+    from sagaz.outbox.brokers.common import ReceivedMessage
+
+__all__ = [
+    "TRACEPARENT",
+    "TRACESTATE",
+    "add_trace_headers",
+    "current_trace_context",
+    "processing_span",
+    "publish_traced",
+    "saga_run_span",
+    "step_span",
+    "trace_context_of",
+]
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+#: The longest tracestate carried (W3C allows 512 characters; longer ones are dropped).
+MAX_TRACESTATE_LENGTH = 512
+
+TraceContext = dict[str, str]
+"""``{"traceparent": ..., "tracestate": ...}`` (tracestate only when there is one)."""
+
+
+class _Api:
+    """The OpenTelemetry API pieces sagaz uses, imported once."""
+
+    def __init__(self) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        from sagaz import __version__
+
+        self.trace = trace
+        self.propagator = TraceContextTextMapPropagator()
+        self.version = __version__
+        self.kind = trace.SpanKind
+        self.error = trace.Status(trace.StatusCode.ERROR)
+
+    def tracer(self) -> Tracer | None:
+        """sagaz's tracer, or None while no tracer provider is configured (no SDK)."""
+        provider = self.trace.get_tracer_provider()
+        if isinstance(provider, self.trace.ProxyTracerProvider):
+            return None
+        return provider.get_tracer("sagaz", self.version)
+
+    def parent(self, carrier: Mapping[str, str] | None) -> Context | None:
+        """The context to parent a span on: the one `carrier` holds, else the current."""
+        if not carrier or TRACEPARENT not in carrier:
+            return None
+        context = self.propagator.extract(carrier)
+        return context if self.trace.get_current_span(context).get_span_context().is_valid else None
+
+    def carrier(self, span: Span | None = None) -> TraceContext | None:
+        """The W3C headers of `span` (default: the current span); None when invalid."""
+        span = span or self.trace.get_current_span()
+        if not span.get_span_context().is_valid:
+            return None
+        carrier: TraceContext = {}
+        self.propagator.inject(carrier, context=self.trace.set_span_in_context(span))
+        if len(carrier.get(TRACESTATE, "")) > MAX_TRACESTATE_LENGTH:
+            del carrier[TRACESTATE]
+        return carrier
+
+
+_api: _Api | None = None
+_checked = False
+
+
+def _otel() -> _Api | None:
+    """The API, or None when OpenTelemetry is not installed (checked once)."""
+    global _api, _checked
+    if not _checked:
+        try:
+            _api = _Api()
+        except ImportError:
+            _api = None
+        _checked = True
+    return _api
+
+
+# -- capturing (the request path) ---------------------------------------------------------
+
+
+def current_trace_context() -> TraceContext | None:
+    """The current span's W3C trace context, or None (no OpenTelemetry, no valid span).
+
+    No I/O; with OpenTelemetry absent it costs one cached check."""
+    api = _otel()
+    return None if api is None else api.carrier()
+
+
+def add_trace_headers(headers: dict[str, str]) -> None:
+    """Add the current span's ``traceparent`` (and ``tracestate``) to `headers`, unless
+    they hold a ``traceparent`` already (any case): the caller's wins, whole."""
+    api = _otel()
+    if api is None or any(name.lower() == TRACEPARENT for name in headers):
+        return
+    carrier = api.carrier()
+    if carrier is not None:
+        headers.update(carrier)
+
+
+def trace_context_of(stored: object) -> TraceContext | None:
+    """A stored trace context (the saga row's ``trace_context``, as a document or its
+    JSON text) as W3C headers; None for anything unreadable - never raises."""
+    if isinstance(stored, str | bytes):
+        try:
+            stored = json.loads(stored)
+        except ValueError:
+            return None
+    if not isinstance(stored, Mapping):
+        return None
+    parent = stored.get(TRACEPARENT)
+    if not isinstance(parent, str):
+        return None
+    carrier = {TRACEPARENT: parent}
+    state = stored.get(TRACESTATE)
+    if isinstance(state, str):
+        carrier[TRACESTATE] = state
+    return carrier
+
+
+# -- spans (worker, engine, relay, consumers) ----------------------------------------------
+
+
+@contextmanager
+def _span(
+    name: str,
+    kind_name: str,
+    attributes: Mapping[str, Any],
+    carrier: Mapping[str, str] | None = None,
+) -> Iterator[None]:
+    """A span named `name` as the current span while inside; its parent is the context
+    `carrier` holds, else the current span. An error raised inside is recorded on it and
+    passes through. Nothing at all without a tracer provider."""
+    api = _otel()
+    tracer = None if api is None else api.tracer()
+    if api is None or tracer is None:
+        yield
+        return
+    with tracer.start_as_current_span(
+        name,
+        context=api.parent(carrier),
+        kind=getattr(api.kind, kind_name),
+        attributes=dict(attributes),
+    ):
+        yield
+
+
+@contextmanager
+def saga_run_span(
+    saga_name: str,
+    saga_id: str,
+    *,
+    attempt: int,
+    lease_token: int,
+    stored: object = None,
+) -> Iterator[None]:
+    """The span ``sagaz.saga <name>`` of one worker run of a saga, parented to `stored`
+    (the trace context `start_saga` recorded, see `trace_context_of`) when readable."""
+    attributes = {
+        "sagaz.saga_id": saga_id,
+        "sagaz.saga": saga_name,
+        "sagaz.attempt": attempt,
+        "sagaz.lease_token": lease_token,
+    }
+    with _span(f"sagaz.saga {saga_name}", "INTERNAL", attributes, trace_context_of(stored)):
+        yield
+
+
+@contextmanager
+def step_span(
+    saga_name: str,
+    saga_id: str,
+    step: str,
+    *,
+    attempt: int,
+    lease_token: int,
+    compensating: bool,
+) -> Iterator[None]:
+    """The span of one attempt of a step (``sagaz.step <step>``) or of its compensation
+    (``sagaz.compensate <step>``), below the current span (the run's)."""
+    attributes = {
+        "sagaz.saga_id": saga_id,
+        "sagaz.saga": saga_name,
+        "sagaz.step": step,
+        "sagaz.attempt": attempt,
+        "sagaz.lease_token": lease_token,
+        "sagaz.compensating": compensating,
+    }
+    name = f"sagaz.{'compensate' if compensating else 'step'} {step}"
+    with _span(name, "INTERNAL", attributes):
+        yield
+
+
+async def publish_traced(
+    broker: Broker, messages: Sequence[OutboxMessage]
+) -> Sequence[BaseException | None]:
+    """`broker.publish_batch(messages)`, each message in a producer span ``publish
+    <topic>`` parented to the trace context in its headers, and sent with that span's
+    context as its ``traceparent``/``tracestate``. Each span ends with its message's
+    outcome (an error recorded on it); an error `publish_batch` raises is recorded on
+    every span and raised. Without a tracer provider: `publish_batch` as is."""
+    api = _otel()
+    tracer = None if api is None else api.tracer()
+    if api is None or tracer is None or not messages:
+        return await broker.publish_batch(messages)
+    spans: list[Span] = []
+    sent: list[OutboxMessage] = []
+    for message in messages:
+        span = tracer.start_span(
+            f"publish {message.topic}",
+            context=api.parent(message.headers),
+            kind=api.kind.PRODUCER,
+            attributes=_message_attributes(message.id, message.topic, message.saga_id, ""),
+        )
+        spans.append(span)
+        headers = {k: v for k, v in message.headers.items() if k.lower() not in _W3C}
+        headers.update(api.carrier(span) or {})
+        sent.append(replace(message, headers=headers))
+    try:
+        results = await broker.publish_batch(sent)
+    except BaseException as error:
+        for span in spans:
+            _end(api, span, error)
+        raise
+    if len(results) != len(spans):
+        mismatch = RuntimeError(f"the broker returned {len(results)} results for {len(spans)}")
+        for span in spans:
+            _end(api, span, mismatch)
+        return results
+    for span, outcome in zip(spans, results, strict=True):
+        _end(api, span, outcome)
+    return results
+
+
+_W3C = frozenset({TRACEPARENT, TRACESTATE})
+
+
+def _message_attributes(
+    message_id: str, topic: str, saga_id: str | None, system: str
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.destination.name": topic,
+        "messaging.message.id": message_id,
+    }
+    if system:
+        attributes["messaging.system"] = system
+    if saga_id:
+        attributes["sagaz.saga_id"] = saga_id
+    return attributes
+
+
+def _end(api: _Api, span: Span, error: BaseException | None) -> None:
+    if error is not None:
+        span.record_exception(error)
+        span.set_status(api.error)
+    span.end()
+
+
+@contextmanager
+def processing_span(message: ReceivedMessage, *, consumer: str, system: str = "") -> Iterator[None]:
+    """The consumer span ``process <topic>`` of handling one received message, parented
+    to the message's ``traceparent`` (the relay's publish span). For consumers of one's
+    own; sagaz's consumer helpers open it around every handler call."""
+    attributes = _message_attributes(message.id, message.topic, None, system)
+    attributes["messaging.consumer.group.name"] = consumer
+    saga_id = message.headers.get("sagaz-saga-id")
+    if saga_id:
+        attributes["sagaz.saga_id"] = saga_id
+    with _span(f"process {message.topic}", "CONSUMER", attributes, message.headers):
+        yield
