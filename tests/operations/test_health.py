@@ -129,7 +129,7 @@ def test_schema_behind_or_unknown(pg_empty: DatabaseUrls) -> None:
     try:
         report = check_health(behind)
         assert report.status is HealthStatus.FAILING
-        assert "at revision 0003_worker_claims, this sagaz needs 0004" in report.problems[0]
+        assert "at revision 0003_worker_claims, this sagaz needs 0005" in report.problems[0]
         migrations.upgrade(pg_empty.url)
         with behind.begin() as connection:
             connection.execute(sa.text("UPDATE sagaz_alembic_version SET version_num = '9999_x'"))
