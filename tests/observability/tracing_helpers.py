@@ -56,7 +56,7 @@ class Downstream:
 
 
 async def continue_downstream(
-    database_url: str, saga_id: str, *, final_status: str = "completed", timeout: float = 30.0
+    database_url: str, saga_id: str, *, final_status: str = "completed", within: float = 30.0
 ) -> Downstream:
     """Run the saga `saga_id` through a polling worker to `final_status`, publish the
     outbox through the relay to Redis (a stream prefix of its own) and consume it."""
@@ -69,7 +69,7 @@ async def continue_downstream(
         seen.append((message, trace.get_current_span().get_span_context()))
 
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             worker = SagaWorker(engine, listen=False, poll_interval=0.05, lease_seconds=5)
             running = asyncio.create_task(worker.run_until_stopped())
             try:
