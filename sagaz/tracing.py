@@ -28,14 +28,13 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer
 
     from sagaz.outbox.brokers.base import Broker, OutboxMessage
-    from sagaz.outbox.brokers.common import ReceivedMessage
 
 __all__ = [
     "TRACEPARENT",
@@ -295,8 +294,19 @@ def _end(api: _Api, span: Span, error: BaseException | None) -> None:
     span.end()
 
 
+class Received(Protocol):
+    """What `processing_span` reads of a message (`sagaz.outbox.brokers.ReceivedMessage`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
 @contextmanager
-def processing_span(message: ReceivedMessage, *, consumer: str, system: str = "") -> Iterator[None]:
+def processing_span(message: Received, *, consumer: str, system: str = "") -> Iterator[None]:
     """The consumer span ``process <topic>`` of handling one received message, parented
     to the message's ``traceparent`` (the relay's publish span). For consumers of one's
     own; sagaz's consumer helpers open it around every handler call."""
