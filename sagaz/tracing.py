@@ -25,8 +25,8 @@ unreadable stored context is ignored.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,13 +71,17 @@ class _Api:
         self.version = __version__
         self.kind = trace.SpanKind
         self.error = trace.Status(trace.StatusCode.ERROR)
+        self._tracer: tuple[object, Tracer] | None = None
 
     def tracer(self) -> Tracer | None:
         """sagaz's tracer, or None while no tracer provider is configured (no SDK)."""
         provider = self.trace.get_tracer_provider()
         if isinstance(provider, self.trace.ProxyTracerProvider):
             return None
-        return provider.get_tracer("sagaz", self.version)
+        cached = self._tracer
+        if cached is None or cached[0] is not provider:
+            cached = self._tracer = (provider, provider.get_tracer("sagaz", self.version))
+        return cached[1]
 
     def parent(self, carrier: Mapping[str, str] | None) -> Context | None:
         """The context to parent a span on: the one `carrier` holds, else the current."""
@@ -158,32 +162,32 @@ def trace_context_of(stored: object) -> TraceContext | None:
 
 # -- spans (worker, engine, relay, consumers) ----------------------------------------------
 
+#: What a span helper returns without a tracer provider: nothing to do, nothing allocated.
+_NO_SPAN: AbstractContextManager[object] = nullcontext()
 
-@contextmanager
-def _span(
-    name: str,
-    kind_name: str,
-    attributes: Mapping[str, Any],
-    carrier: Mapping[str, str] | None = None,
-) -> Iterator[None]:
-    """A span named `name` as the current span while inside; its parent is the context
-    `carrier` holds, else the current span. An error raised inside is recorded on it and
-    passes through. Nothing at all without a tracer provider."""
+
+def _active() -> tuple[_Api, Tracer] | None:
     api = _otel()
     tracer = None if api is None else api.tracer()
-    if api is None or tracer is None:
-        yield
-        return
-    with tracer.start_as_current_span(
-        name,
-        context=api.parent(carrier),
-        kind=getattr(api.kind, kind_name),
-        attributes=dict(attributes),
-    ):
-        yield
+    return None if api is None or tracer is None else (api, tracer)
 
 
-@contextmanager
+def _span(
+    active: tuple[_Api, Tracer],
+    name: str,
+    kind: str,
+    attributes: dict[str, Any],
+    carrier: Mapping[str, str] | None = None,
+) -> AbstractContextManager[object]:
+    """A span named `name`, current while inside; its parent is the context `carrier`
+    holds, else the current span. An error raised inside is recorded on it (status
+    ERROR) and passes through."""
+    api, tracer = active
+    return tracer.start_as_current_span(
+        name, context=api.parent(carrier), kind=getattr(api.kind, kind), attributes=attributes
+    )
+
+
 def saga_run_span(
     saga_name: str,
     saga_id: str,
@@ -191,20 +195,22 @@ def saga_run_span(
     attempt: int,
     lease_token: int,
     stored: object = None,
-) -> Iterator[None]:
+) -> AbstractContextManager[object]:
     """The span ``sagaz.saga <name>`` of one worker run of a saga, parented to `stored`
     (the trace context `start_saga` recorded, see `trace_context_of`) when readable."""
+    active = _active()
+    if active is None:
+        return _NO_SPAN
     attributes = {
         "sagaz.saga_id": saga_id,
         "sagaz.saga": saga_name,
         "sagaz.attempt": attempt,
         "sagaz.lease_token": lease_token,
     }
-    with _span(f"sagaz.saga {saga_name}", "INTERNAL", attributes, trace_context_of(stored)):
-        yield
+    name = f"sagaz.saga {saga_name}"
+    return _span(active, name, "INTERNAL", attributes, trace_context_of(stored))
 
 
-@contextmanager
 def step_span(
     saga_name: str,
     saga_id: str,
@@ -213,9 +219,12 @@ def step_span(
     attempt: int,
     lease_token: int,
     compensating: bool,
-) -> Iterator[None]:
+) -> AbstractContextManager[object]:
     """The span of one attempt of a step (``sagaz.step <step>``) or of its compensation
     (``sagaz.compensate <step>``), below the current span (the run's)."""
+    active = _active()
+    if active is None:
+        return _NO_SPAN
     attributes = {
         "sagaz.saga_id": saga_id,
         "sagaz.saga": saga_name,
@@ -225,8 +234,7 @@ def step_span(
         "sagaz.compensating": compensating,
     }
     name = f"sagaz.{'compensate' if compensating else 'step'} {step}"
-    with _span(name, "INTERNAL", attributes):
-        yield
+    return _span(active, name, "INTERNAL", attributes)
 
 
 async def publish_traced(
@@ -237,10 +245,10 @@ async def publish_traced(
     context as its ``traceparent``/``tracestate``. Each span ends with its message's
     outcome (an error recorded on it); an error `publish_batch` raises is recorded on
     every span and raised. Without a tracer provider: `publish_batch` as is."""
-    api = _otel()
-    tracer = None if api is None else api.tracer()
-    if api is None or tracer is None or not messages:
+    active = _active()
+    if active is None or not messages:
         return await broker.publish_batch(messages)
+    api, tracer = active
     spans: list[Span] = []
     sent: list[OutboxMessage] = []
     for message in messages:
@@ -305,15 +313,19 @@ class Received(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
 
-@contextmanager
-def processing_span(message: Received, *, consumer: str, system: str = "") -> Iterator[None]:
+def processing_span(
+    message: Received, *, consumer: str, system: str = ""
+) -> AbstractContextManager[object]:
     """The consumer span ``process <topic>`` of handling one received message, parented
-    to the message's ``traceparent`` (the relay's publish span). For consumers of one's
-    own; sagaz's consumer helpers open it around every handler call."""
+    to the message's ``traceparent`` (the relay's publish span), current while inside;
+    an error raised inside is recorded on it. For consumers of one's own; sagaz's
+    consumer helpers open it around every handler call."""
+    active = _active()
+    if active is None:
+        return _NO_SPAN
     attributes = _message_attributes(message.id, message.topic, None, system)
     attributes["messaging.consumer.group.name"] = consumer
     saga_id = message.headers.get("sagaz-saga-id")
     if saga_id:
         attributes["sagaz.saga_id"] = saga_id
-    with _span(f"process {message.topic}", "CONSUMER", attributes, message.headers):
-        yield
+    return _span(active, f"process {message.topic}", "CONSUMER", attributes, message.headers)
