@@ -49,7 +49,9 @@ __all__ = [
 ]
 
 TRACEPARENT = "traceparent"
+"""The W3C header naming the trace and the parent span (``00-<trace>-<span>-<flags>``)."""
 TRACESTATE = "tracestate"
+"""The W3C header of vendor-specific trace data, carried along with `TRACEPARENT`."""
 #: The longest tracestate carried (W3C allows 512 characters; longer ones are dropped).
 MAX_TRACESTATE_LENGTH = 512
 
