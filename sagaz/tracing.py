@@ -190,6 +190,17 @@ def _span(
     )
 
 
+def _saga_attributes(
+    saga_name: str, saga_id: str, attempt: int, lease_token: int
+) -> dict[str, Any]:
+    return {
+        "sagaz.saga_id": saga_id,
+        "sagaz.saga": saga_name,
+        "sagaz.attempt": attempt,
+        "sagaz.lease_token": lease_token,
+    }
+
+
 def saga_run_span(
     saga_name: str,
     saga_id: str,
@@ -203,12 +214,7 @@ def saga_run_span(
     active = _active()
     if active is None:
         return _NO_SPAN
-    attributes = {
-        "sagaz.saga_id": saga_id,
-        "sagaz.saga": saga_name,
-        "sagaz.attempt": attempt,
-        "sagaz.lease_token": lease_token,
-    }
+    attributes = _saga_attributes(saga_name, saga_id, attempt, lease_token)
     name = f"sagaz.saga {saga_name}"
     return _span(active, name, "INTERNAL", attributes, trace_context_of(stored))
 
@@ -227,14 +233,9 @@ def step_span(
     active = _active()
     if active is None:
         return _NO_SPAN
-    attributes = {
-        "sagaz.saga_id": saga_id,
-        "sagaz.saga": saga_name,
-        "sagaz.step": step,
-        "sagaz.attempt": attempt,
-        "sagaz.lease_token": lease_token,
-        "sagaz.compensating": compensating,
-    }
+    attributes = _saga_attributes(saga_name, saga_id, attempt, lease_token)
+    attributes["sagaz.step"] = step
+    attributes["sagaz.compensating"] = compensating
     name = f"sagaz.{'compensate' if compensating else 'step'} {step}"
     return _span(active, name, "INTERNAL", attributes)
 
