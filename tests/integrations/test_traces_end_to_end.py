@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sagaz import SagaConfig
 from tests.conftest import DatabaseUrls
@@ -21,16 +22,14 @@ from tests.observability.tracing_helpers import (
     TRACEPARENT,
     check_one_trace,
     continue_downstream,
-    installed_exporter,
 )
 
 pytestmark = pytest.mark.postgres
 
 
 def test_a_fastapi_request_is_one_trace_to_the_consumer(
-    config: SagaConfig, app_db: DatabaseUrls
+    config: SagaConfig, app_db: DatabaseUrls, exporter: InMemorySpanExporter
 ) -> None:
-    exporter = installed_exporter()
     app = fastapi_apps.build_app(config)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=PROVIDER)
     with TestClient(app) as client:
@@ -48,8 +47,9 @@ def test_a_fastapi_request_is_one_trace_to_the_consumer(
     )
 
 
-def test_a_flask_request_is_one_trace_to_the_consumer(app_db: DatabaseUrls) -> None:
-    exporter = installed_exporter()
+def test_a_flask_request_is_one_trace_to_the_consumer(
+    app_db: DatabaseUrls, exporter: InMemorySpanExporter
+) -> None:
     app, _extension = flask_apps.build_app(app_db.url)
     FlaskInstrumentor.instrument_app(app, tracer_provider=PROVIDER)
     try:

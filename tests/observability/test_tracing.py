@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy.engine.interfaces import CacheStats
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,7 +33,11 @@ from sagaz.tracing import (
 )
 from sagaz.worker import SagaWorker
 from tests.core.test_optional_imports import run_blocked
-from tests.observability.tracing_helpers import PROVIDER, installed_exporter, one, parent_id
+from tests.observability.tracing_helpers import (
+    PROVIDER,
+    one,
+    parent_id,
+)
 from tests.store.test_request_path import sagaz_statements, statements
 
 tracer = PROVIDER.get_tracer("tests")
@@ -70,8 +75,8 @@ def w3c(span: trace.Span) -> str:
 # -- the request path ----------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("exporter")
 def test_start_saga_and_outbox_add_record_the_current_span(sync_engine: sa.Engine) -> None:
-    installed_exporter()
     with Session(sync_engine) as session:
         with tracer.start_as_current_span("request") as span:
             saga_id = start_saga(session, TracedSaga, {"key": "a"})
@@ -108,10 +113,12 @@ def test_no_span_no_trace_context() -> None:
             assert current_trace_context() == {"traceparent": w3c(trace.get_current_span())}
 
 
-def test_the_request_path_keeps_one_cached_statement_with_a_span(sync_engine: sa.Engine) -> None:
+@pytest.mark.usefixtures("exporter")
+def test_the_request_path_keeps_one_cached_statement_with_a_span(
+    sync_engine: sa.Engine,
+) -> None:
     """Traced or not, the request writes its rows in statements of one shape, served
     from the compiled cache after the first."""
-    installed_exporter()
     hits = []
     for traced in (False, True, False, True):
         with statements(sync_engine) as seen, Session(sync_engine) as session:
@@ -194,9 +201,8 @@ def start_in(engine: sa.Engine, context: dict[str, Any]) -> tuple[str, trace.Spa
 
 
 async def test_a_run_continues_the_request_with_step_and_compensation_spans(
-    sync_engine: sa.Engine, async_engine: AsyncEngine
+    sync_engine: sa.Engine, async_engine: AsyncEngine, exporter: InMemorySpanExporter
 ) -> None:
-    exporter = installed_exporter()
     key = uuid.uuid4().hex
     saga_id, request = start_in(sync_engine, {"key": key, "decline": True})
     await run_by_worker(async_engine, saga_id, "compensated")
@@ -232,9 +238,8 @@ def _attribute(span: ReadableSpan, name: str) -> Any:
 
 
 async def test_an_unreadable_stored_context_starts_a_trace_of_its_own(
-    sync_engine: sa.Engine, async_engine: AsyncEngine
+    sync_engine: sa.Engine, async_engine: AsyncEngine, exporter: InMemorySpanExporter
 ) -> None:
-    exporter = installed_exporter()
     saga_id, _request = start_in(sync_engine, {"key": uuid.uuid4().hex})
     with sync_engine.begin() as connection:
         connection.execute(
@@ -267,8 +272,9 @@ class RecordingBroker:
         return None
 
 
-async def test_each_message_is_published_in_a_producer_span_sent_along() -> None:
-    exporter = installed_exporter()
+async def test_each_message_is_published_in_a_producer_span_sent_along(
+    exporter: InMemorySpanExporter,
+) -> None:
     with tracer.start_as_current_span("request") as request:
         stored = {"traceparent": w3c(request), "tracestate": "a=b", "x": "y"}
     messages = [
@@ -298,8 +304,7 @@ async def test_each_message_is_published_in_a_producer_span_sent_along() -> None
     assert messages[0].headers is stored  # the stored message is not changed
 
 
-async def test_a_broker_that_raises_fails_every_span() -> None:
-    exporter = installed_exporter()
+async def test_a_broker_that_raises_fails_every_span(exporter: InMemorySpanExporter) -> None:
 
     class Down(RecordingBroker):
         async def publish_batch(
@@ -313,8 +318,7 @@ async def test_a_broker_that_raises_fails_every_span() -> None:
     assert span.status.status_code is StatusCode.ERROR
 
 
-def test_processing_span_continues_the_message() -> None:
-    exporter = installed_exporter()
+def test_processing_span_continues_the_message(exporter: InMemorySpanExporter) -> None:
     with tracer.start_as_current_span("publish") as publish:
         headers = {"traceparent": w3c(publish), "sagaz-saga-id": "s-9"}
     message = ReceivedMessage(id="m-1", topic="orders", payload={}, headers=headers)

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,8 +28,23 @@ from sagaz.store.engines import create_async_engine
 from sagaz.store.schema import sagas
 from sagaz.worker import SagaWorker
 
+
+class _WhileTracing(Sampler):
+    """Samples only inside the `exporter` fixture: the provider stays installed for the
+    rest of the session (it cannot be replaced), recording and exporting nothing."""
+
+    on = False
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        return (ALWAYS_ON if self.on else ALWAYS_OFF).should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return "sagaz tests: while tracing"
+
+
+SAMPLER = _WhileTracing()
 EXPORTER = InMemorySpanExporter()
-PROVIDER = TracerProvider()
+PROVIDER = TracerProvider(sampler=SAMPLER)
 PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
 
 #: The incoming request's trace: what every span of the chain must belong to.
@@ -36,13 +54,20 @@ TRACEPARENT = f"00-{TRACE_ID}-{REMOTE_PARENT}-01"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def installed_exporter() -> InMemorySpanExporter:
-    """The exporter of the process's tracer provider (installed once), emptied."""
+@contextmanager
+def recording() -> Iterator[InMemorySpanExporter]:
+    """The exporter of the process's tracer provider (installed once), recording spans
+    while inside (the `exporter` fixture of tests/conftest.py)."""
     if trace.get_tracer_provider() is not PROVIDER:
         trace.set_tracer_provider(PROVIDER)
     assert trace.get_tracer_provider() is PROVIDER, "another tracer provider was installed"
     EXPORTER.clear()
-    return EXPORTER
+    SAMPLER.on = True
+    try:
+        yield EXPORTER
+    finally:
+        SAMPLER.on = False
+        EXPORTER.clear()
 
 
 @dataclass

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from django.test import Client
 from opentelemetry.instrumentation.django import DjangoInstrumentor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sagaz.integrations.django.conf import database_url
 from tests.observability.tracing_helpers import (
@@ -20,7 +21,6 @@ from tests.observability.tracing_helpers import (
     TRACEPARENT,
     check_one_trace,
     continue_downstream,
-    installed_exporter,
 )
 
 
@@ -37,8 +37,7 @@ def instrumented() -> Iterator[None]:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("instrumented")
-def test_a_django_request_is_one_trace_to_the_consumer() -> None:
-    exporter = installed_exporter()
+def test_a_django_request_is_one_trace_to_the_consumer(exporter: InMemorySpanExporter) -> None:
     response = Client().post(
         "/orders",
         data=json.dumps({"item": "piano", "amount": "5000"}),  # over the card limit
