@@ -25,6 +25,7 @@ unreadable stored context is ignored.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
@@ -109,12 +110,18 @@ _checked = False
 
 
 def _otel() -> _Api | None:
-    """The API, or None when OpenTelemetry is not installed (checked once)."""
+    """The API, or None when OpenTelemetry is not installed or cannot be loaded (checked
+    once per process)."""
     global _api, _checked
     if not _checked:
         try:
             _api = _Api()
         except ImportError:
+            _api = None
+        except Exception:  # a broken installation must not break start_saga or a run
+            logging.getLogger("sagaz.tracing").warning(
+                "OpenTelemetry could not be loaded; sagaz traces nothing", exc_info=True
+            )
             _api = None
         _checked = True
     return _api
