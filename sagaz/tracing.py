@@ -208,21 +208,29 @@ def _saga_attributes(
     }
 
 
-def saga_run_span(
-    saga_name: str,
-    saga_id: str,
-    *,
-    attempt: int,
-    lease_token: int,
-    stored: object = None,
-) -> AbstractContextManager[object]:
-    """The span ``sagaz.saga <name>`` of one worker run of a saga, parented to `stored`
-    (the trace context `start_saga` recorded, see `trace_context_of`) when readable."""
+class Claimed(Protocol):
+    """What `saga_run_span` reads of a claimed saga (`sagaz.journal.SagaSnapshot`)."""
+
+    @property
+    def saga_id(self) -> str: ...
+    @property
+    def saga_name(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def lease_token(self) -> int: ...
+
+
+def saga_run_span(saga: Claimed, stored: object = None) -> AbstractContextManager[object]:
+    """The span ``sagaz.saga <name>`` of one worker run of a claimed saga (its claim
+    count as ``sagaz.attempt``, its fencing token as ``sagaz.lease_token``), parented to
+    `stored` (the trace context `start_saga` recorded, see `trace_context_of`) when
+    readable, else to the current span."""
     active = _active()
     if active is None:
         return _NO_SPAN
-    attributes = _saga_attributes(saga_name, saga_id, attempt, lease_token)
-    name = f"sagaz.saga {saga_name}"
+    attributes = _saga_attributes(saga.saga_name, saga.saga_id, saga.attempts, saga.lease_token)
+    name = f"sagaz.saga {saga.saga_name}"
     return _span(active, name, "INTERNAL", attributes, trace_context_of(stored))
 
 

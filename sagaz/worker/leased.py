@@ -96,12 +96,11 @@ class LeasedRuns:
     interrupted: int
     _saga_engine: SagaEngine
     _cancels: CancelWatch
+    _traces: dict[str, str]
     _running: dict[str, _Run]
     _definitions: dict[str, tuple[object, SagaDefinition, SagaEngine]]
     _renewer: asyncio.Task[None] | None
     _renewal_users: int
-    #: Stored trace contexts of claimed sagas not yet started (see `sagaz.tracing`).
-    _traces: dict[str, str]
 
     # -- in-process runs -------------------------------------------------------------
 
@@ -174,14 +173,9 @@ class LeasedRuns:
         """`claim` (a claim of one saga in `claims`) for this worker, in a transaction,
         and the lease's clock, started before the request was sent."""
         started = time.monotonic()
+        arguments.setdefault("traces", self._traces)  # the stored trace context, for the run
         snapshot = await self._in_transaction(
-            partial(
-                claim,
-                owner=self.owner,
-                lease_seconds=self.lease_seconds,
-                traces=self._traces,
-                **arguments,
-            )
+            partial(claim, owner=self.owner, lease_seconds=self.lease_seconds, **arguments)
         )
         return snapshot, self._lease(started)
 
@@ -235,12 +229,12 @@ class LeasedRuns:
         """Run a claimed saga to its end; on failure, end it as the module docstring says
         and return None (or, with `reraise`, raise the error)."""
         fence = Fence(self.owner, snapshot.lease_token)
-        stored_trace = self._traces.pop(snapshot.saga_id, None)
         scope = (
             SagaContextManager.scope(snapshot.correlation_id)
             if snapshot.correlation_id
             else contextlib.nullcontext()
         )
+        span = saga_run_span(snapshot, self._traces.pop(snapshot.saga_id, None))
         try:
             cancel = self._cancels.give_up(snapshot.saga_id)  # an operator's cancel request
             give_up = cancel or give_up_reason(snapshot, self.max_attempts)
@@ -251,16 +245,7 @@ class LeasedRuns:
                 log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
             resumed = snapshot.status is not SagaStatus.PENDING
             definition, saga_engine = runner or self._runner(snapshot.saga_name)
-            with (
-                scope,
-                saga_run_span(
-                    snapshot.saga_name,
-                    snapshot.saga_id,
-                    attempt=snapshot.attempts,
-                    lease_token=snapshot.lease_token,
-                    stored=stored_trace,
-                ),
-            ):
+            with scope, span:
                 result = await saga_engine.run(
                     definition,
                     {},

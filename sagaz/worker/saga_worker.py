@@ -119,7 +119,7 @@ class SagaWorker(LeasedRuns):
         self._definitions = {}
         self._renewer = None
         self._renewal_users = 0
-        self._traces = {}
+        self._traces = {}  # stored trace contexts of claimed sagas (sagaz.tracing)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.completed = 0
