@@ -9,15 +9,14 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
+from opentelemetry.util._once import Once
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sagaz.outbox.brokers import broker_from_url
@@ -28,24 +27,10 @@ from sagaz.store.engines import create_async_engine
 from sagaz.store.schema import sagas
 from sagaz.worker import SagaWorker
 
-
-class _WhileTracing(Sampler):
-    """Samples only inside the `exporter` fixture: the provider stays installed for the
-    rest of the session (it cannot be replaced), recording and exporting nothing."""
-
-    on = False
-
-    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
-        return (ALWAYS_ON if self.on else ALWAYS_OFF).should_sample(*args, **kwargs)
-
-    def get_description(self) -> str:
-        return "sagaz tests: while tracing"
-
-
-SAMPLER = _WhileTracing()
 EXPORTER = InMemorySpanExporter()
-PROVIDER = TracerProvider(sampler=SAMPLER)
+PROVIDER = TracerProvider()
 PROVIDER.add_span_processor(SimpleSpanProcessor(EXPORTER))
+
 
 #: The incoming request's trace: what every span of the chain must belong to.
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -56,18 +41,24 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @contextmanager
 def recording() -> Iterator[InMemorySpanExporter]:
-    """The exporter of the process's tracer provider (installed once), recording spans
-    while inside (the `exporter` fixture of tests/conftest.py)."""
-    if trace.get_tracer_provider() is not PROVIDER:
-        trace.set_tracer_provider(PROVIDER)
-    assert trace.get_tracer_provider() is PROVIDER, "another tracer provider was installed"
+    """`PROVIDER` as the process's tracer provider while inside, its exporter emptied (the
+    `exporter` fixture of tests/conftest.py). Afterwards no provider is set again, so no
+    other test runs with spans (a span makes a trace id appear in log records, ...)."""
+    _reset_tracer_provider()
+    trace.set_tracer_provider(PROVIDER)
     EXPORTER.clear()
-    SAMPLER.on = True
     try:
         yield EXPORTER
     finally:
-        SAMPLER.on = False
+        _reset_tracer_provider()
         EXPORTER.clear()
+
+
+def _reset_tracer_provider() -> None:
+    # The API allows setting the global provider once per process; its own test helpers
+    # (opentelemetry-test-utils' reset_trace_globals) reset these two the same way.
+    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
 
 
 @dataclass
