@@ -17,6 +17,7 @@ from sagaz.store.operations import pending_saga_row
 from sagaz.store.schema import sagas
 from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.store.unit_of_work import AnySession, queue_row, sync_session_of
+from sagaz.tracing import current_trace_context
 
 #: Namespace of the deterministic saga ids derived from (saga name, idempotency key).
 SAGA_ID_NAMESPACE = uuid.UUID("5a6a2c1e-3f0b-4b8e-9a8e-0d5a9a7c2b11")
@@ -69,9 +70,10 @@ def build_saga_row(
     """The PENDING row of `sagaz_sagas` that `start_saga` writes, validated; no I/O.
 
     Its "id" is `saga_id_for(name, idempotency_key)` with a key, else a random UUID; its
-    correlation id is the current scope's. Raises as `start_saga` does (TypeError,
-    UnknownSagaError, SagaRegistryError, InvalidContextError). For adapters that write the
-    row through a connection of their own framework (e.g. Django's).
+    correlation id is the current scope's, its trace context the current span's (see
+    `sagaz.tracing`). Raises as `start_saga` does (TypeError, UnknownSagaError,
+    SagaRegistryError, InvalidContextError). For adapters that write the row through a
+    connection of their own framework (e.g. Django's).
     """
     name = _registered_name(saga)
     document = ensure_json_object(context, "context")
@@ -87,6 +89,7 @@ def build_saga_row(
         idempotency_key=idempotency_key,
         correlation_id=current_correlation_id(),
         now=utcnow(),
+        trace_context=current_trace_context(),
     )
 
 

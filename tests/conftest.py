@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -191,3 +192,13 @@ async def async_engine(db: DatabaseUrls) -> AsyncIterator[AsyncEngine]:
     engine = db.async_engine()
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+def exporter() -> Iterator[Any]:
+    """OpenTelemetry's in-memory span exporter, recording this test's spans (the SDK is
+    imported only by the tests that use it; see tests/observability/tracing_helpers.py)."""
+    from tests.observability.tracing_helpers import recording
+
+    with recording() as spans:
+        yield spans

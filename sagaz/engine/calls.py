@@ -32,6 +32,7 @@ from sagaz.journal import (
     notify_listeners,
 )
 from sagaz.run_context import reset_current_run, set_current_run
+from sagaz.tracing import step_span
 from sagaz.types import JSONDict
 
 log = logging.getLogger("sagaz.engine")
@@ -66,13 +67,23 @@ async def invoke(
 async def _attempt(
     run: SagaRun, step: str, attempt: int, limit: float | None, *, compensating: bool
 ) -> AsyncIterator[None]:
-    """One attempt of a step: `current_run()` is its `StepRun`; bounded by `limit`
-    seconds (StepTimeoutError; a TimeoutError the step raised itself passes through)."""
+    """One attempt of a step: `current_run()` is its `StepRun`, its span the current
+    OpenTelemetry span; bounded by `limit` seconds (StepTimeoutError; a TimeoutError the
+    step raised itself passes through)."""
     deadline = asyncio.timeout(limit)
     token = set_current_run(run.step_run(step, attempt, compensating=compensating))
+    span = step_span(
+        run.definition.name,
+        run.saga_id,
+        step,
+        attempt=attempt,
+        lease_token=0 if run.fence is None else run.fence.token,
+        compensating=compensating,
+    )
     try:
-        async with deadline:
-            yield
+        with span:  # the attempt's OpenTelemetry span (sagaz.tracing), its error recorded
+            async with deadline:
+                yield
     except TimeoutError as error:
         if not deadline.expired():  # the step raised TimeoutError itself
             raise

@@ -21,6 +21,7 @@ from sagaz.signals import outbox_signal
 from sagaz.store.schema import outbox
 from sagaz.store.statements import OUTBOX_CHANNEL
 from sagaz.store.unit_of_work import AnySession, queue_row, sync_session_of
+from sagaz.tracing import add_trace_headers
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -55,7 +56,9 @@ def add(
     outbox relay only after that commit; if the transaction or the savepoint around this
     call rolls back, the event never existed. The id travels as the broker's message id.
     The current correlation id (see `sagaz.context`) is added as the `correlation-id`
-    header unless `headers` sets it. Events with the same `key` are published in order.
+    header unless `headers` sets it, and the current OpenTelemetry span's
+    ``traceparent``/``tracestate`` unless `headers` sets a ``traceparent`` (see
+    `sagaz.tracing`). Events with the same `key` are published in order.
     `saga_id` links the event to a saga (e.g. the id `start_saga` returned): a UUID, as
     a `uuid.UUID` or its str form; it is stored in canonical form and not checked against
     the sagas table.
@@ -89,9 +92,9 @@ def build_event_row(
     """The pending row of `sagaz_outbox` that `add` writes, validated; no I/O.
 
     Its "id" is a fresh UUID; the current correlation id is added as the
-    `correlation-id` header unless `headers` sets it. Raises InvalidContextError as `add`
-    does. For adapters that write the row through a connection of their own framework
-    (e.g. Django's).
+    `correlation-id` header unless `headers` sets it, and the trace headers as `add`
+    adds them. Raises InvalidContextError as `add` does. For adapters that write the row
+    through a connection of their own framework (e.g. Django's).
     """
     _check_topic(topic)
     payload = ensure_json_value(payload, "payload")
@@ -102,6 +105,7 @@ def build_event_row(
     correlation_id = current_correlation_id()
     if correlation_id is not None:
         header_values.setdefault(CORRELATION_HEADER, correlation_id)
+    add_trace_headers(header_values)
     now = utcnow()
     return {
         "id": str(uuid.uuid4()),

@@ -15,6 +15,7 @@ from sagaz.outbox import claims
 from sagaz.outbox.brokers.base import Broker
 from sagaz.outbox.claims import ClaimedEvent
 from sagaz.store.failures import log_failure
+from sagaz.tracing import publish_traced
 
 logger = logging.getLogger("sagaz.outbox.relay")
 
@@ -37,7 +38,8 @@ async def publish_claimed(
         _renew_claims(engine, owner, events, published, claim_seconds), name="sagaz:outbox-renew"
     )
     try:
-        results = list(await broker.publish_batch([event.message for event in events]))
+        # each message in a producer span, its context sent as traceparent (sagaz.tracing)
+        results = list(await publish_traced(broker, [event.message for event in events]))
     except Exception as error:
         logger.warning("outbox relay %s: publish_batch raised %s", owner, describe(error))
         return [error] * len(events)

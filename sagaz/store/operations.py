@@ -8,7 +8,7 @@ read and write (DESIGN rule 5). Writes live in `sagaz.store.transition_writes`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,7 +55,8 @@ def as_text(column: sa.ColumnElement[Any]) -> sa.Label[Any]:
 
 
 #: The saga columns a claim or load returns, the context as text (`decode_object`).
-SAGA_COLUMNS_AS_TEXT = [as_text(c) if c.key == "context" else c for c in sagas.c]
+#: The trace context too: an unreadable one is ignored (`sagaz.tracing`), never fatal.
+SAGA_COLUMNS_AS_TEXT = [as_text(c) if c.key in ("context", "trace_context") else c for c in sagas.c]
 STEP_COLUMNS_AS_TEXT = [as_text(c) if c.key == "result" else c for c in saga_steps.c]
 
 
@@ -101,8 +102,10 @@ def pending_saga_row(
     idempotency_key: str | None,
     correlation_id: str | None,
     now: datetime,
+    trace_context: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The row of a new PENDING saga, unleased (checked values in, no I/O)."""
+    """The row of a new PENDING saga, unleased (checked values in, no I/O). Every row has
+    the same keys, so the request's insert keeps one shape (`trace_context` None or not)."""
     return {
         "id": saga_id,
         "name": name,
@@ -117,6 +120,7 @@ def pending_saga_row(
         "error": None,
         "created_at": now,
         "updated_at": now,
+        "trace_context": None if trace_context is None else dict(trace_context),
     }
 
 

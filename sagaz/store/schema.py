@@ -70,6 +70,9 @@ sagas = sa.Table(
     # When an operator asked to cancel the saga (`sagaz cancel`): the worker running it
     # stops at its next step boundary and the saga is compensated.
     sa.Column("cancel_requested_at", Timestamp, nullable=True),
+    # The W3C trace context of the request that started the saga ({"traceparent": ...,
+    # "tracestate": ...}, see `sagaz.tracing`): a worker's run continues that trace.
+    sa.Column("trace_context", JSONDocument, nullable=True),
     sa.UniqueConstraint("name", "idempotency_key", name="uq_sagaz_sagas_name_idempotency_key"),
     sa.Index(
         "ix_sagaz_sagas_runnable",

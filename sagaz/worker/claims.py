@@ -106,7 +106,9 @@ def _lease_to(owner: str, lease_seconds: float, now: datetime) -> dict[str, Any]
 
 
 def _snapshots(
-    rows: Sequence[sa.Row[Any]], corrupt: list[CorruptSaga] | None
+    rows: Sequence[sa.Row[Any]],
+    corrupt: list[CorruptSaga] | None,
+    traces: dict[str, str] | None = None,
 ) -> list[SagaSnapshot]:
     snapshots = []
     for row in rows:
@@ -116,7 +118,15 @@ def _snapshots(
             if corrupt is None:
                 raise
             corrupt.append(CorruptSaga(str(row.id), row.name, row.lease_token, str(error)))
+            continue
+        _keep_trace(row, traces)
     return snapshots
+
+
+def _keep_trace(row: sa.Row[Any], traces: dict[str, str] | None) -> None:
+    """The stored trace context (JSON text, read by `sagaz.tracing`) into `traces`."""
+    if traces is not None and row.trace_context is not None:
+        traces[str(row.id)] = row.trace_context
 
 
 def claim_sagas(
@@ -129,13 +139,15 @@ def claim_sagas(
     now: datetime,
     corrupt: list[CorruptSaga] | None = None,
     cancelled: set[str] | None = None,
+    traces: dict[str, str] | None = None,
 ) -> list[SagaSnapshot]:
     """Lease up to `limit` runnable sagas named in `names`, oldest first, to `owner`.
 
     A claimed row that cannot be read is appended to `corrupt` (still leased to `owner`,
     for the caller to fail it) or, without that list, raises CorruptRowError. The ids of
     claimed PENDING or RUNNING sagas an operator asked to cancel are added to `cancelled`
-    (see `sagaz.worker.cancel`)."""
+    (see `sagaz.worker.cancel`). The stored trace contexts of the claimed sagas that have
+    one go into `traces` (saga id -> JSON text)."""
     if limit <= 0 or not names:
         return []
     candidates = (
@@ -155,7 +167,7 @@ def claim_sagas(
     rows = connection.execute(statement).all()
     if cancelled is not None:
         cancelled.update(str(row.id) for row in rows if _cancel_pending(row))
-    return _snapshots(rows, corrupt)
+    return _snapshots(rows, corrupt, traces)
 
 
 def _cancel_pending(row: sa.Row[Any]) -> bool:
@@ -273,8 +285,10 @@ def claim_saga(
     owner: str,
     lease_seconds: float,
     now: datetime,
+    traces: dict[str, str] | None = None,
 ) -> SagaSnapshot | None:
-    """Lease the one saga `saga_id` to `owner`, as `claim_sagas` would, and return it.
+    """Lease the one saga `saga_id` to `owner`, as `claim_sagas` would, and return it
+    (its stored trace context into `traces`, as `claim_sagas` does).
 
     For a process that just recorded a saga and wants to run it itself (a web adapter's
     background run): the claim succeeds only while the saga is runnable and nobody holds
@@ -290,7 +304,11 @@ def claim_saga(
         .returning(*SAGA_COLUMNS_AS_TEXT)
     )
     row = connection.execute(statement).one_or_none()
-    return None if row is None else snapshot_from_row(row)
+    if row is None:
+        return None
+    snapshot = snapshot_from_row(row)
+    _keep_trace(row, traces)
+    return snapshot
 
 
 def record_and_claim(
@@ -300,6 +318,7 @@ def record_and_claim(
     owner: str,
     lease_seconds: float,
     now: datetime,
+    traces: dict[str, str] | None = None,
 ) -> SagaSnapshot | None:
     """Insert the saga `row` (a `pending_saga_row`) unless its id exists, and lease it
     to `owner` in the same transaction, as `claim_saga` does.
@@ -309,7 +328,14 @@ def record_and_claim(
     while it runs here. An existing saga with that id is claimed instead (to resume it);
     None, changing nothing, when it is finished or leased to another owner."""
     connection.execute(insert_ignoring_conflicts(sagas, connection.dialect.name), [row])
-    return claim_saga(connection, str(row["id"]), owner=owner, lease_seconds=lease_seconds, now=now)
+    return claim_saga(
+        connection,
+        str(row["id"]),
+        owner=owner,
+        lease_seconds=lease_seconds,
+        now=now,
+        traces=traces,
+    )
 
 
 def resume_saga(connection: sa.Connection, saga_id: str, *, now: datetime) -> bool:

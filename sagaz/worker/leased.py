@@ -60,6 +60,7 @@ from sagaz.run_context import LeaseClock
 from sagaz.store.failures import log_failure
 from sagaz.store.operations import pending_saga_row
 from sagaz.store.stores import AsyncSagaStore, is_connection_error
+from sagaz.tracing import current_trace_context, saga_run_span
 from sagaz.types import SagaResult, SagaStatus
 from sagaz.worker import claims
 from sagaz.worker.cancel import CancelWatch
@@ -98,6 +99,7 @@ class LeasedRuns:
     interrupted: int
     _saga_engine: SagaEngine
     _cancels: CancelWatch
+    _traces: dict[str, str]
     _running: dict[str, _Run]
     _definitions: dict[str, tuple[object, SagaDefinition, SagaEngine]]
     _renewer: asyncio.Task[None] | None
@@ -149,6 +151,7 @@ class LeasedRuns:
             idempotency_key=None,
             correlation_id=current_correlation_id(),
             now=utcnow(),
+            trace_context=current_trace_context(),
         )
         engine = self._saga_engine.for_config(config)
         extra = tuple(listeners)
@@ -174,6 +177,7 @@ class LeasedRuns:
         """`claim` (a claim of one saga in `claims`) for this worker, in a transaction,
         and the lease's clock, started before the request was sent."""
         started = time.monotonic()
+        arguments.setdefault("traces", self._traces)  # the stored trace context, for the run
         snapshot = await self._in_transaction(
             partial(claim, owner=self.owner, lease_seconds=self.lease_seconds, **arguments)
         )
@@ -214,6 +218,7 @@ class LeasedRuns:
     def _finished(self, saga_id: str, _task: asyncio.Task[Any]) -> None:
         self._running.pop(saga_id, None)
         self._cancels.forget(saga_id)
+        self._traces.pop(saga_id, None)
 
     # -- one claimed run ---------------------------------------------------------------
 
@@ -234,6 +239,7 @@ class LeasedRuns:
             if snapshot.correlation_id
             else contextlib.nullcontext()
         )
+        span = saga_run_span(snapshot, self._traces.pop(snapshot.saga_id, None))
         try:
             cancel = self._cancels.give_up(snapshot.saga_id)  # an operator's cancel request
             give_up = cancel or give_up_reason(snapshot, self.max_attempts)
@@ -244,7 +250,7 @@ class LeasedRuns:
                 log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
             resumed = snapshot.status is not SagaStatus.PENDING
             definition, saga_engine = runner or self._runner(snapshot.saga_name)
-            with scope:
+            with scope, span:
                 result = await saga_engine.run(
                     definition,
                     {},

@@ -122,6 +122,7 @@ class SagaWorker(LeasedRuns):
         self._definitions = {}
         self._renewer = None
         self._renewal_users = 0
+        self._traces = {}  # stored trace contexts of claimed sagas (sagaz.tracing)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.completed = 0
@@ -254,6 +255,7 @@ class SagaWorker(LeasedRuns):
                 now=now,
                 corrupt=corrupt,
                 cancelled=self._cancels.claimed,
+                traces=self._traces,
             )
         )
         for bad in corrupt:

@@ -23,7 +23,7 @@ from sagaz.store.schema import TABLE_NAMES, metadata
 from tests.conftest import DatabaseUrls
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0004_cancel_requests"
+HEAD = "0005_trace_context"
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -14,7 +14,7 @@ from sagaz.store import migrations
 from sagaz.store.schema import TABLE_NAMES
 from tests.conftest import DatabaseUrls
 
-HEAD = "0004_cancel_requests"
+HEAD = "0005_trace_context"
 
 
 def invoke(*args: str, **kwargs: Any) -> Result:

@@ -70,7 +70,7 @@ def test_sagaz_db_upgrade_from_an_installed_wheel(tmp_path: Path) -> None:
     database = elsewhere / "x.db"
     sagaz = environment / "bin" / "sagaz"
     output = run(sagaz, "db", "upgrade", "--url", f"sqlite:///{database}", cwd=elsewhere)
-    assert output.strip() == "sagaz tables at 0004_cancel_requests (head)"
+    assert output.strip() == "sagaz tables at 0005_trace_context (head)"
     assert not (elsewhere / "sagaz.db").exists()  # the --url was used, not the default
     engine = sa.create_engine(f"sqlite:///{database}")
     try:

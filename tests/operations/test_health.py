@@ -56,7 +56,7 @@ def test_migrated_tables_are_ok_and_thresholds_degrade(migrated: DatabaseUrls) -
         report = check_health(engine)
         assert report.status is HealthStatus.OK, report.problems
         assert report.database_reachable
-        assert report.schema_revision == expected_revision() == "0004_cancel_requests"
+        assert report.schema_revision == expected_revision() == "0005_trace_context"
         assert report.sagas == {"pending": 0, "running": 0, "compensating": 0, "failed": 0}
         assert report.outbox is not None
         assert report.outbox.pending == 0
@@ -129,7 +129,7 @@ def test_schema_behind_or_unknown(pg_empty: DatabaseUrls) -> None:
     try:
         report = check_health(behind)
         assert report.status is HealthStatus.FAILING
-        assert "at revision 0003_worker_claims, this sagaz needs 0004" in report.problems[0]
+        assert "at revision 0003_worker_claims, this sagaz needs 0005" in report.problems[0]
         migrations.upgrade(pg_empty.url)
         with behind.begin() as connection:
             connection.execute(sa.text("UPDATE sagaz_alembic_version SET version_num = '9999_x'"))

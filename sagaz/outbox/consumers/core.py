@@ -45,6 +45,7 @@ from sagaz.outbox.brokers.common import (
 )
 from sagaz.outbox.event_logs import event_fields
 from sagaz.outbox.inbox import ConsumerInbox, check_key
+from sagaz.tracing import processing_span
 
 __all__ = [
     "BrokerConsumer",
@@ -239,9 +240,11 @@ class BrokerConsumer(ABC):
             await self._malformed(delivery, error)
             return
         try:
-            ran = await self.inbox.process(
-                message.id, lambda session: self.handler(session, message)
-            )
+            # a consumer span parented to the message's traceparent (sagaz.tracing)
+            with processing_span(message, consumer=self.group, system=self.broker):
+                ran = await self.inbox.process(
+                    message.id, lambda session: self.handler(session, message)
+                )
         except Exception as error:
             self.stats.failed += 1
             logger.warning(

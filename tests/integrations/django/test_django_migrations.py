@@ -65,7 +65,7 @@ def test_migrate_matches_sagaz_db_upgrade_on_postgresql(pg_empty: DatabaseUrls) 
     # the partial indexes kept their predicates
     indexes = {index[0]: index for index in migrated["sagaz_outbox"]["indexes"]}
     assert "status" in str(indexes["ix_sagaz_outbox_pending_key"])
-    assert migrations.current(database_url("default")) == "0004_cancel_requests"
+    assert migrations.current(database_url("default")) == "0005_trace_context"
 
 
 @pytest.mark.django_db(transaction=True, databases=["sqlite"])
@@ -95,13 +95,13 @@ def applied(alias: str) -> list[str]:
 @pytest.mark.django_db(transaction=True, databases=["scratch"])
 def test_migrate_backwards_and_forwards_and_adopting_sagaz_db_upgrade(scratch: str) -> None:
     call_command("migrate", "sagaz", database="scratch", verbosity=0)
-    assert migrations.current(scratch) == "0004_cancel_requests"
+    assert migrations.current(scratch) == "0005_trace_context"
     call_command("migrate", "sagaz", "zero", database="scratch", verbosity=0)
     assert migrations.current(scratch) is None
     assert not set(sa.inspect(create_engine(scratch)).get_table_names()) & TABLE_NAMES
     # again, over the empty version table a downgrade leaves behind
     call_command("migrate", "sagaz", database="scratch", verbosity=0)
-    assert migrations.current(scratch) == "0004_cancel_requests"
+    assert migrations.current(scratch) == "0005_trace_context"
 
     # A database `sagaz db upgrade` migrated first: `migrate` records it, changes nothing.
     call_command("migrate", "sagaz", "zero", database="scratch", verbosity=0)
@@ -113,6 +113,7 @@ def test_migrate_backwards_and_forwards_and_adopting_sagaz_db_upgrade(scratch: s
         "0002_json_text",
         "0003_worker_claims",
         "0004_cancel_requests",
+        "0005_trace_context",
     ]
     assert snapshot(scratch) == before
 
