@@ -5,6 +5,8 @@ process by tests/examples/test_flask_example.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -80,3 +82,20 @@ def test_an_app_without_a_database_says_what_to_set() -> None:
     result = app.test_cli_runner().invoke(args=["sagaz", "db", "upgrade"])
     assert result.exit_code == 2
     assert "SAGAZ_DATABASE_URL" in result.output
+
+
+def test_the_operator_commands_run_on_the_apps_database(app_db: DatabaseUrls) -> None:
+    """`flask sagaz show|stats|cancel|retry`: the `sagaz` commands on the app's database."""
+    app, extension = build_app(app_db.url)
+    with running(app, extension):
+        saga_id = app.test_client().post("/orders").get_json()["saga_id"]
+        runner = app.test_cli_runner()
+        shown = runner.invoke(args=["sagaz", "show", saga_id, "--json"])
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output)["id"] == saga_id
+        stats = runner.invoke(args=["sagaz", "stats", "--json"])
+        assert json.loads(stats.output)["by_status"]
+        cancelled = runner.invoke(args=["sagaz", "cancel", saga_id, "--yes"])
+        assert cancelled.exit_code == 0, cancelled.output
+        refused = runner.invoke(args=["sagaz", "retry", saga_id, "--yes"])
+        assert refused.exit_code != 0  # only a FAILED saga is retried

@@ -15,6 +15,10 @@ from flask.cli import with_appcontext
 from sagaz.cli.db import db as db_command
 from sagaz.cli.dlq import dlq as dlq_command
 from sagaz.cli.listing import list_sagas as list_command
+from sagaz.cli.repair import cancel as cancel_command
+from sagaz.cli.repair import retry as retry_command
+from sagaz.cli.show import show as show_command
+from sagaz.cli.stats import stats as stats_command
 from sagaz.cli.worker import CONFIG_META_KEY
 from sagaz.cli.worker import worker as worker_command
 from sagaz.errors import ConfigurationError
@@ -94,4 +98,15 @@ def _mount(commands: Iterable[click.Command]) -> None:
         sagaz_cli.add_command(_with_app_defaults(command))
 
 
-_mount([worker_command, list_command, db_command, dlq_command])
+_mount(
+    [
+        worker_command,
+        list_command,
+        show_command,
+        retry_command,
+        cancel_command,
+        stats_command,
+        db_command,
+        dlq_command,
+    ]
+)

@@ -4,6 +4,7 @@ database from DATABASES and their options from the `sagaz` CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -150,3 +151,23 @@ def test_sagaz_list_imports_the_modules_it_is_given(capsys: pytest.CaptureFixtur
     assert "django-test-note" in capsys.readouterr().out
     with pytest.raises(CommandError, match="cannot import 'no_such_saga_module'"):
         call_command("sagaz_list", "--import", "no_such_saga_module", database="sqlite")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_operator_commands_run_on_the_projects_database(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`manage.py sagaz_show|sagaz_stats|sagaz_cancel|sagaz_retry`: the `sagaz` commands,
+    their saga id a positional argument, on DATABASES (no --url)."""
+    with transaction.atomic():
+        saga_id = atomic_saga_start(NoteSaga, {"n": 1})
+    capsys.readouterr()
+    call_command("sagaz_show", saga_id, "--json")
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["id"], shown["status"]) == (saga_id, "pending")
+    call_command("sagaz_stats", "--json")
+    assert json.loads(capsys.readouterr().out)["by_status"] == {"pending": 1}
+    call_command("sagaz_cancel", saga_id, "--yes")
+    assert "cancel" in capsys.readouterr().out.lower()
+    with pytest.raises(CommandError, match="FAILED"):  # only a FAILED saga is retried
+        call_command("sagaz_retry", saga_id, "--yes")

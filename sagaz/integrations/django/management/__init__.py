@@ -42,6 +42,12 @@ class ClickCommand(BaseCommand):
             help="The DATABASES alias of sagaz's tables "
             '(default: settings.SAGAZ["DATABASE"], else "default").',
         )
+        for argument in self._arguments():  # positional, as on the command line
+            parser.add_argument(
+                argument.name or "argument",
+                nargs="*" if argument.nargs == -1 else None,
+                metavar=(argument.name or "argument").upper(),
+            )
         for option in self._options():
             help_text = (option.help or "").replace("%", "%%")
             if option.show_default and not option.is_flag and option.default is not None:
@@ -59,6 +65,11 @@ class ClickCommand(BaseCommand):
                 if isinstance(option.type, click.Choice):
                     kwargs["choices"] = list(option.type.choices)
             parser.add_argument(*names, help=help_text, **kwargs)
+
+    def _arguments(self) -> Iterable[click.Argument]:
+        for param in self.click_command.params:
+            if isinstance(param, click.Argument):
+                yield param
 
     def _options(self) -> Iterable[click.Option]:
         for param in self.click_command.params:
@@ -83,9 +94,9 @@ class ClickCommand(BaseCommand):
             raise CommandError(str(error)) from error
         values.update(
             {
-                option.name: options[option.name]
-                for option in self._options()
-                if option.name in options
+                param.name: options[param.name]
+                for param in (*self._arguments(), *self._options())
+                if param.name in options
             }
         )
         try:
@@ -107,6 +118,15 @@ class ClickCommand(BaseCommand):
 
     def _argv(self, values: dict[str, Any]) -> list[str]:
         argv: list[str] = []
+        for argument in self._arguments():
+            value = values.get(argument.name or "")
+            if value is not None:
+                argv += [str(item) for item in value] if argument.nargs == -1 else [str(value)]
+        if argv:
+            argv.insert(0, "--")  # the arguments after the options: mark where they start
+            arguments, argv = argv, []
+        else:
+            arguments = []
         for param in self.click_command.params:
             if not isinstance(param, click.Option) or param.name not in values:
                 continue
@@ -122,6 +142,8 @@ class ClickCommand(BaseCommand):
                     argv += [long_name, str(item)]
             else:
                 argv += [long_name, str(value)]
+        if arguments:  # ["--", SAGA_ID]: after every option
+            argv += arguments
         return argv
 
     def _command_name(self) -> str:
