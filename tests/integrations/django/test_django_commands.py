@@ -171,3 +171,15 @@ def test_the_operator_commands_run_on_the_projects_database(
     assert "cancel" in capsys.readouterr().out.lower()
     with pytest.raises(CommandError, match="FAILED"):  # only a FAILED saga is retried
         call_command("sagaz_retry", saga_id, "--yes")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sagaz_dlq_runs_its_subcommands_on_the_projects_database(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    call_command("sagaz_dlq", "list", "--json")
+    assert json.loads(capsys.readouterr().out) == {"events": []}
+    with pytest.raises(CommandError, match="give a subcommand: list, purge, requeue, show"):
+        call_command("sagaz_dlq")
+    with pytest.raises(CommandError, match="there is no dead-lettered event"):
+        call_command("sagaz_dlq", "show", "5b0e5b0e-0000-4000-8000-000000000000")

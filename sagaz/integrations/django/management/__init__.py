@@ -11,8 +11,9 @@ shutdown - and only the configuration comes from Django.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import click
@@ -25,7 +26,7 @@ from sagaz.config import SagaConfig
 from sagaz.errors import ConfigurationError
 from sagaz.integrations.django.conf import database_url, get_settings
 
-__all__ = ["ClickCommand", "settings_config", "settings_defaults"]
+__all__ = ["ClickCommand", "ClickGroupCommand", "settings_config", "settings_defaults"]
 
 
 class ClickCommand(BaseCommand):
@@ -99,14 +100,8 @@ class ClickCommand(BaseCommand):
                 if param.name in options
             }
         )
-        try:
+        with _as_command_errors():
             self._run(self._argv(values), config)
-        except click.ClickException as error:
-            raise CommandError(error.format_message()) from error
-        except click.Abort as error:
-            raise CommandError("aborted") from error
-        except ConfigurationError as error:  # e.g. an unknown broker URL scheme
-            raise CommandError(str(error)) from error
 
     def _run(self, argv: list[str], config: SagaConfig | None) -> None:
         """Run the click command with `argv`, starting from `config` when given."""
@@ -148,6 +143,55 @@ class ClickCommand(BaseCommand):
 
     def _command_name(self) -> str:
         return self.__module__.rsplit(".", 1)[-1]
+
+
+class ClickGroupCommand(BaseCommand):
+    """A Django command running a click group (``manage.py sagaz_dlq list --json``): the
+    subcommand and its arguments as on the command line, plus ``--url`` derived from
+    ``DATABASES[--database]`` (given before the subcommand)."""
+
+    click_group: ClassVar[click.Group]
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--database",
+            default=None,
+            help="The DATABASES alias of sagaz's tables "
+            '(default: settings.SAGAZ["DATABASE"], else "default"); before the subcommand.',
+        )
+        parser.add_argument(
+            "arguments",
+            nargs=argparse.REMAINDER,
+            metavar="SUBCOMMAND ...",
+            help=f"one of {', '.join(sorted(self.click_group.commands))}, and its options",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        given = list(options.get("arguments") or [])
+        if not given or given[0] not in self.click_group.commands:
+            raise CommandError(f"give a subcommand: {', '.join(sorted(self.click_group.commands))}")
+        try:
+            url = database_url(options.get("database"))
+        except (ImproperlyConfigured, ConnectionDoesNotExist) as error:
+            raise CommandError(str(error)) from error
+        name = f"manage.py {self.__module__.rsplit('.', 1)[-1]}"
+        with _as_command_errors():
+            argv = [given[0], "--url", url, *given[1:]]
+            with self.click_group.make_context(name, argv) as ctx:
+                self.click_group.invoke(ctx)
+
+
+@contextlib.contextmanager
+def _as_command_errors() -> Iterator[None]:
+    """click's and sagaz's usage errors as Django's CommandError."""
+    try:
+        yield
+    except click.ClickException as error:
+        raise CommandError(error.format_message()) from error
+    except click.Abort as error:
+        raise CommandError("aborted") from error
+    except ConfigurationError as error:  # e.g. an unknown broker URL scheme
+        raise CommandError(str(error)) from error
 
 
 def settings_defaults() -> dict[str, Any]:
