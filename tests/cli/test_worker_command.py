@@ -7,8 +7,6 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -30,6 +28,7 @@ from sagaz.observability import log_transition
 from sagaz.runtime import SagaRuntime
 from sagaz.store.schema import sagas
 from sagaz.worker import SagaWorker
+from tests.cli.conftest import StartWorker
 from tests.cli.sagas_for_cli import FlakySaga, GatedSaga
 from tests.conftest import DatabaseUrls
 
@@ -316,7 +315,7 @@ def wait_until(check: Callable[[], bool], seconds: float = 60) -> None:
 
 
 def test_sagaz_max_retries_reaches_the_sagas_a_worker_runs(
-    sqlite: DatabaseUrls, tmp_path: Path, worker_process: list[subprocess.Popen[str]]
+    sqlite: DatabaseUrls, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     engine = sqlite.sync_engine()
     with Session(engine) as session:
@@ -331,14 +330,7 @@ def test_sagaz_max_retries_reaches_the_sagas_a_worker_runs(
         "SAGAZ_RETRY_BACKOFF": "0",
         "SAGAZ_LOG_TRANSITIONS": "true",
     }
-    command = [
-        sys.executable, "-m", "sagaz", "worker", "--import", SAGAS, "--no-outbox",
-        "--poll-interval", "0.1", "--shutdown-grace", "1", "--log-level", "WARNING",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True
-    )
-    worker_process.append(process)
+    process = start_worker(tmp_path, environment, "--no-outbox", "--log-level", "WARNING")
 
     def statuses() -> dict[str, str]:
         with engine.connect() as connection:
@@ -363,7 +355,7 @@ def test_sagaz_max_retries_reaches_the_sagas_a_worker_runs(
 
 
 def test_sigterm_leaves_a_step_blocked_in_a_thread_after_the_grace(
-    sqlite: DatabaseUrls, tmp_path: Path, worker_process: list[subprocess.Popen[str]]
+    sqlite: DatabaseUrls, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     """A plain `def` step that never returns cannot be interrupted: the worker exits once
     its shutdown grace is over (rather than waiting for the thread for ever), says so,
@@ -374,14 +366,7 @@ def test_sigterm_leaves_a_step_blocked_in_a_thread_after_the_grace(
         saga_id = start_saga(session, GatedSaga, context)
         session.commit()
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "SAGAZ_DATABASE_URL": sqlite.url}
-    command = [
-        sys.executable, "-m", "sagaz", "worker", "--import", SAGAS, "--no-outbox",
-        "--poll-interval", "0.1", "--shutdown-grace", "1", "--log-level", "WARNING",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True
-    )
-    worker_process.append(process)
+    process = start_worker(tmp_path, environment, "--no-outbox", "--log-level", "WARNING")
     wait_until(lambda: process.poll() is not None or Path(context["entered"]).exists())
     assert process.poll() is None, process.communicate()[1]
     process.send_signal(signal.SIGTERM)

@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
 from sagaz import outbox, start_saga
+from tests.cli.conftest import StartWorker
 from tests.cli.sagas_for_cli import FlakySaga
 from tests.conftest import DatabaseUrls
 
@@ -40,7 +39,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_port_and_json_logs(
-    pg: DatabaseUrls, tmp_path: Path, worker_process: list[subprocess.Popen[str]]
+    pg: DatabaseUrls, tmp_path: Path, start_worker: StartWorker
 ) -> None:
     engine = pg.sync_engine()
     with Session(engine) as session:
@@ -60,14 +59,7 @@ def test_metrics_port_and_json_logs(
         "SAGAZ_LOG_TRANSITIONS": "true",
         "SAGAZ_METRICS_PORT": str(port),
     }
-    command = [
-        sys.executable, "-m", "sagaz", "worker", "--import", "tests.cli.sagas_for_cli",
-        "--poll-interval", "0.1", "--shutdown-grace", "1", "--log-format", "json",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True
-    )
-    worker_process.append(process)
+    process = start_worker(tmp_path, environment, "--log-format", "json")
 
     finished = ("sagaz_sagas_finished_total", (("saga", "cli-flaky"), ("status", "completed")))
     undone = ("sagaz_sagas_finished_total", (("saga", "cli-flaky"), ("status", "compensated")))
