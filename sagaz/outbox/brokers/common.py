@@ -160,9 +160,9 @@ class BatchOutcomes:
         self.errors[index] = error
         failed = self.messages[index]
         follower = self._successor[index]
-        while follower is not None:
-            if self.errors[follower] is None and failed.key is not None:
-                self.errors[follower] = EarlierMessageFailedError(failed.key, failed.id)
+        # A follower with an outcome already has its own followers marked too.
+        while follower is not None and self.errors[follower] is None and failed.key is not None:
+            self.errors[follower] = EarlierMessageFailedError(failed.key, failed.id)
             follower = self._successor[follower]
 
     def fail_all(self, indexes: Iterable[int], error: BaseException) -> None:
