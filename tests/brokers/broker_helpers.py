@@ -16,7 +16,7 @@ from typing import Literal
 
 import pytest
 
-from sagaz.outbox.brokers import OutboxMessage
+from sagaz.outbox.brokers import BrokerConnectionError, EarlierMessageFailedError, OutboxMessage
 
 
 class TcpProxy:
@@ -183,6 +183,25 @@ def assert_first_arrivals_in_key_order(
             by_key.setdefault(message.key, []).append(first_position[message.id])
     for key, positions in by_key.items():
         assert positions == sorted(positions), f"key {key!r} arrived out of order"
+
+
+def assert_each_arrived_once_in_key_order(
+    sent: Iterable[OutboxMessage], received_ids: Sequence[str]
+) -> None:
+    """Every sent message arrived exactly once, each key's in send order (the order across
+    keys, and of messages without a key, is not promised)."""
+    sent = list(sent)
+    assert sorted(received_ids) == sorted(m.id for m in sent), "not each message exactly once"
+    assert_first_arrivals_in_key_order(sent, received_ids)
+
+
+def assert_connection_failed(outcomes: Sequence[BaseException | None]) -> None:
+    """No message of the batch was confirmed because of the connection: each one is
+    unconfirmed (BrokerConnectionError) or was held back, unsent, behind such a failure
+    of its key (EarlierMessageFailedError)."""
+    assert any(isinstance(outcome, BrokerConnectionError) for outcome in outcomes), outcomes
+    for outcome in outcomes:
+        assert isinstance(outcome, BrokerConnectionError | EarlierMessageFailedError), outcome
 
 
 async def retry_failed(

@@ -46,12 +46,14 @@ class Broker(Protocol):
     async def publish_batch(
         self, messages: Sequence[OutboxMessage]
     ) -> Sequence[BaseException | None]:
-        """Publish `messages` in order and return, per message, None when the broker
-        confirmed it or the error that prevented confirmation.
+        """Publish `messages` and return, per message, None when the broker confirmed
+        it or the error that prevented confirmation.
 
         Must not raise for a per-message or connection failure (return the errors
-        instead); messages with the same key must be confirmed in the given order or
-        reported failed from the first unconfirmed one on.
+        instead). Messages with the same key must reach the broker in the given order: a
+        message is sent only after the previous one of its key was confirmed, and from the
+        first unconfirmed one on, the later ones of its key are not sent and are reported
+        failed (`EarlierMessageFailedError`; `BatchOutcomes` in `common.py` does this).
         """
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -120,39 +120,148 @@ def require_id(value: object, where: str, field_name: str) -> str:
 
 
 class BatchOutcomes:
-    """The per-message outcomes of one publish_batch call, kept in per-key order.
+    """The per-message outcomes of one publish_batch call, and the order to send in.
 
-    Brokers send messages in the given order and record failures here; `blocked(i)`
-    tells them not to send a message whose key already failed in this batch, and
-    `result()` reports any message confirmed after an earlier same-key failure as failed
-    too (the protocol: same-key messages are confirmed in order, or reported failed from
-    the first unconfirmed one on).
+    Per-key order is kept by *when* a message is sent, not only by how it is reported:
+    a message with a key is sent only once the previous message of its key in the batch
+    was confirmed. When one fails (refused, unconfirmed, or not sendable), every later
+    message of its key in the batch is not sent at all and is reported
+    `EarlierMessageFailedError` (the relay hands it back without counting an attempt).
+    So the broker never holds a message of a key before an earlier one of the same key
+    it was given. The first message of each key and messages without a key go out at
+    once, in batch order: `pipeline` (one confirmation per message) and `waves` (one
+    round trip per group) drive that; a broker that sends one message at a time and
+    knows each outcome before the next may simply skip the `blocked` ones.
     """
 
-    __slots__ = ("_failed_keys", "errors", "messages")
+    __slots__ = ("_sent", "_successor", "errors", "heads", "messages")
 
     def __init__(self, messages: Sequence[OutboxMessage]) -> None:
         self.messages = messages
         self.errors: Outcomes = [None] * len(messages)
-        self._failed_keys: dict[str, str] = {}
+        self._sent = [False] * len(messages)
+        #: The next message of the same key in the batch, per message.
+        self._successor: list[int | None] = [None] * len(messages)
+        #: The messages free to be sent at once: the first of each key, those without one.
+        self.heads: list[int] = []
+        last: dict[str, int] = {}
+        for index, message in enumerate(messages):
+            if message.key is not None:
+                previous = last.get(message.key)
+                last[message.key] = index
+                if previous is not None:
+                    self._successor[previous] = index
+                    continue
+            self.heads.append(index)
 
     def fail(self, index: int, error: BaseException) -> None:
+        """Record `error` for message `index`; the later messages of its key in the batch
+        are not to be sent (EarlierMessageFailedError, unless they already failed)."""
         self.errors[index] = error
-        key = self.messages[index].key
-        if key is not None:
-            self._failed_keys.setdefault(key, self.messages[index].id)
+        failed = self.messages[index]
+        follower = self._successor[index]
+        # A follower with an outcome already has its own followers marked too.
+        while follower is not None and self.errors[follower] is None and failed.key is not None:
+            self.errors[follower] = EarlierMessageFailedError(failed.key, failed.id)
+            follower = self._successor[follower]
 
-    def fail_all(self, indexes: Sequence[int], error: BaseException) -> None:
+    def fail_all(self, indexes: Iterable[int], error: BaseException) -> None:
         for index in indexes:
             self.fail(index, error)
 
+    def stop(self, error: BaseException) -> None:
+        """Send nothing more: every message not sent yet and without an outcome fails
+        with `error` (a lost or stalled connection)."""
+        for index, sent in enumerate(self._sent):
+            if not sent and self.errors[index] is None:
+                self.errors[index] = error
+
     def blocked(self, index: int) -> bool:
-        """True (and the message marked failed) when an earlier same-key message failed."""
-        key = self.messages[index].key
-        if key is None or key not in self._failed_keys:
-            return False
-        self.errors[index] = EarlierMessageFailedError(key, self._failed_keys[key])
-        return True
+        """True when message `index` already has an outcome (an earlier message of its
+        key failed) and must not be sent; for brokers that send one message at a time."""
+        return self.errors[index] is not None
+
+    def waves(self) -> Iterator[list[int]]:
+        """The batch as groups to send one after another, each as one round trip: the
+        first group is `heads`; each next one holds the followers of the messages of the
+        previous group that did not fail. Record the failures of a group (`fail`) before
+        asking for the next; a message not failed by then counts as confirmed."""
+        ready = [index for index in self.heads if self.errors[index] is None]
+        while ready:
+            for index in ready:
+                self._sent[index] = True
+            yield ready
+            ready = [
+                follower
+                for index in ready
+                if self.errors[index] is None
+                and (follower := self._successor[index]) is not None
+                and self.errors[follower] is None
+            ]
+
+    async def pipeline(
+        self,
+        send: Callable[[int], Awaitable[asyncio.Future[Any] | None]],
+        *,
+        deadline: float | None,
+        timed_out: BaseException,
+        cancelled: BaseException,
+    ) -> None:
+        """Send the batch through `send` without waiting between keys, each key in order.
+
+        `send(index)` writes message `index` and returns the future of its confirmation
+        (an exception in it fails the message), or None when it recorded the message's
+        failure itself (it may also `stop` the batch). The `heads` are sent at once, in
+        batch order; each later message of a key once the previous one's confirmation
+        came back successfully. Returns when every sent message is settled, or when the
+        event loop's clock reaches `deadline` (None: no limit): what is unconfirmed then fails with
+        `timed_out` (its future cancelled). A future cancelled by someone else fails its
+        message with `cancelled`. If the call itself is cancelled, so are the futures."""
+        in_flight: dict[int, asyncio.Future[Any]] = {}
+        settled: list[int] = []
+        wake = asyncio.Event()
+
+        async def launch(index: int) -> None:
+            self._sent[index] = True
+            future = await send(index)
+            if future is not None:
+                in_flight[index] = future
+                future.add_done_callback(lambda _: settle(index))
+
+        def settle(index: int) -> None:
+            settled.append(index)
+            wake.set()
+
+        try:
+            for index in self.heads:
+                if self.errors[index] is None:
+                    await launch(index)
+            while in_flight:
+                if not settled:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            await wake.wait()
+                    except TimeoutError:
+                        for index, future in in_flight.items():
+                            future.cancel()
+                            self.fail(index, timed_out)
+                        return
+                wake.clear()
+                done = settled.copy()
+                settled.clear()
+                for index in done:
+                    future = in_flight.pop(index)
+                    if future.cancelled():
+                        self.fail(index, cancelled)
+                    elif (error := future.exception()) is not None:
+                        self.fail(index, error)
+                    elif (follower := self._successor[index]) is not None and (
+                        self.errors[follower] is None
+                    ):
+                        await launch(follower)
+        finally:
+            for future in in_flight.values():
+                future.cancel()
 
     async def connected(
         self,
@@ -175,21 +284,11 @@ class BatchOutcomes:
                 if isinstance(error, BrokerConnectionError)
                 else BrokerConnectionError(f"{broker}: cannot connect: {describe(error)}")
             )
-            self.fail_all(range(len(self.messages)), lost)
+            self.stop(lost)
             return False
         return True
 
     def result(self) -> Outcomes:
-        first_failure: dict[str, str] = {}
-        for index, message in enumerate(self.messages):
-            key = message.key
-            if key is None:
-                continue
-            if key in first_failure:
-                if self.errors[index] is None:
-                    self.errors[index] = EarlierMessageFailedError(key, first_failure[key])
-            elif self.errors[index] is not None:
-                first_failure[key] = message.id
         return self.errors
 
 

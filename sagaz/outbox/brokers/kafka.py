@@ -6,6 +6,9 @@ and headers = the event's headers (the correlation id among them) plus `sagaz-me
 (the outbox event id), `sagaz-key` and `sagaz-saga-id`. The idempotent producer keeps
 its own retries free of duplicates and of reordering within a partition; a retry by the
 relay after an unconfirmed send can still duplicate a record, which its id identifies.
+A record with a key is sent only once the previous one of its key was acknowledged
+(`BatchOutcomes.pipeline`): a failed delivery is never overtaken by a later record of its
+key in a later request, or on another topic.
 
 Kafka has no server on the development machine: the adapter is tested against a real
 broker only when `SAGAZ_TEST_KAFKA=host:port` is set (see docs/brokers.md).
@@ -125,17 +128,16 @@ class KafkaBroker:
         if not await outcomes.connected("kafka", self.connect):
             return outcomes.result()
         producer = self._producer
-        indexes: list[int] = []
-        deliveries: list[asyncio.Future[Any]] = []
+        assert producer is not None
         # A topic whose metadata could not be fetched fails the rest of its messages at
         # once instead of waiting request_timeout_ms for each.
         unavailable: dict[str, PublishError] = {}
-        for index, message in enumerate(messages):
-            if outcomes.blocked(index):
-                continue
+
+        async def send(index: int) -> asyncio.Future[None] | None:
+            message = messages[index]
             if message.topic in unavailable:
                 outcomes.fail(index, unavailable[message.topic])
-                continue
+                return None
             try:
                 headers = [(name, value.encode()) for name, value in wire_headers(message).items()]
                 delivery = await producer.send(
@@ -149,22 +151,23 @@ class KafkaBroker:
                     f"kafka: no metadata for topic {message.topic!r}: {error!r}"
                 )
                 outcomes.fail(index, unavailable[message.topic])
-                continue
+                return None
             except KafkaError as error:
                 # Raised before the record was queued (too large, bad topic name, ...).
                 outcomes.fail(index, PublishError(f"kafka: cannot send {message.id}: {error!r}"))
-                continue
+                return None
             except Exception as error:  # a message that cannot be encoded
                 outcomes.fail(index, PublishError(f"kafka: cannot encode {message.id}: {error}"))
-                continue
-            indexes.append(index)
-            deliveries.append(delivery)
-        results = await asyncio.gather(*deliveries, return_exceptions=True)
-        for index, result in zip(indexes, results, strict=True):
-            # A delivery cancelled from inside aiokafka counts as unconfirmed too (this
-            # task's own cancellation is not among the results: gather raises it).
-            if isinstance(result, BaseException):
-                outcomes.fail(index, BrokerConnectionError(f"kafka: not acknowledged: {result!r}"))
+                return None
+            return asyncio.ensure_future(_acknowledged(delivery))
+
+        # No deadline of its own: aiokafka's request_timeout_ms bounds each delivery.
+        await outcomes.pipeline(
+            send,
+            deadline=None,
+            timed_out=BrokerConnectionError("kafka: not acknowledged in time"),
+            cancelled=BrokerConnectionError("kafka: not acknowledged: cancelled"),
+        )
         errors = outcomes.result()
         if any(error is not None for error in errors):
             await self._drop()
@@ -180,6 +183,20 @@ class KafkaBroker:
         if producer is not None:
             with contextlib.suppress(Exception):
                 await producer.stop()
+
+
+async def _acknowledged(delivery: asyncio.Future[Any]) -> None:
+    """Wait for a record's delivery; any failure (a delivery cancelled from inside
+    aiokafka too) is raised as BrokerConnectionError."""
+    try:
+        await delivery
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise BrokerConnectionError("kafka: not acknowledged: cancelled") from None
+    except Exception as error:
+        raise BrokerConnectionError(f"kafka: not acknowledged: {error!r}") from None
 
 
 # -- consumer side ---------------------------------------------------------------------------

@@ -5,8 +5,10 @@ The outbox event id travels as the `Nats-Msg-Id` header, so JetStream itself dro
 repeat published within the stream's duplicate window (default two minutes): a retry
 after a lost acknowledgement does not store the message twice. The event's headers (the
 correlation id among them) and sagaz's own (`sagaz-message-id`, `sagaz-key`,
-`sagaz-saga-id`) travel as NATS headers. A batch is written in order on one connection
-without waiting, then every acknowledgement is awaited together.
+`sagaz-saga-id`) travel as NATS headers. A batch is written on one connection without
+waiting between keys; a message is written only once the previous one of its key was
+acknowledged (`BatchOutcomes.pipeline`), so a refused message is never overtaken by a
+later one of its key.
 
 JetStream only stores subjects some stream captures. Either the application creates the
 stream, or pass `stream=` and `subjects=` and the broker creates it on connect (or adds
@@ -212,10 +214,9 @@ class NatsJetStreamBroker:
         assert link is not None
         # Writing and acknowledging the batch share one deadline.
         deadline = loop.time() + self.ack_timeout
-        waiting: dict[int, asyncio.Future[None]] = {}
-        for index, message in enumerate(messages):
-            if outcomes.blocked(index):
-                continue
+
+        async def send(index: int) -> asyncio.Future[None] | None:
+            message = messages[index]
             token = str(next(self._tokens))
             future: asyncio.Future[None] = loop.create_future()
             link.pending[token] = future
@@ -231,34 +232,33 @@ class NatsJetStreamBroker:
             except _CONNECTION_ERRORS as error:
                 link.pending.pop(token, None)
                 lost = BrokerConnectionError(f"nats: connection lost: {describe(error)}")
-                outcomes.fail_all(range(index, len(messages)), lost)
-                break
+                outcomes.fail(index, lost)
+                outcomes.stop(lost)
+                return None
             except Exception as error:  # a bad subject or header, too large a payload, ...
                 link.pending.pop(token, None)
                 outcomes.fail(index, PublishError(f"nats: cannot publish {message.id}: {error}"))
-                continue
-            waiting[index] = future
+                return None
             if link.stalled is not None or loop.time() > deadline:
                 # The server stopped reading: what is written waits for its
-                # acknowledgement below (it will not come), the rest is not sent.
-                stalled = BrokerConnectionError(
-                    f"nats: the connection stalled (not written within {self.ack_timeout} s)"
+                # acknowledgement (it will not come), the rest is not sent.
+                outcomes.stop(
+                    BrokerConnectionError(
+                        f"nats: the connection stalled (not written within {self.ack_timeout} s)"
+                    )
                 )
-                outcomes.fail_all(range(index + 1, len(messages)), stalled)
-                break
-        if waiting:
-            _done, not_done = await asyncio.wait(
-                waiting.values(), timeout=max(deadline - loop.time(), 0)
+            return future
+
+        try:
+            await outcomes.pipeline(
+                send,
+                deadline=deadline,
+                timed_out=BrokerConnectionError(
+                    f"nats: no JetStream acknowledgement within {self.ack_timeout} s"
+                ),
+                cancelled=BrokerConnectionError("nats: the acknowledgement was cancelled"),
             )
-            timed_out = BrokerConnectionError(
-                f"nats: no JetStream acknowledgement within {self.ack_timeout} s"
-            )
-            for index, future in waiting.items():
-                if future in not_done:
-                    future.cancel()
-                    outcomes.fail(index, timed_out)
-                elif (failure := future.exception()) is not None:
-                    outcomes.fail(index, failure)
+        finally:
             for token, future in list(link.pending.items()):
                 if future.done():
                     del link.pending[token]

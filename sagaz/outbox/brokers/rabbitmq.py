@@ -3,9 +3,10 @@
 Each outbox event is published to one exchange (by default the durable topic exchange
 "sagaz") with routing key = topic, as a persistent message whose AMQP `message_id` is the
 outbox event id and whose `correlation_id` property and `correlation-id` header carry the
-correlation id. A batch is written in order on one channel without waiting between
-messages; the broker then confirms each (ack/nack), and each message's outcome is its own
-confirmation.
+correlation id. A batch is written on one channel without waiting between keys (a
+message of a key only once the previous one of that key was confirmed:
+`BatchOutcomes.pipeline`); the broker confirms each (ack/nack), and each message's outcome
+is its own confirmation.
 """
 
 from __future__ import annotations
@@ -179,62 +180,66 @@ class RabbitMQBroker:
             return outcomes.result()
         exchange = self._exchange
         assert exchange is not None
-        indexes: list[int] = []
-        confirmations: list[asyncio.Task[Any]] = []
-        for index, message in enumerate(messages):
-            if outcomes.blocked(index):
-                continue
+        loop = asyncio.get_running_loop()
+
+        async def send(index: int) -> asyncio.Future[None] | None:
+            message = messages[index]
             try:
                 amqp_message = _amqp_message(message)
             except Exception as error:  # a message that cannot be encoded
                 outcomes.fail(index, PublishError(f"rabbitmq: cannot encode {message.id}: {error}"))
-                continue
+                return None
             # Tasks start in creation order and take the channel's (FIFO) lock in that
-            # order, so the frames go out in batch order; confirmations arrive later.
-            confirmations.append(
-                asyncio.ensure_future(
-                    exchange.publish(
-                        amqp_message,
-                        routing_key=message.topic,
-                        mandatory=self.mandatory,
-                        timeout=self.confirm_timeout,
-                    )
-                )
-            )
-            indexes.append(index)
-        results = await asyncio.gather(*confirmations, return_exceptions=True)
-        lost_connection = False
-        for index, result in zip(indexes, results, strict=True):
-            if not isinstance(result, BaseException):
-                continue
-            # aiormq's PublishError (a returned message) is a DeliveryError too.
-            if isinstance(result, aiormq.exceptions.PublishError):
-                failure: PublishError = PublishError(
-                    f"rabbitmq: {messages[index].id} is unroutable: no queue is bound to "
-                    f"exchange {self.exchange_name!r} for routing key {messages[index].topic!r}"
-                )
-            elif isinstance(result, aiormq.exceptions.DeliveryError):
-                failure = PublishError(
-                    f"rabbitmq: the broker refused {messages[index].id} ({describe(result)})"
-                )
-            elif isinstance(result, asyncio.CancelledError):
-                # aiormq's: it cancels the publishes waiting on a connection it closes
-                # itself. This task's own cancellation is not among the results (gather
-                # raises it), so this is never swallowed.
-                lost_connection = True
-                failure = BrokerConnectionError(
-                    "rabbitmq: not confirmed: aiormq closed the connection and cancelled the "
-                    "publish (no frame from the server for three heartbeat intervals, or lost)"
-                )
-            elif isinstance(result, _CONNECTION_ERRORS):
-                lost_connection = True
-                failure = BrokerConnectionError(f"rabbitmq: not confirmed: {describe(result)}")
-            else:
-                failure = PublishError(f"rabbitmq: {describe(result)}")
-            outcomes.fail(index, failure)
-        if lost_connection:
+            # order, so the frames go out in the order sent; confirmations arrive later.
+            return asyncio.ensure_future(self._confirm(exchange, message, amqp_message))
+
+        await outcomes.pipeline(
+            send,
+            deadline=loop.time() + self.confirm_timeout,
+            timed_out=BrokerConnectionError(
+                f"rabbitmq: not confirmed within {self.confirm_timeout} s"
+            ),
+            cancelled=BrokerConnectionError("rabbitmq: the publish was cancelled"),
+        )
+        if any(isinstance(error, BrokerConnectionError) for error in outcomes.errors):
             await self._drop()
         return outcomes.result()
+
+    async def _confirm(
+        self, exchange: AbstractExchange, message: OutboxMessage, amqp_message: aio_pika.Message
+    ) -> None:
+        """Publish one message and wait for its confirmation; raises the PublishError
+        (BrokerConnectionError when the connection is at fault) to report for it."""
+        try:
+            await exchange.publish(
+                amqp_message,
+                routing_key=message.topic,
+                mandatory=self.mandatory,
+                timeout=self.confirm_timeout,
+            )
+        # aiormq's PublishError (a returned message) is a DeliveryError too.
+        except aiormq.exceptions.PublishError:
+            raise PublishError(
+                f"rabbitmq: {message.id} is unroutable: no queue is bound to "
+                f"exchange {self.exchange_name!r} for routing key {message.topic!r}"
+            ) from None
+        except aiormq.exceptions.DeliveryError as error:
+            raise PublishError(
+                f"rabbitmq: the broker refused {message.id} ({describe(error)})"
+            ) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task's own cancellation
+            # aiormq's: it cancels the publishes waiting on a connection it closes itself.
+            raise BrokerConnectionError(
+                "rabbitmq: not confirmed: aiormq closed the connection and cancelled the "
+                "publish (no frame from the server for three heartbeat intervals, or lost)"
+            ) from None
+        except _CONNECTION_ERRORS as error:
+            raise BrokerConnectionError(f"rabbitmq: not confirmed: {describe(error)}") from None
+        except Exception as error:
+            raise PublishError(f"rabbitmq: {describe(error)}") from None
 
     async def close(self) -> None:
         """Close the connection. Idempotent; never raises; a connection that does not

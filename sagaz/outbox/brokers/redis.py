@@ -3,8 +3,12 @@
 Entry fields: `id` (the outbox event id - Redis generates the entry id itself, so this is
 what consumers deduplicate on), `key` (when the event has one), `payload` (JSON) and
 `headers` (a JSON object: the event's headers, the correlation id among them, plus
-`sagaz-message-id`/`sagaz-key`/`sagaz-saga-id`). A batch is one pipeline on one
-connection: Redis applies the commands in order, so same-key order holds.
+`sagaz-message-id`/`sagaz-key`/`sagaz-saga-id`). A batch is sent as pipelines on one
+connection (`BatchOutcomes.waves`): the first holds the first message of each key and those
+without one, each next one the followers of what the previous one stored. Redis applies a
+pipeline's commands in order but fails each on its own (WRONGTYPE, OOM, ...): a message is
+sent only once the previous one of its key was stored, so a failed XADD is never overtaken
+by a later entry of its key.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ _URL_OPTIONS: OptionParsers = {
 
 
 class RedisStreamsBroker:
-    """Publishes outbox events to Redis Streams with one pipelined round trip per batch.
+    """Publishes outbox events to Redis Streams, pipelined: one round trip per batch, plus
+    one per further message of the longest same-key run in it.
 
     `maxlen` trims each stream to about that many entries (`XADD MAXLEN ~`); None keeps
     everything (trim it yourself). `stream_prefix` is prepended to every topic. The
@@ -132,20 +137,31 @@ class RedisStreamsBroker:
         ):
             return outcomes.result()
         assert self._client is not None
-        pipeline = self._client.pipeline(transaction=False)
+        for wave in outcomes.waves():
+            if not await self._send_wave(self._client, outcomes, wave):
+                break
+        return outcomes.result()
+
+    async def _send_wave(
+        self, client: aioredis.Redis, outcomes: BatchOutcomes, wave: Sequence[int]
+    ) -> bool:
+        """XADD the messages `wave` in one pipeline and record their failures; False when
+        the connection failed (nothing more is sent)."""
+        messages = outcomes.messages
+        pipeline = client.pipeline(transaction=False)
         sent: list[int] = []
-        for index, message in enumerate(messages):
-            if outcomes.blocked(index):
-                continue
+        for index in wave:
             try:
-                fields = _fields(message)
+                fields = _fields(messages[index])
             except Exception as error:  # a message that cannot be encoded
-                outcomes.fail(index, PublishError(f"redis: cannot encode {message.id}: {error}"))
+                outcomes.fail(
+                    index, PublishError(f"redis: cannot encode {messages[index].id}: {error}")
+                )
                 continue
-            pipeline.xadd(self.stream_of(message.topic), fields, maxlen=self.maxlen)
+            pipeline.xadd(self.stream_of(messages[index].topic), fields, maxlen=self.maxlen)
             sent.append(index)
         if not sent:
-            return outcomes.result()
+            return True
         try:
             results = await pipeline.execute(raise_on_error=False)
         except Exception as error:
@@ -154,14 +170,15 @@ class RedisStreamsBroker:
             await self._drop_connections()
             lost = BrokerConnectionError(f"redis: pipeline failed: {describe(error)}")
             outcomes.fail_all(sent, lost)
-            return outcomes.result()
+            outcomes.stop(lost)
+            return False
         for index, result in zip(sent, results, strict=True):
             if isinstance(result, BaseException):
                 stream = self.stream_of(messages[index].topic)
                 outcomes.fail(
                     index, PublishError(f"redis: XADD to stream {stream!r}: {describe(result)}")
                 )
-        return outcomes.result()
+        return True
 
     async def close(self) -> None:
         """Close the client the broker created (not one passed in). Idempotent; never
