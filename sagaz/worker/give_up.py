@@ -8,14 +8,27 @@ or a row it cannot read.
   FAILED at once, running nothing; its error lists the steps left undone. Once the cause
   is fixed, `sagaz.worker.claims.resume_saga` hands it back to the workers.
 * A saga whose row cannot be read is FAILED with the reason (naming the column).
+
+Each of these FAILED transitions is reported to the listeners the saga's runs report to
+(so `sagaz_sagas_finished_total{status="failed"}` counts it), as the engine's are.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sagaz._util import utcnow
-from sagaz.journal import Fence, SagaJournal, SagaSnapshot, Transition, TransitionKind
+from sagaz.engine import SagaEngine
+from sagaz.journal import (
+    Fence,
+    SagaJournal,
+    SagaSnapshot,
+    Transition,
+    TransitionKind,
+    TransitionListener,
+    notify_listeners,
+)
 from sagaz.logging import fields
 from sagaz.run_context import LeaseClock
 from sagaz.types import SagaStatus, StepStatus
@@ -37,6 +50,18 @@ the chaos test: a worker SIGKILLed every 2-3 s and paused past its lease drove h
 sagas to 5 such claims in a row, never near 10)."""
 
 
+def listeners_of(
+    runner: Callable[[str], tuple[object, SagaEngine]], name: str, worker: SagaEngine
+) -> tuple[TransitionListener, ...]:
+    """The listeners the runs of saga `name` report to - those of its engine (`runner`
+    resolves it; a saga bound to a config adds the config's) - or `worker`'s when the
+    name no longer resolves. Never raises."""
+    try:
+        return runner(name)[1].listeners
+    except Exception:
+        return worker.listeners
+
+
 def give_up_reason(snapshot: SagaSnapshot, max_attempts: int) -> str | None:
     """Why the claimed saga is given up, or None to run it."""
     if snapshot.stalled_claims < max_attempts:
@@ -49,10 +74,16 @@ def give_up_reason(snapshot: SagaSnapshot, max_attempts: int) -> str | None:
 
 
 async def fail_saga(
-    journal: SagaJournal, saga_id: str, saga_name: str, fence: Fence, reason: str
+    journal: SagaJournal,
+    saga_id: str,
+    saga_name: str,
+    fence: Fence,
+    reason: str,
+    listeners: tuple[TransitionListener, ...] = (),
 ) -> None:
-    """End the saga FAILED with `reason`, running nothing. Fenced; a write that fails is
-    logged (the saga is claimed again later)."""
+    """End the saga FAILED with `reason`, running nothing, and tell `listeners` once it is
+    written. Fenced; a write that fails is logged (the saga is claimed again later) and
+    reported to no listener."""
     log.error(
         "saga %s %s: %s",
         saga_name,
@@ -60,18 +91,17 @@ async def fail_saga(
         reason,
         extra=fields(saga_id=saga_id, saga_name=saga_name),
     )
+    transition = Transition(
+        kind=TransitionKind.SAGA_FINISHED,
+        saga_id=saga_id,
+        saga_name=saga_name,
+        at=utcnow(),
+        status=SagaStatus.FAILED,
+        error=reason,
+        fence=fence,
+    )
     try:
-        await journal.record(
-            Transition(
-                kind=TransitionKind.SAGA_FINISHED,
-                saga_id=saga_id,
-                saga_name=saga_name,
-                at=utcnow(),
-                status=SagaStatus.FAILED,
-                error=reason,
-                fence=fence,
-            )
-        )
+        await journal.record(transition)
     except Exception as error:
         log.error(
             "could not fail saga %s (%s); it will be claimed again",
@@ -79,12 +109,20 @@ async def fail_saga(
             error,
             extra=fields(saga_id=saga_id, saga_name=saga_name),
         )
+        return
+    await notify_listeners(listeners, transition, log)
 
 
 async def abandon_compensation(
-    journal: SagaJournal, snapshot: SagaSnapshot, fence: Fence, lease: LeaseClock, reason: str
+    journal: SagaJournal,
+    snapshot: SagaSnapshot,
+    fence: Fence,
+    lease: LeaseClock,
+    reason: str,
+    listeners: tuple[TransitionListener, ...] = (),
 ) -> None:
-    """FAILED, naming the steps left undone (read back from the journal)."""
+    """FAILED, naming the steps left undone (read back from the journal); `listeners` are
+    told as by `fail_saga`."""
     loaded = await journal.load(snapshot.saga_id)
     steps = loaded.steps if loaded is not None else {}
     undone = ", ".join(sorted(n for n, step in steps.items() if step.status in NOT_UNDONE))
@@ -96,4 +134,5 @@ async def abandon_compensation(
         fence,
         f"{reason}, while compensating; not compensated: {undone or 'none'} (fix the "
         "cause, then resume it with sagaz.worker.claims.resume_saga)",
+        listeners,
     )

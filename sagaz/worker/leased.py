@@ -64,7 +64,7 @@ from sagaz.tracing import current_trace_context, saga_run_span
 from sagaz.types import SagaResult, SagaStatus
 from sagaz.worker import claims
 from sagaz.worker.cancel import CancelWatch
-from sagaz.worker.give_up import abandon_compensation, fail_saga, give_up_reason
+from sagaz.worker.give_up import abandon_compensation, fail_saga, give_up_reason, listeners_of
 
 if TYPE_CHECKING:
     from sagaz.config import SagaConfig
@@ -244,7 +244,8 @@ class LeasedRuns:
             cancel = self._cancels.give_up(snapshot.saga_id)  # an operator's cancel request
             give_up = cancel or give_up_reason(snapshot, self.max_attempts)
             if give_up is not None and snapshot.status is SagaStatus.COMPENSATING:
-                await abandon_compensation(self.store, snapshot, fence, lease, give_up)
+                listeners = listeners_of(self._runner, snapshot.saga_name, self._saga_engine)
+                await abandon_compensation(self.store, snapshot, fence, lease, give_up, listeners)
                 return None
             if give_up is not None and cancel is None:
                 log.error("saga %s %s: %s", snapshot.saga_name, snapshot.saga_id, give_up)
@@ -292,7 +293,8 @@ class LeasedRuns:
             )
             await self._release(saga_id, token)
         elif isinstance(error, CorruptRowError):
-            await fail_saga(self.store, saga_id, snapshot.saga_name, fence, str(error))
+            listeners = listeners_of(self._runner, snapshot.saga_name, self._saga_engine)
+            await fail_saga(self.store, saga_id, snapshot.saga_name, fence, str(error), listeners)
         elif isinstance(error, DatabaseUnavailableError) or is_connection_error(error):
             # The database went away (restart, network): not the saga's doing.
             self.interrupted += 1

@@ -65,7 +65,7 @@ from sagaz.store.statements import SAGA_CHANNEL
 from sagaz.store.stores import AsyncSagaStore
 from sagaz.worker import claims
 from sagaz.worker.cancel import CancelWatch
-from sagaz.worker.give_up import DEFAULT_MAX_ATTEMPTS, fail_saga
+from sagaz.worker.give_up import DEFAULT_MAX_ATTEMPTS, fail_saga, listeners_of
 from sagaz.worker.leased import LeasedRuns
 
 log = logging.getLogger("sagaz.worker")
@@ -260,7 +260,8 @@ class SagaWorker(LeasedRuns):
         )
         for bad in corrupt:
             fence = Fence(self.owner, bad.lease_token)
-            await fail_saga(self.store, bad.saga_id, bad.saga_name, fence, bad.reason)
+            listeners = listeners_of(self._runner, bad.saga_name, self._saga_engine)
+            await fail_saga(self.store, bad.saga_id, bad.saga_name, fence, bad.reason, listeners)
         if not claimed and not corrupt:
             await self._in_transaction(
                 partial(

@@ -10,8 +10,10 @@ delivers them again. A process killed between the commit and
 the ack sees its messages again in its successor, which the inbox skips. Repeats skipped
 are counted in `chaos_inbox_skips`.
 
-This is the harness's own consumer loop; the per-broker consumer helpers of issue 11
-(item 5) replace `consume` when they land (same contract: ack only after the commit).
+This is the harness's own consumer loop (a transaction per fetched batch, counting
+redeliveries and inbox skips for the ledger), not sagaz's `NatsConsumer`
+(`sagaz.outbox.consumers`), which keeps the same contract - ack only after the commit -
+and has its own kill test (tests/inbox/test_inbox_consumer_kill.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The chaos test's ledger: what happened, counted from the databases after the run, and
-the seven promises of issue 11 checked against it.
+the seven promises of issue 11 checked against it - and that the chaos the issue asks for
+was really done (a run that killed, paused or cut less than scheduled proves less).
 
 Sources: the chaos database (sagas, their transactional effects, the outbox, what the
 consumer processed), the effect ledger on the stable database (plain-step effects and
@@ -41,6 +42,29 @@ class ChaosLog:
     consumer_kills: int = 0
     started: datetime | None = None
     ended: datetime | None = None
+    aiming_errors: list[str] = field(default_factory=list)
+    #: The least of each disruption the schedule is to do (set by `run_chaos`): a run
+    #: that did less proves less, and fails.
+    scheduled: dict[str, int] = field(default_factory=dict)
+
+    def done(self) -> dict[str, int]:
+        """How many of each disruption were done, by the names of `scheduled`."""
+        return {
+            "worker SIGKILLs": self.worker_kills,
+            "worker pauses longer than the lease": sum(p > self.lease_seconds for p in self.pauses),
+            "PostgreSQL immediate restarts": self.postgres_restarts,
+            "broker connection cuts": self.broker_cuts,
+            "consumer SIGKILLs": self.consumer_kills,
+        }
+
+    def short_of_schedule(self) -> list[str]:
+        """The disruptions done fewer times than scheduled."""
+        done = self.done()
+        return [
+            f"{what}: {done[what]}, scheduled at least {least}"
+            for what, least in self.scheduled.items()
+            if done[what] < least
+        ]
 
 
 @dataclass
@@ -101,6 +125,7 @@ async def collect(
             "worker log traceback lines": worker_log.count('  File "'),
         }
     )
+    ledger.promise("the chaos ran as scheduled", chaos.short_of_schedule())
     return ledger
 
 

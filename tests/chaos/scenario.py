@@ -51,6 +51,14 @@ async def run_chaos(
     """Run the schedule to its end; `log` records what was done and when it ended."""
     start = time.monotonic()
     log.started = utcnow()
+    log.scheduled = {
+        # a kill every 2-3 s: at least one per 3 s of the chaos
+        "worker SIGKILLs": int(schedule.seconds // schedule.kill_every[1]),
+        "worker pauses longer than the lease": len(schedule.pauses_at),
+        "PostgreSQL immediate restarts": 1,
+        "broker connection cuts": len(schedule.cuts_at),
+        "consumer SIGKILLs": 1,
+    }
 
     async def at(offset: float) -> None:
         await asyncio.sleep(max(0.0, start + offset - time.monotonic()))

@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 
 import sagaz
-from sagaz import LeaseLostError, MemoryJournal, Saga, StepRun, TransitionKind, action, compensate
+from sagaz import (
+    LeaseLostError,
+    MemoryJournal,
+    Saga,
+    StepRun,
+    Transition,
+    TransitionKind,
+    action,
+    compensate,
+)
 from sagaz.engine import SagaEngine
 from sagaz.run_context import LeaseClock
 
@@ -110,6 +119,61 @@ async def test_a_transactional_commit_and_a_compensation_are_refused_past_the_de
     kinds = journal.kinds("s-2")
     assert (TransitionKind.COMPENSATION_STARTED, "first") not in kinds
     assert kinds[-1] == (TransitionKind.STEP_STARTED, "second")
+
+
+class StallingJournal(MemoryJournal):
+    """A memory journal whose writes of `stall_on` transitions take 30 s on `clock`: the
+    process paused (or the database was slow) between the write and the call."""
+
+    def __init__(self, clock: FakeClock, stall_on: set[TransitionKind]) -> None:
+        super().__init__()
+        self.clock = clock
+        self.stall_on = stall_on
+
+    async def record(self, transition: Transition) -> None:
+        await super().record(transition)
+        if transition.kind in self.stall_on:
+            self.clock.now += 30
+
+
+@pytest.mark.parametrize(
+    ("stall_on", "what"),
+    [
+        (TransitionKind.STEP_STARTED, "step 'first' not started"),
+        (TransitionKind.COMPENSATION_STARTED, "compensation of step 'first' not started"),
+    ],
+)
+async def test_a_deadline_passed_after_the_started_record_calls_nothing(
+    stall_on: TransitionKind, what: str
+) -> None:
+    """The deadline is checked again right before the step (or compensation) is called,
+    not only before the write that announced it."""
+    clock = FakeClock()
+    lease = LeaseClock(10.0, 1.0, started_at=clock.now, clock=clock)
+    called: list[str] = []
+
+    class Announced(Saga):
+        saga_name = f"run-context-announced-{stall_on.value}"
+
+        @action("first")
+        def first(self, ctx: Mapping[str, Any]) -> None:
+            called.append("first")
+
+        @compensate("first")
+        def undo_first(self, ctx: Mapping[str, Any]) -> None:
+            called.append("undo first")
+
+        @action("second", depends_on=["first"])
+        def second(self, ctx: Mapping[str, Any]) -> None:
+            raise RuntimeError("second fails: first is compensated")
+
+    journal = StallingJournal(clock, {stall_on})
+    fence = journal.lease("s-5", "worker-a")
+    with pytest.raises(LeaseLostError, match=what):
+        await SagaEngine(journal).run(
+            Announced().definition, {}, saga_id="s-5", fence=fence, lease=lease
+        )
+    assert called == ([] if stall_on is TransitionKind.STEP_STARTED else ["first"])
 
 
 async def test_current_run_tells_a_step_its_saga_attempt_fence_and_keys() -> None:

@@ -62,14 +62,17 @@ async def test_events_of_a_relay_killed_mid_batch_are_published_again_within_the
         ids = add_events(engine, [("sagaz-lease-test", {"n": n}, f"k{n % 3}") for n in range(6)])
 
         def claimed() -> bool:
+            """Some event is under a claim that has not expired."""
+            query = sa.select(outbox.c.claim_owner).where(
+                outbox.c.claim_owner.is_not(None), outbox.c.claim_expires_at > sa.func.now()
+            )
             with engine.connect() as connection:
-                owners = connection.scalars(sa.select(outbox.c.claim_owner)).all()
-            return any(owners)
+                return connection.execute(query).first() is not None
 
         # The worker claimed a batch and is stuck publishing it (renewing its claim).
         await eventually(claimed, within=60, every=0.05)
-        await asyncio.sleep(LEASE)  # past the first lease: only renewals keep it now
-        assert claimed()
+        await asyncio.sleep(2 * LEASE)  # past the first lease: only renewals keep it now
+        assert claimed(), "the stuck relay's claim was not renewed"
         process.send_signal(signal.SIGKILL)
         await asyncio.wait_for(process.wait(), 30)
         killed_at = time.monotonic()

@@ -6,7 +6,7 @@ give-up rule:
   (the step asks `current_run().lease_held()` before its irreversible call) and starts no
   further step;
 * a saga whose every claim but the last is ended by a SIGKILL survives more than
-  max_attempts (default 5) claims, as long as each claim made progress;
+  max_attempts claims (6 kills at --max-attempts 3), as long as each claim made progress;
 * a saga that crashes its worker every time is still given up: its completed steps are
   compensated; when the compensation crashes too it is FAILED naming the steps left
   undone, and `resume_saga` hands it back once the cause is fixed.
@@ -89,7 +89,7 @@ def test_a_saga_survives_more_kills_than_max_attempts_when_each_claim_made_progr
 ) -> None:
     saga_id = started(engine, SixStepSaga, pg)
     for step in ("s1", "s2", "s3", "s4", "s5", "s6"):
-        worker = workers.start()  # default --max-attempts 5
+        worker = workers.start("--max-attempts", "3")  # fewer than the six kills
         first_entry = (
             sa.select(sa.func.count())
             .select_from(effects)
@@ -98,7 +98,7 @@ def test_a_saga_survives_more_kills_than_max_attempts_when_each_claim_made_progr
         wait_until(lambda query=first_entry: scalar(engine, query) == 1)
         worker.kill()  # in the middle of the step, every time
         worker.wait()
-    workers.start()
+    workers.start("--max-attempts", "3")
     wait_until(lambda: status_of(engine, saga_id) == "completed")
     workers.stop_all()
     saga = saga_row(engine, saga_id)

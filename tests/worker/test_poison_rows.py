@@ -4,6 +4,10 @@ a context that is not a JSON object (an array, a string, null; malformed text on
 SQLite), a step result that is not a JSON object or not JSON. A saga whose name no worker
 registered never blocks a claim either: it stays runnable and says what is missing.
 
+Sagas the worker fails without running them - unreadable rows, a compensation given up -
+are reported to the transition listeners like any other end, so the metric
+`sagaz_sagas_finished_total{status="failed"}` counts them.
+
 The rows are inserted with raw SQL whose JSON is text, so it works whether the column is
 JSONB, JSON or (SQLite) TEXT."""
 
@@ -14,10 +18,12 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz import Saga, action, compensate
 from sagaz.journal import utcnow
+from sagaz.metrics import metrics_for
 from sagaz.store.schema import sagas
 from sagaz.store.stores import SagaStore
 from sagaz.worker.claims import UNKNOWN_SAGA_ERROR
@@ -106,10 +112,12 @@ async def test_unreadable_rows_fail_alone_and_every_other_saga_runs(
         resumed_bad[saga_id] = text
     unknown = insert_saga(sync_engine, context='{"n": 1}', name="poison-nobody-registered")
     good = await start(async_engine, PlainSaga, [{"n": n} for n in range(5)])
+    registry = CollectorRegistry()
     worker = make_worker(
         engines,
         unknown_saga_grace_seconds=0.0,
         concurrency=3,  # several claims, each meeting bad rows first
+        listeners=(metrics_for(registry).observe_transition,),
     )
     running = RunningWorker(worker)
     everything = [*bad, *resumed_bad, *good]
@@ -141,3 +149,42 @@ async def test_unreadable_rows_fail_alone_and_every_other_saga_runs(
     listed = {snapshot.saga_id: snapshot for snapshot in SagaStore(sync_engine).list(limit=100)}
     assert set(everything) | {unknown} <= set(listed)
     assert all(listed[saga_id].context == {} for saga_id in bad)
+    # Each saga ended is counted once, with its outcome, whether it ran or not.
+    assert finished(registry, "completed") == len(good)
+    assert finished(registry, "failed") == len(bad) + len(resumed_bad)
+
+
+def finished(registry: CollectorRegistry, status: str, saga: str = "poison-plain") -> float:
+    """`sagaz_sagas_finished_total` of `saga` with `status`."""
+    labels = {"saga": saga, "status": status}
+    return registry.get_sample_value("sagaz_sagas_finished_total", labels) or 0.0
+
+
+async def test_a_compensation_given_up_is_counted_as_failed(
+    engines: tuple[AsyncEngine, sa.Engine],
+) -> None:
+    """A saga whose compensation kept crashing its workers (claims in a row without
+    progress, while COMPENSATING) is FAILED without running anything - and counted."""
+    _async_engine, sync_engine = engines
+    saga_id = insert_saga(sync_engine, context='{"n": 1}', status="compensating")
+    insert_step(sync_engine, saga_id, "a", '{"a": true}')
+    with sync_engine.begin() as connection:  # two claims in a row made no progress
+        connection.execute(
+            sa.update(sagas)
+            .where(sagas.c.id == saga_id)
+            .values(stalled_claims=2, claimed_at=utcnow() - timedelta(hours=1))
+        )
+    registry = CollectorRegistry()
+    worker = make_worker(
+        engines, max_attempts=3, listeners=(metrics_for(registry).observe_transition,)
+    )
+    running = RunningWorker(worker)
+    try:
+        await wait_for(lambda: rows(sync_engine, [saga_id])[saga_id][0] == "failed")
+    finally:
+        await running.stop()
+    _status, error = rows(sync_engine, [saga_id])[saga_id]
+    assert "while compensating; not compensated: a" in (error or "")
+    assert UNDONE == []
+    assert finished(registry, "failed") == 1
+    assert finished(registry, "compensated") == 0
