@@ -6,11 +6,14 @@
   at DEBUG. It used to be an ERROR with a 110-line traceback per saga, parameters included.
 * A role that may only SELECT: the worker and the relay stop and raise the error, instead
   of logging it every poll forever.
+* A run whose writes fail in a way retrying cannot fix (a role without the privilege on
+  the step table, a column missing): the worker gives the saga back and stops, raising it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -25,7 +28,7 @@ from sagaz import Saga, action, outbox
 from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.relay import OutboxRelay
 from sagaz.store.engines import create_async_engine
-from sagaz.store.failures import sqlstate
+from sagaz.store.failures import is_fatal, sqlstate
 from sagaz.store.schema import sagas
 from sagaz.worker import SagaWorker
 from tests.brokers.broker_helpers import TcpProxy
@@ -154,3 +157,70 @@ async def test_a_role_that_may_only_select_stops_the_runner(
     assert len(stopping) == 1, caplog.text
     assert stopping[0].levelno == logging.ERROR
     assert "permission denied for table" in stopping[0].getMessage()
+
+
+class OneStepSaga(Saga):
+    saga_name = "failure-logs-one-step"
+
+    @action("only")
+    async def only(self, ctx: Any) -> dict[str, Any]:
+        return {"echo": ctx["marker"]}
+
+
+#: What the role of the PostgreSQL case may do: everything but write step rows.
+ALL_BUT_STEP_WRITES = (
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+    "REVOKE INSERT, UPDATE ON {schema}.sagaz_saga_steps FROM {role}",
+)
+
+
+@contextlib.asynccontextmanager
+async def run_writes_refused(db: DatabaseUrls, server_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on which claiming a saga works but its run's step writes fail in a way
+    retrying cannot fix: a role without INSERT/UPDATE on the step table (PostgreSQL), a
+    column of the step table gone (SQLite: a schema behind the code's)."""
+    if db.dialect == "sqlite":
+        sync_engine = db.sync_engine()
+        with sync_engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE sagaz_saga_steps DROP COLUMN result")
+        sync_engine.dispose()
+        engine = db.async_engine()
+        yield engine
+        await engine.dispose()
+        return
+    with limited_role(server_url, db, *ALL_BUT_STEP_WRITES) as url:
+        engine = create_async_engine(
+            make_url(url).set(drivername="postgresql+asyncpg", query={}),
+            connect_args={"server_settings": {"search_path": str(db.schema)}},
+        )
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+async def test_a_run_whose_writes_retrying_cannot_fix_stops_the_worker(
+    postgres_server_url: str, db: DatabaseUrls, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It used to release the saga "for a retry" and log the same ERROR forever."""
+    direct = db.async_engine()
+    [saga_id] = await start(direct, OneStepSaga, [{"marker": MARKER}])
+    await direct.dispose()
+    async with run_writes_refused(db, postgres_server_url) as engine:
+        worker = SagaWorker(engine, poll_interval=0.1, listen=False)
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            await asyncio.wait_for(worker.run_until_stopped(), 20)
+    assert is_fatal(caught.value)
+    stopping = [
+        r for r in caplog.records if f"running saga {saga_id} failed, stopping" in r.getMessage()
+    ]
+    assert len(stopping) == 1, caplog.text
+    assert stopping[0].levelno == logging.ERROR
+    assert "for a retry" not in caplog.text
+    assert MARKER not in caplog.text
+    sync_engine = db.sync_engine()
+    with sync_engine.connect() as connection:
+        row = connection.execute(sa.select(sagas).where(sagas.c.id == saga_id)).one()
+    sync_engine.dispose()
+    assert row.lease_owner is None  # given back at once
+    assert row.stalled_claims <= 0  # the claim refunded: not the saga's doing
