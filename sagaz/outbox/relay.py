@@ -119,6 +119,7 @@ class OutboxRelay:
         self._stopping = False
         self._running = False
         self._next_retry_at: datetime | None = None
+        self._fatal: Exception | None = None  # a retention failure retrying cannot fix
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -231,8 +232,8 @@ class OutboxRelay:
         and returns; a cancelled relay leaves its claims to expire. Database errors are
         logged on one line each (no statement parameters; tracebacks at DEBUG) and retried
         with growing delays (up to `poll_interval`), except those retrying cannot fix (no
-        privilege, no table: `sagaz.store.failures.is_fatal`), which stop the relay and
-        are raised.
+        privilege, no table: `sagaz.store.failures.is_fatal`) - in a pass or in the
+        retention - which stop the relay and are raised.
         """
         if self._running:
             raise RuntimeError("this OutboxRelay is already running")
@@ -268,6 +269,9 @@ class OutboxRelay:
             self._wake = None
             self._running = False
             self._stopping = False
+            fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            raise fatal
 
     def stop(self) -> None:
         """Ask the running relay to finish its current batch and return. Thread-unsafe:
@@ -403,6 +407,13 @@ class OutboxRelay:
                         result.inbox,
                     )
             except Exception as error:
+                if is_fatal(error):  # no privilege to delete, no table...: stop, say why
+                    log_failure(
+                        logger, error, "outbox relay %s: retention failed, stopping", self.owner
+                    )
+                    self._fatal = error
+                    self.stop()
+                    return
                 log_failure(logger, error, "outbox relay %s: retention failed", self.owner)
             await wait_for(stopped, self.retention_interval)
 

@@ -57,6 +57,7 @@ _FATAL_MESSAGES = (
     "does not exist",
     "no such table",
     "no such column",
+    "has no column named",
     "readonly database",
     "unable to open database file",
     "file is not a database",

@@ -24,7 +24,7 @@ from sagaz.errors import DatabaseUnavailableError, LeaseLostError
 from sagaz.journal import WRITE_BEHIND, SagaSnapshot, TransactionalStepCall, Transition
 from sagaz.store import operations
 from sagaz.store.engines import create_engine
-from sagaz.store.failures import describe_failure
+from sagaz.store.failures import describe_failure, is_fatal
 from sagaz.types import JSONDict, SagaStatus
 
 log = logging.getLogger("sagaz.store")
@@ -48,9 +48,12 @@ def _halves_by_saga(batch: list[_Entry]) -> tuple[list[_Entry], list[_Entry]] | 
 
 def is_connection_error(error: Exception) -> bool:
     """The database could not be reached or the connection broke: splitting the batch
-    cannot help, every part would fail the same way."""
+    cannot help, every part would fail the same way. Never true for an `is_fatal` error
+    (SQLite reports a missing table or column as an OperationalError too)."""
     if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
         return True
+    if is_fatal(error):
+        return False
     return isinstance(
         error, sa.exc.OperationalError | sa.exc.InterfaceError | OSError | TimeoutError
     )

@@ -18,6 +18,9 @@ How a run ends (the same for every caller):
   not count towards giving the saga up);
 * the saga missing from the registry: the lease is given back at once;
 * an unreadable row: the saga is FAILED with the reason;
+* a database failure retrying cannot fix (no privilege, a missing table: `is_fatal`):
+  the lease is given back with the claim refunded, and the polling worker stops and
+  raises it (an in-process run only logs it);
 * any other error (e.g. the journal's writes failing): the lease is given back with a
   backoff before the next claim;
 * cancelled: the polling worker's shutdown releases its leases; an in-process run
@@ -57,7 +60,7 @@ from sagaz.logging import fields as log_fields
 from sagaz.metrics import NO_METRICS, MetricsHooks
 from sagaz.registry import SagaRegistry
 from sagaz.run_context import LeaseClock
-from sagaz.store.failures import log_failure
+from sagaz.store.failures import is_fatal, log_failure
 from sagaz.store.operations import pending_saga_row
 from sagaz.store.stores import AsyncSagaStore, is_connection_error
 from sagaz.tracing import current_trace_context, saga_run_span
@@ -302,19 +305,22 @@ class LeasedRuns:
                 log, error, "running saga %s stopped, the database connection failed", saga_id
             )
             await self._release_after_outage(saga_id, token, lease)
+        elif is_fatal(error):
+            # No privilege, no table...: not the saga's doing, and no retry fixes it.
+            log_failure(log, error, "running saga %s failed, stopping", saga_id)
+            await self._release(saga_id, token, refund=True)
+            self._stop_for(error)
         else:
             # Not a step failure (those are the saga's business) but e.g. its journal
             # writes failing: retry later, backing off so that a saga that fails this way
             # every time does not spin through its max_attempts claims.
             delay = backoff(snapshot.attempts, 1.0, 60.0)
-            log_failure(
-                log,
-                error,
-                "running saga %s failed; releasing it for a retry in %.1fs",
-                saga_id,
-                delay,
-            )
+            message = "running saga %s failed; releasing it for a retry in %.1fs"
+            log_failure(log, error, message, saga_id, delay)
             await self._release(saga_id, token, retry_in=delay)
+
+    def _stop_for(self, error: Exception) -> None:
+        """A run failed in a way retrying cannot fix; the polling `SagaWorker` stops."""
 
     def _runner(self, name: str) -> Runner:
         """The definition registered under `name` and the engine that runs it, built once

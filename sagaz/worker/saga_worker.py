@@ -28,7 +28,8 @@ Guarantees:
   finish, then are cancelled and their leases released for another worker.
 * Database failures are logged on one line each (WARNING when a retry may get past them,
   else ERROR), without statement parameters; tracebacks only at DEBUG. A claim failing
-  in a way retrying cannot fix stops the worker (`run_until_stopped` raises it).
+  or a run's writes failing in a way retrying cannot fix (no privilege, no table) stops
+  the worker (`run_until_stopped` raises it).
 
 In-process runs go through the same code (`sagaz.worker.leased`): `run_one(saga_id)`
 claims one saga and runs it here, `run_here(...)` records a new saga already leased to
@@ -125,6 +126,8 @@ class SagaWorker(LeasedRuns):
         self._traces = {}  # stored trace contexts of claimed sagas (sagaz.tracing)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._polling = False
+        self._fatal: Exception | None = None
         self.completed = 0
         #: Runs ended by a lost database connection (their claims are given back).
         self.interrupted = 0
@@ -146,8 +149,9 @@ class SagaWorker(LeasedRuns):
 
         A failed claim that retrying may get past (the database restarting) is logged on
         one line and retried; one that it cannot fix (no privilege, no table: see
-        `sagaz.store.failures.is_fatal`) is logged, in-flight sagas are shut down as by
-        `stop()`, and the database error is raised."""
+        `sagaz.store.failures.is_fatal`) - in a claim or in a run's own writes - is
+        logged, in-flight sagas are shut down as by `stop()`, and the database error is
+        raised."""
         subscription = saga_signal.subscribe()
         helpers = [
             asyncio.create_task(self._forward_signal(subscription), name="sagaz:saga-signal"),
@@ -166,6 +170,7 @@ class SagaWorker(LeasedRuns):
 
     async def _poll(self) -> None:
         error_delay = 0.0
+        self._polling, self._fatal = True, None
         try:
             while not self._stopping.is_set():
                 try:
@@ -196,6 +201,14 @@ class SagaWorker(LeasedRuns):
                 await self._sleep(self.poll_interval)
         finally:
             await self._shutdown()
+            self._polling = False
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _stop_for(self, error: Exception) -> None:
+        if self._polling and self._fatal is None:
+            self._fatal = error
+            self.stop()
 
     async def _forward_signal(self, subscription: Subscription) -> None:
         while True:

@@ -1,6 +1,7 @@
 """`sagaz db upgrade` and `sagaz worker` against a database that does not answer, a
-schema they may not create in, or a role without the privilege: one line naming the
-cause, a non-zero exit status, no traceback, no password (run as real processes)."""
+schema they may not create in, or a role without the privilege (to claim sagas, or to
+write a run's steps): one line naming the cause, a non-zero exit status, no traceback,
+no password (run as real processes)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
+from sagaz import start_saga
+from tests.cli.sagas_for_cli import FlakySaga
 from tests.conftest import DatabaseUrls
 from tests.roles import PASSWORD, SELECT_ONLY, limited_role
 from tests.store.test_failures import closed_port
+from tests.worker.test_failure_logs import ALL_BUT_STEP_WRITES
 
 ROOT = Path(__file__).resolve().parents[2]
 SAGAS = "tests.cli.sagas_for_cli"
@@ -135,3 +140,23 @@ def test_a_worker_on_a_read_only_sqlite_file_stops_with_one_line(
         "worker", "--url", url, "--import", SAGAS, "--poll-interval", "0.1", cwd=tmp_path
     )
     assert_one_line_failure(status, output, "readonly database")
+
+
+def test_a_worker_whose_runs_may_not_write_steps_stops_with_one_line(
+    postgres_server_url: str, pg: DatabaseUrls, tmp_path: Path
+) -> None:
+    """Claims work, a run's step writes are refused for good: it used to release the
+    saga for a retry and log the same ERROR forever."""
+    engine = pg.sync_engine()
+    with Session(engine) as session:
+        saga_id = start_saga(session, FlakySaga, {"counter": str(tmp_path / "n"), "failures": 0})
+        session.commit()
+    engine.dispose()
+    with limited_role(postgres_server_url, pg, *ALL_BUT_STEP_WRITES) as url:
+        status, output = sagaz(
+            "worker", "--url", url, "--import", SAGAS, "--poll-interval", "0.1", "--no-outbox",
+            cwd=tmp_path,
+        )  # fmt: skip
+    assert_one_line_failure(status, output, "permission denied for table sagaz_saga_steps")
+    assert f"running saga {saga_id} failed, stopping" in output
+    assert "for a retry" not in output

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sagaz.errors import DatabaseUnavailableError
 from sagaz.store.engines import create_async_engine, create_engine
 from sagaz.store.failures import describe_failure, is_fatal, is_transient, log_failure, sqlstate
+from sagaz.store.stores import is_connection_error
 from tests.conftest import DatabaseUrls
 from tests.roles import PASSWORD, SELECT_ONLY, limited_role
 
@@ -184,6 +185,29 @@ def test_a_read_only_sqlite_file_is_fatal(sqlite: DatabaseUrls, tmp_path: Path) 
     assert is_fatal(error)
     assert not is_transient(error)
     assert_described(error, "readonly database")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT 1 FROM no_such_table",
+        "SELECT no_such_column FROM sagaz_sagas",
+        "INSERT INTO sagaz_sagas (no_such_column) VALUES (1)",  # "has no column named"
+    ],
+)
+def test_missing_sqlite_tables_and_columns_are_fatal_not_connection_errors(
+    sqlite: DatabaseUrls, statement: str
+) -> None:
+    """SQLite reports them as OperationalError, which also means a lost connection."""
+    engine = create_engine(sqlite.sync)
+    try:
+        error = failure(engine, statement)
+    finally:
+        engine.dispose()
+    assert isinstance(error, sa.exc.OperationalError)
+    assert is_fatal(error)
+    assert not is_transient(error)
+    assert not is_connection_error(error)
 
 
 # -- failures a retry may get past ------------------------------------------------------

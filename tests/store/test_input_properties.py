@@ -4,7 +4,9 @@ headers and topics - well-formed ones and hostile ones (NaN, NUL, lone surrogate
 subjects with empty tokens, ...) - are, each one, either refused with a sagaz error
 before anything is queued (the session's other work still commits), or stored and read
 back exactly, and published exactly through the relay and the in-memory broker. Values
-drawn only from what the rules accept must never be refused. PostgreSQL and SQLite."""
+drawn only from what the rules accept must never be refused. The named values are also
+tried as explicit examples on every run (random draws may miss them): those JSON or a
+broker cannot take must be refused, the others must round-trip. PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
@@ -97,9 +99,60 @@ any_headers = good_headers | st.dictionaries(
 )
 
 
+#: A case is (value, rule): True - it must be accepted; False - either outcome may do;
+#: None - it must be refused (the named values below that a broker or JSON refuses).
+Case = tuple[Any, bool | None]
+
+
 def cases(good: st.SearchStrategy[Any], anything: st.SearchStrategy[Any]) -> Any:
     """(value, must_be_accepted): drawn from the accepted values, or from anything."""
     return good.map(lambda v: (v, True)) | anything.map(lambda v: (v, False))
+
+
+# -- the values the issue named, tried on every run (the draws above may miss them) --------
+
+#: Payloads binary JSON or NUMERIC affinity changed, None and non-dict mappings: accepted.
+NAMED_PAYLOADS: list[Any] = [
+    *NUMBERS,
+    None,
+    MappingProxyType({"a": UserDict({"b": -0.0})}),
+    [UserDict({"n": 1e16}), (2**64, 10**599)],
+]
+#: (topic, payload, key, headers) of events a broker or the database would refuse.
+NAMED_REFUSALS: list[tuple[Any, Any, Any, Any]] = [
+    ("a..b", {}, None, {}),  # a NATS subject with an empty token
+    ("t", {}, None, {"a:b": "v"}),  # ':' in a header name
+    ("t", float("nan"), None, {}),
+    ("t", {"k": "nul\x00"}, None, {}),
+    ("t", {}, "lone \ud800", {}),
+]
+
+
+def with_examples(*examples: dict[str, Any]) -> Any:
+    """Apply `hypothesis.example` once per keyword mapping in `examples`."""
+
+    def apply(test: Any) -> Any:
+        for arguments in examples:
+            test = example(**arguments)(test)
+        return test
+
+    return apply
+
+
+NAMED_EVENTS = [
+    {"topic": ("a.b", True), "payload": (p, True), "key": (None, True), "headers": ({}, True)}
+    for p in NAMED_PAYLOADS
+] + [
+    {"topic": (t, None), "payload": (p, None), "key": (k, None), "headers": (h, None)}
+    for t, p, k, h in NAMED_REFUSALS
+]
+NAMED_CONTEXTS = [
+    {"context": ({"named": NAMED_PAYLOADS}, True), "idempotency_key": (None, True)},
+    {"context": (MappingProxyType({"n": -0.0}), True), "idempotency_key": ("k", True)},
+    {"context": (None, None), "idempotency_key": (None, True)},
+    {"context": ({"n": float("inf")}, None), "idempotency_key": (None, True)},
+    {"context": ({}, True), "idempotency_key": ("nul\x00", None)},
+]
 
 
 class PropertySaga(Saga):
@@ -159,6 +212,7 @@ async def relay_once(urls: DatabaseUrls) -> list[Any]:
 
 
 @PROPERTIES
+@with_examples(*NAMED_EVENTS)
 @given(
     topic=cases(good_topics, any_topics),
     payload=cases(good_documents, any_documents),
@@ -168,12 +222,13 @@ async def relay_once(urls: DatabaseUrls) -> list[Any]:
 def test_an_event_is_refused_at_the_call_or_published_exactly(
     engine: sa.Engine,
     db: DatabaseUrls,
-    topic: tuple[Any, bool],
-    payload: tuple[Any, bool],
-    key: tuple[Any, bool],
-    headers: tuple[Any, bool],
+    topic: Case,
+    payload: Case,
+    key: Case,
+    headers: Case,
 ) -> None:
     must_accept = all(case[1] for case in (topic, payload, key, headers))
+    must_refuse = any(case[1] is None for case in (topic, payload, key, headers))
     before = app_rows(engine)
     with Session(engine) as session:
         add_app_row(session)
@@ -182,6 +237,7 @@ def test_an_event_is_refused_at_the_call_or_published_exactly(
         except SagazError as error:
             refused_before_queueing(session, engine, error, must_accept, before)
             return
+        assert not must_refuse, "accepted a value that must be refused"
         session.commit()
     expected = as_stored(payload[0])
     with engine.connect() as connection:
@@ -197,6 +253,7 @@ def test_an_event_is_refused_at_the_call_or_published_exactly(
 
 
 @PROPERTIES
+@with_examples(*NAMED_CONTEXTS)
 @given(
     context=cases(
         st.dictionaries(st.text(SAFE_TEXT, max_size=6), good_documents, max_size=4), any_documents
@@ -206,9 +263,10 @@ def test_an_event_is_refused_at_the_call_or_published_exactly(
     ),
 )
 def test_a_saga_start_is_refused_at_the_call_or_stored_exactly(
-    engine: sa.Engine, context: tuple[Any, bool], idempotency_key: tuple[Any, bool]
+    engine: sa.Engine, context: Case, idempotency_key: Case
 ) -> None:
-    must_accept = context[1] and idempotency_key[1]
+    must_accept = bool(context[1] and idempotency_key[1])
+    must_refuse = context[1] is None or idempotency_key[1] is None
     key = idempotency_key[0]
     if key:  # one saga per key: make each example's key its own
         key = f"{key}#{app_row_ids()}"
@@ -220,6 +278,7 @@ def test_a_saga_start_is_refused_at_the_call_or_stored_exactly(
         except SagazError as error:
             refused_before_queueing(session, engine, error, must_accept, before)
             return
+        assert not must_refuse, "accepted a value that must be refused"
         session.commit()
     with engine.connect() as connection:
         row = connection.execute(sa.select(sagas).where(sagas.c.id == saga_id)).one()

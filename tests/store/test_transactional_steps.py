@@ -99,3 +99,21 @@ async def test_transactional_steps_past_the_lease_deadline_commit_nothing(
             )  # fmt: skip
     assert [(run.step, run.attempt, run.lease_held()) for run in seen] == [("late", 1, False)] * 2
     assert await asyncio.to_thread(count, sync_engine) == 0
+
+
+def reads_a_missing_table(ctx: Any, session: Session) -> None:
+    session.execute(sa.text("SELECT * FROM app_no_such_table"))
+
+
+async def test_a_missing_table_in_the_step_is_a_step_failure_not_an_outage(
+    async_engine: AsyncEngine, sync_engine: sa.Engine
+) -> None:
+    """SQLite reports it as an OperationalError, which was taken for a lost connection
+    (DatabaseUnavailableError: the run given back and re-run instead of compensated)."""
+    store = AsyncSagaStore(async_engine, sync_engine=sync_engine)
+    saga = Saga(name="tx-missing-table").add_step("read", reads_a_missing_table)
+    result = await SagaEngine(store).run(
+        saga.definition, {}, saga_id="20000000-0000-4000-8000-000000000009"
+    )
+    assert result.status is SagaStatus.COMPENSATED
+    assert "app_no_such_table" in (result.error or "")

@@ -6,11 +6,14 @@
   at DEBUG. It used to be an ERROR with a 110-line traceback per saga, parameters included.
 * A role that may only SELECT: the worker and the relay stop and raise the error, instead
   of logging it every poll forever.
+* A run whose writes fail in a way retrying cannot fix (a role without the privilege on
+  the step table, a column missing): the worker gives the saga back and stops, raising it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -25,7 +28,7 @@ from sagaz import Saga, action, outbox
 from sagaz.outbox.brokers.memory import InMemoryBroker
 from sagaz.outbox.relay import OutboxRelay
 from sagaz.store.engines import create_async_engine
-from sagaz.store.failures import sqlstate
+from sagaz.store.failures import is_fatal, sqlstate
 from sagaz.store.schema import sagas
 from sagaz.worker import SagaWorker
 from tests.brokers.broker_helpers import TcpProxy
@@ -134,23 +137,112 @@ async def test_tracebacks_are_logged_at_debug(
 async def test_a_role_that_may_only_select_stops_the_runner(
     postgres_server_url: str, pg: DatabaseUrls, runner: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with limited_role(postgres_server_url, pg, SELECT_ONLY) as url:
-        engine = create_async_engine(
-            make_url(url).set(drivername="postgresql+asyncpg", query={}),
-            connect_args={"server_settings": {"search_path": str(pg.schema)}},
-        )
+    async with broken_for_good(pg, postgres_server_url, "", SELECT_ONLY) as engine:
         running: SagaWorker | OutboxRelay = (
             SagaWorker(engine, poll_interval=0.1, listen=False)
             if runner == "worker"
             else OutboxRelay(engine, InMemoryBroker(), poll_interval=0.1, listen=False)
         )
-        try:
-            with pytest.raises(sa.exc.DBAPIError) as caught:
-                await asyncio.wait_for(running.run_until_stopped(), 30)
-        finally:
-            await engine.dispose()
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            await asyncio.wait_for(running.run_until_stopped(), 30)
     assert sqlstate(caught.value) == "42501"
     stopping = [r for r in caplog.records if "failed, stopping" in r.getMessage()]
+    # once each: the claim (worker), or the pass and the retention (relay, concurrent)
+    assert 1 <= len(stopping) <= (1 if runner == "worker" else 2), caplog.text
+    kinds = ["retention" in record.getMessage() for record in stopping]
+    assert len(set(kinds)) == len(kinds)
+    for record in stopping:
+        assert record.levelno == logging.ERROR
+        assert "permission denied for table" in record.getMessage()
+
+
+class OneStepSaga(Saga):
+    saga_name = "failure-logs-one-step"
+
+    @action("only")
+    async def only(self, ctx: Any) -> dict[str, Any]:
+        return {"echo": ctx["marker"]}
+
+
+#: What the role of the PostgreSQL case may do: everything but write step rows.
+ALL_BUT_STEP_WRITES = (
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+    "REVOKE INSERT, UPDATE ON {schema}.sagaz_saga_steps FROM {role}",
+)
+
+
+@contextlib.asynccontextmanager
+async def broken_for_good(
+    db: DatabaseUrls, server_url: str, sqlite_change: str, *grants: str
+) -> AsyncIterator[AsyncEngine]:
+    """An engine on which some of sagaz's statements fail in a way retrying cannot fix:
+    on PostgreSQL a role with only `grants`, on SQLite after `sqlite_change` (a schema
+    that lacks what the code needs)."""
+    if db.dialect == "sqlite":
+        sync_engine = db.sync_engine()
+        with sync_engine.begin() as connection:
+            connection.exec_driver_sql(sqlite_change)
+        sync_engine.dispose()
+        engine = db.async_engine()
+        yield engine
+        await engine.dispose()
+        return
+    with limited_role(server_url, db, *grants) as url:
+        engine = create_async_engine(
+            make_url(url).set(drivername="postgresql+asyncpg", query={}),
+            connect_args={"server_settings": {"search_path": str(db.schema)}},
+        )
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+
+
+async def test_a_run_whose_writes_retrying_cannot_fix_stops_the_worker(
+    postgres_server_url: str, db: DatabaseUrls, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It used to release the saga "for a retry" and log the same ERROR forever."""
+    direct = db.async_engine()
+    [saga_id] = await start(direct, OneStepSaga, [{"marker": MARKER}])
+    await direct.dispose()
+    # claims work; the run's step writes do not (no privilege / a column gone)
+    drop_column = "ALTER TABLE sagaz_saga_steps DROP COLUMN result"
+    async with broken_for_good(
+        db, postgres_server_url, drop_column, *ALL_BUT_STEP_WRITES
+    ) as engine:
+        worker = SagaWorker(engine, poll_interval=0.1, listen=False)
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            await asyncio.wait_for(worker.run_until_stopped(), 20)
+    assert is_fatal(caught.value)
+    stopping = [
+        r for r in caplog.records if f"running saga {saga_id} failed, stopping" in r.getMessage()
+    ]
     assert len(stopping) == 1, caplog.text
     assert stopping[0].levelno == logging.ERROR
-    assert "permission denied for table" in stopping[0].getMessage()
+    assert "for a retry" not in caplog.text
+    assert MARKER not in caplog.text
+    sync_engine = db.sync_engine()
+    with sync_engine.connect() as connection:
+        row = connection.execute(sa.select(sagas).where(sagas.c.id == saga_id)).one()
+    sync_engine.dispose()
+    assert row.lease_owner is None  # given back at once
+    assert row.stalled_claims <= 0  # the claim refunded: not the saga's doing
+
+
+async def test_a_retention_retrying_cannot_fix_stops_the_relay(
+    postgres_server_url: str, db: DatabaseUrls, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It used to log the same ERROR every retention interval, forever."""
+    # passes work; the retention's deletes do not (no DELETE privilege / a table gone)
+    grant = "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role}"
+    async with broken_for_good(db, postgres_server_url, "DROP TABLE sagaz_inbox", grant) as engine:
+        relay = OutboxRelay(
+            engine, InMemoryBroker(), poll_interval=0.1, retention_interval=0.1, listen=False
+        )
+        with pytest.raises(sa.exc.DBAPIError) as caught:
+            await asyncio.wait_for(relay.run_until_stopped(), 20)
+    assert is_fatal(caught.value)
+    stopping = [r for r in caplog.records if "retention failed, stopping" in r.getMessage()]
+    assert len(stopping) == 1, caplog.text
+    assert stopping[0].levelno == logging.ERROR
+    assert not relay.running
