@@ -14,8 +14,7 @@ How a run ends (the same for every caller):
   engine records it): the last write gives the lease back;
 * a lost lease (a fenced write refused, or a renewal that found another owner): it stops
   and writes nothing more;
-* a lost database connection: the lease is given back with the claim refunded (it does
-  not count towards giving the saga up);
+* a lost database connection: the lease is given back, the claim refunded (not counted);
 * the saga missing from the registry: the lease is given back at once;
 * an unreadable row: the saga is FAILED with the reason;
 * a database failure retrying cannot fix (no privilege, a missing table: `is_fatal`):
