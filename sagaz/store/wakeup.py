@@ -213,17 +213,8 @@ class Notifier:
             self._failed(batch, error)
             return
         try:
-            dbapi_connection = raw.dbapi_connection
-            assert dbapi_connection is not None  # a connection just checked out
-            # autocommit: one round trip, no transaction left open on the pooled connection
-            engine.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
             self.sent += 1
-            cursor = raw.cursor()
-            try:
-                cursor.execute(notify_sql(batch))
-            finally:
-                cursor.close()
-            engine.dialect.reset_isolation_level(dbapi_connection)
+            _execute_in_autocommit(engine.dialect, raw, notify_sql(batch))
         except Exception as error:
             raw.invalidate()
             self._failed(batch, error)
@@ -273,6 +264,29 @@ class Notifier:
             # pool, or took one from the new pool before this event ran: close it.
             with contextlib.suppress(sa.exc.MissingGreenlet):
                 pool.dispose()
+
+
+def _execute_in_autocommit(
+    dialect: sa.Dialect, raw: sa.pool.PoolProxiedConnection, sql: str
+) -> None:
+    """`sql` in a transaction of its own (one round trip) on the checked-out `raw`,
+    which is left as it was: no transaction open, its isolation level unchanged."""
+    if dialect.driver == "asyncpg":
+        # asyncpg runs a statement outside a transaction block in autocommit already;
+        # switching the adapter's isolation level back and forth costs more than the send
+        driver_connection = raw.driver_connection
+        assert driver_connection is not None  # a connection just checked out
+        await_only(driver_connection.execute(sql))
+        return
+    dbapi_connection = raw.dbapi_connection
+    assert dbapi_connection is not None  # a connection just checked out
+    dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
+    cursor = raw.cursor()
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
+    dialect.reset_isolation_level(dbapi_connection)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
