@@ -46,6 +46,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import CacheStats
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -135,7 +136,7 @@ def counting(engine: sa.Engine) -> Iterator[dict[str, int]]:
         counts["background" if background else "request"] += 1
         if not background and "sagaz_" in statement:
             counts["sagaz"] += 1
-            counts["sagaz_cached"] += int("cached since" in context._get_cache_stats())
+            counts["sagaz_cached"] += int(context.cache_hit == CacheStats.CACHE_HIT)
 
     def on_commit(_conn: Any) -> None:
         counts["commits"] += 1
