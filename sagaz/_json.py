@@ -109,7 +109,7 @@ def _plain(value: Any, depth: int) -> bool:
     if kind is str:
         return (value.isascii() and "\x00" not in value) or text_problem(value) is None
     if kind is int:
-        return -_INT_BOUND < value < _INT_BOUND
+        return bool(-_INT_BOUND < value < _INT_BOUND)
     if kind is float:
         return math.isfinite(value)
     if value is None or kind is bool:
