@@ -23,7 +23,7 @@ process LISTENs: the commit-to-notification latency (p50/p99) is the cross-proce
 wake-up's, under that load.
 
 Run:  .venv/bin/python benchmarks/request_overhead.py [--url postgresql://...]
-          [--async] [--requests 300] [--rounds 7]
+          [--async] [--requests 300] [--rounds 7] [--wakeup commit|transaction|off]
       .venv/bin/python benchmarks/request_overhead.py --clients 16 [--seconds 3] [--rounds 3]
       .venv/bin/python benchmarks/request_overhead.py --clients 16 --pgbench  # pgbench_notify.py
 It creates and drops its own schemas (sagaz_bench_req_<random>) in that database.
@@ -46,6 +46,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import CacheStats
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -135,7 +136,7 @@ def counting(engine: sa.Engine) -> Iterator[dict[str, int]]:
         counts["background" if background else "request"] += 1
         if not background and "sagaz_" in statement:
             counts["sagaz"] += 1
-            counts["sagaz_cached"] += int("cached since" in context._get_cache_stats())
+            counts["sagaz_cached"] += int(context.cache_hit == CacheStats.CACHE_HIT)
 
     def on_commit(_conn: Any) -> None:
         counts["commits"] += 1
@@ -151,6 +152,7 @@ def counting(engine: sa.Engine) -> Iterator[dict[str, int]]:
 
 
 def run_single(args: argparse.Namespace, schema: str) -> None:
+    info = {WAKEUP_KEY: args.wakeup}
     if args.use_async:
         url = make_url(args.url).set(drivername="postgresql+asyncpg")
         aengine = create_async_engine(url, **engine_options(args.url, schema, asynchronous=True))
@@ -160,7 +162,7 @@ def run_single(args: argparse.Namespace, schema: str) -> None:
         def run(rows: int, with_sagaz: bool, n: int) -> None:
             async def go() -> None:
                 for _ in range(n):
-                    async with AsyncSession(aengine) as session:
+                    async with AsyncSession(aengine, info=info) as session:
                         request(session, rows, with_sagaz)
                         await session.commit()
 
@@ -177,7 +179,7 @@ def run_single(args: argparse.Namespace, schema: str) -> None:
 
         def run(rows: int, with_sagaz: bool, n: int) -> None:
             for _ in range(n):
-                with Session(engine) as session:
+                with Session(engine, info=info) as session:
                     request(session, rows, with_sagaz)
                     session.commit()
 
@@ -361,6 +363,12 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument(
+        "--wakeup",
+        choices=MODES,
+        default="commit",
+        help="single-request mode: the sessions' wake-up mode (default: sagaz's default)",
+    )
+    parser.add_argument(
         "--pgbench", action="store_true", help="with --clients: pgbench, no Python clients"
     )
     args = parser.parse_args()
@@ -386,7 +394,8 @@ def main() -> None:
                 run_clients(args, schema)
         else:
             print(
-                f"mode: single requests, {args.requests} per kind per round, {args.rounds} rounds",
+                f"mode: single requests, {args.requests} per kind per round, {args.rounds} rounds, "
+                f"wake-up {args.wakeup}",
                 flush=True,
             )
             run_single(args, schema)

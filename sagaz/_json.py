@@ -82,6 +82,8 @@ class _Refused(Exception):
 
 
 def _check_root(value: Any, what: str) -> Any:
+    if _plain(value, 0):
+        return value
     try:
         return _check(value, 0, set())
     except _Refused as refused:
@@ -95,6 +97,36 @@ def _path(what: str, segments: list[object]) -> str:
     if len(parts) > 12:
         parts = [*parts[:6], f"...({len(parts) - 9} more)...", *parts[-3:]]
     return what + "".join(parts)
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True when `value` needs neither a refusal nor a conversion: built of exact dicts
+    with str keys, lists, str, int, float, bool and None only, every check passed. The
+    common case, walked without copies, cycle bookkeeping or error paths; False sends
+    the value to `_check`, which converts what it may and names what it refuses (a cycle
+    shows here as nesting deeper than `MAX_DEPTH`)."""
+    kind = type(value)
+    if kind is str:
+        return (value.isascii() and "\x00" not in value) or text_problem(value) is None
+    if kind is int:
+        return bool(-_INT_BOUND < value < _INT_BOUND)
+    if kind is float:
+        return math.isfinite(value)
+    if value is None or kind is bool:
+        return True
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain(key, depth) or not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        for item in value:  # noqa: SIM110 - all() over a generator costs more, per request
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    return False
 
 
 def _check(value: Any, depth: int, active: set[int]) -> Any:

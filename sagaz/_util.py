@@ -1,5 +1,6 @@
 """Small helpers every part of sagaz shares, each written once: error descriptions,
-retry backoff, URL redaction, boolean parsing, the current time and optional imports.
+retry backoff, URL redaction, boolean parsing, the current time, random ids and optional
+imports.
 
 Nothing here does I/O or imports another sagaz module but `sagaz.errors`, so any module
 may import it without creating an import circle.
@@ -7,6 +8,7 @@ may import it without creating an import circle.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ __all__ = [
     "describe",
     "escape_text",
     "parse_bool",
+    "random_uuid",
     "redact_database_url",
     "redact_url",
     "requires_extra",
@@ -36,6 +39,14 @@ __all__ = [
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC (what every stored timestamp uses)."""
     return datetime.now(UTC)
+
+
+def random_uuid() -> str:
+    """A random (version 4) UUID in canonical text form, as ``str(uuid.uuid4())`` gives,
+    from the same source (`os.urandom`), built without a `uuid.UUID` object."""
+    digits = os.urandom(16).hex()
+    variant = "89ab"[int(digits[16], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
 # -- error descriptions --------------------------------------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sagaz._json import ensure_json_object, text_problem
-from sagaz._util import utcnow
+from sagaz._util import random_uuid, utcnow
 from sagaz.context import current_correlation_id
 from sagaz.errors import InvalidContextError, UnknownSagaError
 from sagaz.registry import registry
@@ -78,7 +78,7 @@ def build_saga_row(
     name = _registered_name(saga)
     document = ensure_json_object(context, "context")
     if idempotency_key is None:
-        saga_id = str(uuid.uuid4())
+        saga_id = random_uuid()
     else:
         _check_idempotency_key(idempotency_key)
         saga_id = saga_id_for(name, idempotency_key)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from sagaz._json import ensure_json_value, text_problem
-from sagaz._util import utcnow
+from sagaz._util import random_uuid, utcnow
 from sagaz.context import current_correlation_id
 from sagaz.errors import InvalidContextError
 from sagaz.outbox.broker_rules import (
@@ -108,7 +109,7 @@ def build_event_row(
     add_trace_headers(header_values)
     now = utcnow()
     return {
-        "id": str(uuid.uuid4()),
+        "id": random_uuid(),
         "topic": topic,
         "key": key,
         "payload": payload,
@@ -153,9 +154,15 @@ def _check_sent_text(text: str, what: str, note: str = "") -> None:
         raise InvalidContextError(f"{what} {problem}{note}")
 
 
+#: A UUID in canonical text form (what `start_saga` returns): stored as given.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _checked_saga_id(saga_id: object) -> str:
     if isinstance(saga_id, uuid.UUID):
         return str(saga_id)
+    if isinstance(saga_id, str) and _CANONICAL_UUID.fullmatch(saga_id):
+        return saga_id
     if isinstance(saga_id, str) and len(saga_id) <= 45:
         try:
             return str(uuid.UUID(saga_id))

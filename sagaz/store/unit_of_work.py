@@ -112,7 +112,10 @@ def queue_row(
     transaction = session.get_nested_transaction() or session.get_transaction()
     if transaction is None:
         transaction = session.begin()
-    buffer = session.info.setdefault(_INFO_KEY, _Buffer())
+    info = session.info
+    buffer = info.get(_INFO_KEY)
+    if buffer is None:
+        buffer = info[_INFO_KEY] = _Buffer()
     buffer.queued.append(_QueuedRow(table, row, transaction, channel, signal))
 
 
@@ -161,21 +164,28 @@ def _write_postgres(
 ) -> None:
     """Every queued row in ONE statement of a fixed shape (one json parameter per table),
     and with it the NOTIFY when `mode` is "transaction" (see `sagaz.store.wakeup`)."""
-    groups: dict[RowGroup, list[_QueuedRow]] = {}
+    groups: dict[RowGroup, list[dict[str, Any]]] = {}
+    woken: list[Wakeable] = []
     for item in queued:
-        groups.setdefault((item.table, tuple(item.row), item.channel), []).append(item)
-    statement = postgres_insert_groups(tuple(groups), notify=mode == "transaction")
-    parameters = {
-        f"rows{index}": rows_document([item.row for item in items])
-        for index, items in enumerate(groups.values())
-    }
+        key = (item.table, tuple(item.row), item.channel)
+        rows = groups.get(key)
+        if rows is None:
+            rows = groups[key] = []
+            woken.append(item.signal)
+        rows.append(item.row)
+    shapes = tuple(groups)
+    statement = postgres_insert_groups(shapes, notify=mode == "transaction")
+    names = _PARAMETER_NAMES[: len(shapes)]  # two tables: never more than 64 groups
+    parameters = dict(zip(names, map(rows_document, groups.values()), strict=True))
     schema = connection.execute(statement, parameters).scalar()
-    for _group, items in groups.items():
-        signals.add(items[0].signal)
+    signals.update(woken)
     if mode == "commit" and schema is not None:
-        notifier = notifier_for(connection.engine)
-        for _table, _columns, channel in groups:
-            signals.add(WakeAfterCommit(notifier, channel, schema))
+        channels = tuple(channel for _table, _columns, channel in shapes)
+        signals.add(WakeAfterCommit(notifier_for(connection.engine), channels, schema))
+
+
+#: The statement's parameter names, in group order (see `postgres_insert_groups`).
+_PARAMETER_NAMES = tuple(f"rows{index}" for index in range(64))
 
 
 def _connection_for_rows(session: Session) -> sa.Connection:

@@ -86,14 +86,15 @@ def wakeup_mode(session: Session) -> WakeupMode:
 
 @dataclass(frozen=True, slots=True)
 class WakeAfterCommit:
-    """A NOTIFY on `channel` with `schema` as payload, sent by `notifier` when notified."""
+    """A NOTIFY on each of `channels` with `schema` as payload, sent by `notifier` when
+    notified."""
 
     notifier: Notifier
-    channel: str
+    channels: tuple[str, ...]
     schema: str
 
     def notify(self) -> None:
-        self.notifier.request(self.channel, self.schema)
+        self.notifier.request(self.channels, self.schema)
 
 
 def notify_sql(batch: Iterable[tuple[str, str]]) -> str:
@@ -138,16 +139,19 @@ class Notifier:
         self.sent = 0
         """NOTIFY statements issued so far (for tests and benchmarks)."""
 
-    def request(self, channel: str, schema: str) -> None:
-        """Have `channel` notified soon; returns at once (thread-safe)."""
+    def request(self, channels: Iterable[str], schema: str) -> None:
+        """Have each of `channels` notified soon; returns at once (thread-safe)."""
         engine = self._engine()
         if engine is None:
             return
+        keys = {(channel, schema) for channel in channels}
         if engine.dialect.is_async:
-            self._request_on_loop((channel, schema))
+            self._request_on_loop(keys)
             return
         with self._condition:
-            self._pending.add((channel, schema))
+            if keys <= self._pending:
+                return  # already due: the sender will wake (or is awake) for it
+            self._pending |= keys
             self._condition.notify()
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -173,7 +177,7 @@ class Notifier:
             self._send(batch)
             time.sleep(COALESCE_SECONDS)
 
-    def _request_on_loop(self, key: tuple[str, str]) -> None:
+    def _request_on_loop(self, keys: set[tuple[str, str]]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -183,7 +187,7 @@ class Notifier:
             state = self._loops.get(loop)
             if state is None:
                 state = self._loops[loop] = _LoopState()
-        state.pending.add(key)
+        state.pending |= keys
         if state.task is None:
             state.task = loop.create_task(self._run_on_loop(state), name="sagaz-notify")
 
@@ -209,17 +213,8 @@ class Notifier:
             self._failed(batch, error)
             return
         try:
-            dbapi_connection = raw.dbapi_connection
-            assert dbapi_connection is not None  # a connection just checked out
-            # autocommit: one round trip, no transaction left open on the pooled connection
-            engine.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
             self.sent += 1
-            cursor = raw.cursor()
-            try:
-                cursor.execute(notify_sql(batch))
-            finally:
-                cursor.close()
-            engine.dialect.reset_isolation_level(dbapi_connection)
+            _execute_in_autocommit(engine.dialect, raw, notify_sql(batch))
         except Exception as error:
             raw.invalidate()
             self._failed(batch, error)
@@ -269,6 +264,29 @@ class Notifier:
             # pool, or took one from the new pool before this event ran: close it.
             with contextlib.suppress(sa.exc.MissingGreenlet):
                 pool.dispose()
+
+
+def _execute_in_autocommit(
+    dialect: sa.Dialect, raw: sa.pool.PoolProxiedConnection, sql: str
+) -> None:
+    """`sql` in a transaction of its own (one round trip) on the checked-out `raw`,
+    which is left as it was: no transaction open, its isolation level unchanged."""
+    if dialect.driver == "asyncpg":
+        # asyncpg runs a statement outside a transaction block in autocommit already;
+        # switching the adapter's isolation level back and forth costs more than the send
+        driver_connection = raw.driver_connection
+        assert driver_connection is not None  # a connection just checked out
+        await_only(driver_connection.execute(sql))
+        return
+    dbapi_connection = raw.dbapi_connection
+    assert dbapi_connection is not None  # a connection just checked out
+    dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
+    cursor = raw.cursor()
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
+    dialect.reset_isolation_level(dbapi_connection)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import decimal
+import enum
 import json
+import types
 from typing import Any
 
 import pytest
@@ -12,6 +14,8 @@ from sagaz import InvalidContextError
 from sagaz._json import (
     MAX_DEPTH,
     MAX_INT_DIGITS,
+    _check,
+    _plain,
     dumps,
     ensure_json_object,
     ensure_json_value,
@@ -151,3 +155,52 @@ def test_a_value_shared_by_two_keys_is_not_a_cycle() -> None:
 )
 def test_text_problem(text: str, problem: str | None) -> None:
     assert text_problem(text) == problem
+
+
+class _Level(enum.IntEnum):
+    LOW = 1
+
+
+PLAIN: list[Any] = [
+    {"s": "x", "i": 1, "f": -0.0, "b": False, "n": None, "l": [1, ["é"]], "d": {"k": {}}},
+    [],
+    "café 🎉",
+    10**599,
+    json.loads("[" * MAX_DEPTH + "]" * MAX_DEPTH),
+]
+NOT_PLAIN: list[Any] = [
+    {"nul": "a\x00b"},
+    {"key\x00": 1},
+    {"lone": "\udc80"},
+    {"big": -(10**600)},
+    {"nan": float("nan")},
+    {"inf": [float("inf")]},
+    {1: "int key"},
+    {"tuple": (1, 2)},
+    {"enum": _Level.LOW},
+    {"decimal": decimal.Decimal(1)},
+    {"mapping": types.MappingProxyType({})},
+    json.loads("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)),
+]
+
+
+@pytest.mark.parametrize("value", PLAIN)
+def test_the_fast_check_passes_plain_values_unchanged(value: Any) -> None:
+    """What the common-case check (`_plain`) passes, the full walk returns as the very
+    same object: the shortcut changes nothing but the cost."""
+    assert _plain(value, 0)
+    assert _check(value, 0, set()) is value
+    assert ensure_json_value(value, "payload") is value
+
+
+@pytest.mark.parametrize("value", NOT_PLAIN)
+def test_the_fast_check_leaves_what_must_be_refused_or_converted_to_the_walk(value: Any) -> None:
+    assert not _plain(value, 0)
+
+
+def test_a_cycle_is_named_although_the_fast_check_sees_only_depth() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    assert not _plain(loop, 0)
+    with pytest.raises(InvalidContextError, match="contains itself"):
+        ensure_json_value(loop, "payload")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from datetime import UTC
 
 import pytest
@@ -11,6 +12,7 @@ from sagaz._util import (
     backoff,
     describe,
     parse_bool,
+    random_uuid,
     redact_database_url,
     redact_url,
     requires_extra,
@@ -91,3 +93,15 @@ def test_requires_extra_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
         import sagaz_no_such_client  # type: ignore[import-not-found]  # noqa: F401
     assert caught.value.extra == "demo"
     assert "The demo broker needs the 'demo-client' package" in str(caught.value)
+
+
+def test_random_uuid_is_a_canonical_version_4_uuid() -> None:
+    ids = [random_uuid() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # every variant digit shows up: the two random bits under the variant are kept
+    assert {text[19] for text in ids} == set("89ab")

@@ -199,6 +199,33 @@ async def test_an_async_session_notifies_after_commit_and_dispose_closes_it(
     assert settled_pg_connections(pg_admin, str(pg.application_name), at_most=0) == 0
 
 
+async def test_the_async_notify_leaves_its_pooled_connection_as_it_found_it(
+    pg: DatabaseUrls, listener: psycopg.Connection[Any]
+) -> None:
+    """One pooled connection: after the NOTIFY went out on it, the next session's
+    transaction there still begins, isolates and rolls back as configured."""
+    engine = pg.async_engine(pool_size=1, max_overflow=0, isolation_level="REPEATABLE READ")
+    try:
+        async with AsyncSession(engine) as session:
+            start_saga(session, WakeSaga, {})
+            await session.commit()
+        notifier = notifier_for(engine.sync_engine)
+        while notifier.sent == 0:  # the sender is a task on this loop: let it run
+            async with engine.connect() as connection:
+                await connection.execute(sa.text("SELECT pg_sleep(0.01)"))
+        assert received(listener, pg.schema, 1.0) == ["sagaz_sagas"]
+        async with AsyncSession(engine) as session:
+            level = await session.scalar(sa.text("SHOW transaction_isolation"))
+            start_saga(session, WakeSaga, {})
+            await session.flush()
+            await session.rollback()
+        async with engine.connect() as connection:
+            count = await connection.scalar(sa.text("SELECT count(*) FROM sagaz_sagas"))
+        assert (level, count) == ("repeatable read", 1)
+    finally:
+        await engine.dispose()
+
+
 def _commit_in_forked_child(engine: sa.Engine) -> None:
     import time
 
