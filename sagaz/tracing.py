@@ -40,12 +40,14 @@ if TYPE_CHECKING:
 __all__ = [
     "TRACEPARENT",
     "TRACESTATE",
+    "NO_SPAN",
     "add_trace_headers",
     "current_trace_context",
     "processing_span",
     "publish_traced",
     "saga_run_span",
     "step_span",
+    "tracing_enabled",
     "trace_context_of",
 ]
 
@@ -172,7 +174,13 @@ def trace_context_of(stored: object) -> TraceContext | None:
 # -- spans (worker, engine, relay, consumers) ----------------------------------------------
 
 #: What a span helper returns without a tracer provider: nothing to do, nothing allocated.
-_NO_SPAN: AbstractContextManager[object] = nullcontext()
+NO_SPAN: AbstractContextManager[object] = nullcontext()
+
+
+def tracing_enabled() -> bool:
+    """True when spans would be recorded now (OpenTelemetry and a tracer provider). The
+    engine asks once per run whether to open its steps' spans."""
+    return _active() is not None
 
 
 def _active() -> tuple[_Api, Tracer] | None:
@@ -228,7 +236,7 @@ def saga_run_span(saga: Claimed, stored: object = None) -> AbstractContextManage
     readable, else to the current span."""
     active = _active()
     if active is None:
-        return _NO_SPAN
+        return NO_SPAN
     attributes = _saga_attributes(saga.saga_name, saga.saga_id, saga.attempts, saga.lease_token)
     name = f"sagaz.saga {saga.saga_name}"
     return _span(active, name, "INTERNAL", attributes, trace_context_of(stored))
@@ -247,7 +255,7 @@ def step_span(
     (``sagaz.compensate <step>``), below the current span (the run's)."""
     active = _active()
     if active is None:
-        return _NO_SPAN
+        return NO_SPAN
     attributes = _saga_attributes(saga_name, saga_id, attempt, lease_token)
     attributes["sagaz.step"] = step
     attributes["sagaz.compensating"] = compensating
@@ -340,7 +348,7 @@ def processing_span(
     consumer helpers open it around every handler call."""
     active = _active()
     if active is None:
-        return _NO_SPAN
+        return NO_SPAN
     attributes = _message_attributes(message.id, message.topic, None, system)
     attributes["messaging.consumer.group.name"] = consumer
     saga_id = message.headers.get("sagaz-saga-id")

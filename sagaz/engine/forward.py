@@ -157,10 +157,11 @@ async def run_step(run: SagaRun, step: StepDefinition) -> JSONDict:
     retries = policy.max_retries
     first_attempt = outcome.attempts + 1
     for attempt in range(first_attempt, first_attempt + retries + 1):
+        now = utcnow()
         outcome.status = StepStatus.RUNNING
         outcome.attempts = attempt
-        outcome.started_at = outcome.started_at or utcnow()
-        await run.record(TransitionKind.STEP_STARTED, step=step.name, attempt=attempt)
+        outcome.started_at = outcome.started_at or now
+        await run.record(TransitionKind.STEP_STARTED, now, step=step.name, attempt=attempt)
         try:
             if step.wants_session:
                 result = await run_in_transaction(run, step, policy.timeout_seconds, attempt)
@@ -190,20 +191,22 @@ async def run_step(run: SagaRun, step: StepDefinition) -> JSONDict:
                 )
                 await asyncio.sleep(policy.delay(attempt))
                 continue
+            now = utcnow()
             outcome.status = StepStatus.FAILED
             outcome.error = message
-            outcome.finished_at = utcnow()
+            outcome.finished_at = now
             run.fail(f"step '{step.name}': {message}")
             await run.record(
-                TransitionKind.STEP_FAILED, step=step.name, attempt=attempt, error=message
+                TransitionKind.STEP_FAILED, now, step=step.name, attempt=attempt, error=message
             )
             raise StepFailed(step.name, error) from error
+        now = utcnow()
         outcome.status = StepStatus.COMPLETED
         outcome.result = result
         outcome.error = None
-        outcome.finished_at = utcnow()
+        outcome.finished_at = now
         await run.record(
-            TransitionKind.STEP_COMPLETED, step=step.name, attempt=attempt, result=result
+            TransitionKind.STEP_COMPLETED, now, step=step.name, attempt=attempt, result=result
         )
         return result
     raise AssertionError("unreachable: the attempt loop always returns or raises")
