@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from sagaz._json import ensure_json_object
-from sagaz.definition import StepDefinition, StepFunction, is_async_callable
+from sagaz.definition import StepDefinition, StepFunction
 from sagaz.engine.run import SagaRun
 from sagaz.engine.threads import run_in_thread
 from sagaz.errors import InvalidContextError, SagaDefinitionError, StepTimeoutError
@@ -41,24 +41,27 @@ T = TypeVar("T")
 
 async def invoke(
     run: SagaRun,
-    step: str,
-    function: StepFunction,
+    step: StepDefinition,
     limit: float | None,
     attempt: int,
     *,
     compensating: bool = False,
 ) -> Any:
-    """Call a step function with a read-only copy of the context, bounded by `limit`,
-    as `current_run()`; not at all once the lease deadline passed (LeaseLostError).
-    Raises StepTimeoutError when `limit` passed, and whatever the function raised."""
+    """Call a step's action (or, `compensating`, its compensation) with a read-only copy
+    of the context, bounded by `limit`, as `current_run()`; not at all once the lease
+    deadline passed (LeaseLostError). Raises StepTimeoutError when `limit` passed, and
+    whatever the function raised."""
+    name = step.name
     if run.lease is not None and not run.lease.held():
-        what = f"compensation of step '{step}'" if compensating else f"step '{step}'"
+        what = f"compensation of step '{name}'" if compensating else f"step '{name}'"
         run.lease.check(run.saga_id, what)
+    function = step.compensation if compensating else step.action
+    assert function is not None, "a step without a compensation is not compensated"
+    is_async = step.compensation_is_async if compensating else step.is_async
     view = MappingProxyType(dict(run.context))
     # An async step's coroutine: nothing of the step runs before `_attempt` awaits it.
-    async_step = is_async_callable(function)
-    call = function(view) if async_step else _call_plain(run, step, function, view)
-    return await _attempt(run, step, attempt, limit, call, compensating=compensating)
+    call = function(view) if is_async else _call_plain(run, name, function, view)
+    return await _attempt(run, name, attempt, limit, call, compensating=compensating)
 
 
 async def _call_plain(

@@ -39,8 +39,11 @@ async def forward(run: SagaRun) -> bool:
     running: Running = {}
     deadline = asyncio.timeout(timeout)
     try:
-        async with deadline:
+        if timeout is None:  # the usual case: no deadline to enter
             await _schedule(run, running)
+        else:
+            async with deadline:
+                await _schedule(run, running)
     except TimeoutError:
         if not deadline.expired():  # e.g. a journal write timed out: not ours to handle
             await _abandon(running)
@@ -109,11 +112,12 @@ async def _schedule(run: SagaRun, running: Running) -> None:
 
 
 def _ready(run: SagaRun, started: set[str]) -> list[StepDefinition]:
-    completed = {n for n, o in run.outcomes.items() if o.status is StepStatus.COMPLETED}
+    outcomes = run.outcomes
     return [
         step
         for step in run.definition.steps
-        if step.name not in started and all(dep in completed for dep in step.depends_on)
+        if step.name not in started
+        and all(outcomes[dep].status is StepStatus.COMPLETED for dep in step.depends_on)
     ]
 
 
@@ -170,7 +174,7 @@ async def run_step(run: SagaRun, step: StepDefinition) -> JSONDict:
                 outcome.error = None
                 outcome.finished_at = utcnow()
                 return result
-            raw = await invoke(run, step.name, step.action, policy.timeout_seconds, attempt)
+            raw = await invoke(run, step, policy.timeout_seconds, attempt)
             result = check_result(step.name, raw)
         except (
             asyncio.CancelledError,
