@@ -37,15 +37,15 @@ async def forward(run: SagaRun) -> bool:
     """Run the steps; True when every step completed."""
     timeout = run.definition.timeout_seconds or run.options.saga_timeout_seconds
     running: Running = {}
-    deadline = asyncio.timeout(timeout)
+    deadline = None if timeout is None else asyncio.timeout(timeout)
     try:
-        if timeout is None:  # the usual case: no deadline to enter
+        if deadline is None:  # the usual case: no deadline to enter
             await _schedule(run, running)
         else:
             async with deadline:
                 await _schedule(run, running)
     except TimeoutError:
-        if not deadline.expired():  # e.g. a journal write timed out: not ours to handle
+        if deadline is None or not deadline.expired():  # e.g. a journal write timed out
             await _abandon(running)
             raise
         message = describe(
