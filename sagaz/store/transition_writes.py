@@ -155,10 +155,13 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
     if dialect == "postgresql":
         # One statement per table whatever the batch size: one JSON document in,
         # json_to_recordset() inside.
-        if saga_rows:
-            connection.execute(PG_SAGA_UPDATE, {"rows": json_rows(saga_rows)})
-        if step_rows:
-            connection.execute(PG_STEP_UPSERT, {"rows": json_rows(step_rows)})
+        if saga_rows and step_rows:  # both in one statement: one round trip fewer
+            parameters = {"saga_rows": json_rows(saga_rows), "step_rows": json_rows(step_rows)}
+            connection.execute(PG_SAGA_UPDATE_AND_STEP_UPSERT, parameters)
+        elif saga_rows:
+            connection.execute(PG_SAGA_UPDATE, {"saga_rows": json_rows(saga_rows)})
+        elif step_rows:
+            connection.execute(PG_STEP_UPSERT, {"step_rows": json_rows(step_rows)})
         return refused
     if saga_rows:
         connection.execute(SAGA_UPDATE, saga_rows)
@@ -192,8 +195,7 @@ def _pg_timestamp(column: str) -> str:
     )
 
 
-PG_SAGA_UPDATE = sa.text(
-    f"""
+_PG_SAGA_UPDATE = f"""
     UPDATE {sagas.name} AS s SET
         status = COALESCE(u.b_status, s.status),
         context = COALESCE(u.b_context, s.context),
@@ -202,23 +204,20 @@ PG_SAGA_UPDATE = sa.text(
         lease_owner = CASE WHEN u.b_release THEN NULL ELSE s.lease_owner END,
         lease_expires_at = CASE WHEN u.b_release THEN NULL ELSE s.lease_expires_at END,
         updated_at = {_pg_timestamp("u.b_updated_at")}
-    FROM json_to_recordset(CAST(:rows AS json)) AS u(
+    FROM json_to_recordset(CAST(:saga_rows AS json)) AS u(
         b_id uuid, b_status varchar, b_context json, b_error text,
         b_correlation_id varchar, b_release boolean, b_updated_at bigint
     )
     WHERE s.id = u.b_id
-    """
-)
-"""PostgreSQL: every saga-level change of a batch in one UPDATE (same merge as SAGA_UPDATE)."""
+"""
 
-PG_STEP_UPSERT = sa.text(
-    f"""
+_PG_STEP_UPSERT = f"""
     INSERT INTO {saga_steps.name} AS t
         (saga_id, name, status, result, attempts, error, started_at, finished_at, updated_at)
     SELECT u.saga_id, u.name, u.status, u.result, u.attempts, u.error,
            {_pg_timestamp("u.started_at")}, {_pg_timestamp("u.finished_at")},
            {_pg_timestamp("u.updated_at")}
-    FROM json_to_recordset(CAST(:rows AS json)) AS u(
+    FROM json_to_recordset(CAST(:step_rows AS json)) AS u(
         saga_id uuid, name varchar, status varchar, result json, attempts integer,
         error text, started_at bigint, finished_at bigint, updated_at bigint
     )
@@ -231,9 +230,19 @@ PG_STEP_UPSERT = sa.text(
         started_at = COALESCE(t.started_at, excluded.started_at),
         finished_at = COALESCE(excluded.finished_at, t.finished_at),
         updated_at = excluded.updated_at
-    """
-)
+"""
+
+PG_SAGA_UPDATE = sa.text(_PG_SAGA_UPDATE)
+"""PostgreSQL: every saga-level change of a batch in one UPDATE (same merge as SAGA_UPDATE)."""
+
+PG_STEP_UPSERT = sa.text(_PG_STEP_UPSERT)
 """PostgreSQL: every step row of a batch in one upsert (same merge as `step_upsert`)."""
+
+PG_SAGA_UPDATE_AND_STEP_UPSERT = sa.text(
+    f"WITH saga_update AS ({_PG_SAGA_UPDATE} RETURNING 1) {_PG_STEP_UPSERT}"
+)
+"""PostgreSQL: both, as one statement (a data-modifying WITH always runs to completion;
+the two touch different tables)."""
 
 
 def read_leases(connection: sa.Connection, saga_ids: set[str]) -> dict[str, Lease]:
