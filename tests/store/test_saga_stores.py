@@ -436,3 +436,51 @@ def test_transition_timestamps_are_stored_to_the_microsecond(
     assert (step.started_at, step.finished_at) == (expected, expected)
     row = step_rows(sync_engine, saga_id)["a"]
     assert row.updated_at == expected or row.updated_at == expected.replace(tzinfo=None)
+
+
+def test_a_fenced_batch_writes_the_sagas_whose_lease_it_holds_and_refuses_the_rest(
+    sync_engine: sa.Engine,
+) -> None:
+    """One batch, four sagas: the current lease, an older token, another owner, and a
+    saga that is not stored. Only the first is written (on PostgreSQL the check and the
+    writes are one statement); the others change nothing."""
+    with Session(sync_engine) as session:
+        stored = [start_saga(session, StoredSaga, {"n": n}) for n in range(3)]
+        session.commit()
+    missing = str(uuid.uuid4())
+    for saga_id in stored:
+        set_lease(sync_engine, saga_id, "worker-a", 2)
+    fences = [Fence("worker-a", 2), Fence("worker-a", 1), Fence("worker-b", 2)]
+    batch = []
+    for saga_id, fence in [*zip(stored, fences, strict=True), (missing, Fence("worker-a", 2))]:
+        batch += [
+            Transition(
+                kind=TransitionKind.SAGA_STARTED,
+                saga_id=saga_id,
+                saga_name=StoredSaga.saga_name,
+                at=utcnow(),
+                status=SagaStatus.RUNNING,
+                fence=fence,
+            ),
+            Transition(
+                kind=TransitionKind.STEP_STARTED,
+                saga_id=saga_id,
+                saga_name=StoredSaga.saga_name,
+                at=utcnow(),
+                step="a",
+                attempt=1,
+                fence=fence,
+            ),
+        ]
+    store = SagaStore(sync_engine)
+    with pytest.raises(LeaseLostError, match=stored[1]):
+        store.record_many(batch)
+    written = store.get(stored[0])
+    assert written is not None
+    assert written.status is SagaStatus.RUNNING
+    assert written.steps["a"].status is StepStatus.RUNNING
+    for saga_id in stored[1:]:
+        untouched = store.get(saga_id)
+        assert untouched is not None
+        assert (untouched.status, untouched.steps) == (SagaStatus.PENDING, {})
+    assert store.get(missing) is None
