@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
@@ -50,6 +51,9 @@ __all__ = [
     "tracing_enabled",
     "trace_context_of",
 ]
+
+#: The environment variable naming an OpenTelemetry tracer provider to load.
+OTEL_PYTHON_TRACER_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER"
 
 TRACEPARENT = "traceparent"
 """The W3C header naming the trace and the parent span (``00-<trace>-<span>-<flags>``)."""
@@ -77,9 +81,19 @@ class _Api:
         self.kind = trace.SpanKind
         self.error = trace.Status(trace.StatusCode.ERROR)
         self._tracer: tuple[object, Tracer] | None = None
+        # Whether the environment names a provider (read once): without one, and while
+        # no provider is set, there is nothing to trace - known without the environment
+        # lookup `get_tracer_provider` makes on each call (a KeyError raised and caught,
+        # twice per saga run).
+        self._provider_from_environment = OTEL_PYTHON_TRACER_PROVIDER in os.environ
 
     def tracer(self) -> Tracer | None:
         """sagaz's tracer, or None while no tracer provider is configured (no SDK)."""
+        # The global the API keeps its provider in; a missing one (another API version)
+        # takes the documented way below.
+        unset = getattr(self.trace, "_TRACER_PROVIDER", self) is None
+        if unset and not self._provider_from_environment:
+            return None
         provider = self.trace.get_tracer_provider()
         if isinstance(provider, self.trace.ProxyTracerProvider):
             return None
