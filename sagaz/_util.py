@@ -7,6 +7,7 @@ may import it without creating an import circle.
 
 from __future__ import annotations
 
+import gc
 import random
 import re
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ __all__ = [
     "backoff",
     "describe",
     "escape_text",
+    "freeze_startup_heap",
     "parse_bool",
     "redact_database_url",
     "redact_url",
@@ -36,6 +38,19 @@ __all__ = [
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC (what every stored timestamp uses)."""
     return datetime.now(UTC)
+
+
+def freeze_startup_heap() -> None:
+    """Collect garbage once, then move every object alive now into the garbage
+    collector's permanent generation (`gc.freeze`), which later collections skip.
+
+    For a process that runs one long-lived worker (`sagaz worker` calls it once started):
+    its start-up objects - modules, SQLAlchemy metadata, the application's saga
+    definitions - are never garbage, yet every full collection would walk them again; a
+    busy worker triggers such collections every few thousand sagas. Process-wide, so the
+    library never calls it on its own (see docs/workers.md, Performance)."""
+    gc.collect()
+    gc.freeze()
 
 
 # -- error descriptions --------------------------------------------------------------------
