@@ -52,8 +52,8 @@ __all__ = [
     "trace_context_of",
 ]
 
-#: The environment variable naming an OpenTelemetry tracer provider to load.
 OTEL_PYTHON_TRACER_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER"
+"""The environment variable naming an OpenTelemetry tracer provider to load."""
 
 TRACEPARENT = "traceparent"
 """The W3C header naming the trace and the parent span (``00-<trace>-<span>-<flags>``)."""
@@ -187,8 +187,8 @@ def trace_context_of(stored: object) -> TraceContext | None:
 
 # -- spans (worker, engine, relay, consumers) ----------------------------------------------
 
-#: What a span helper returns without a tracer provider: nothing to do, nothing allocated.
 NO_SPAN: AbstractContextManager[object] = nullcontext()
+"""What a span helper returns without a tracer provider: nothing to do, nothing allocated."""
 
 
 def tracing_enabled() -> bool:
