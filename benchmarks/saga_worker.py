@@ -13,7 +13,9 @@ completion (the parent counts COMPLETED rows every 20 ms).
 It creates and drops its own schema (sagaz_bench_<random>) in that database, and prints
 sagas/s next to the worker process's CPU (share of one core, microseconds per saga): on a
 shared 2-core machine the CPU per saga is the steadier figure.
-Profile with SAGAZ_BENCH_PROFILE=1 (see `report_profile`).
+Profile with SAGAZ_BENCH_PROFILE=1 (see `report_profile`). Each worker freezes its
+start-up heap (`gc.freeze`) before it starts, as `sagaz worker` does; `--no-freeze`
+measures without.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sagaz import Saga, action, start_saga
+from sagaz._util import freeze_startup_heap
 from sagaz.store.engines import create_async_engine, create_engine
 from sagaz.store.schema import metadata, sagas
 from sagaz.worker import SagaWorker
@@ -71,13 +74,15 @@ def _connect_args(url: str, schema: str) -> dict[str, Any]:
     return {"options": f"-csearch_path={schema}"}
 
 
-def _worker_process(url: str, schema: str, concurrency: int, ready: Any, go: Any, stop: Any,
-                    results: Any) -> None:  # fmt: skip
+def _worker_process(url: str, schema: str, concurrency: int, freeze: bool, ready: Any, go: Any,
+                    stop: Any, results: Any) -> None:  # fmt: skip
     """One worker process: ready, then run from `go` until `stop`; report (completed, CPU)."""
 
     async def run() -> None:
         engine = create_async_engine(url, pool_size=20, connect_args=_connect_args(url, schema))
         worker = SagaWorker(engine, concurrency=concurrency, poll_interval=0.05)
+        if freeze:
+            freeze_startup_heap()  # as `sagaz worker` does once started
         ready.set()
         await asyncio.to_thread(go.wait)
         cpu = time.process_time()
@@ -111,7 +116,7 @@ async def measure_processes(
     workers = [
         spawn.Process(
             target=_worker_process,
-            args=(args.url, schema, args.concurrency, ready, go, stop, results),
+            args=(args.url, schema, args.concurrency, args.freeze, ready, go, stop, results),
         )
         for ready in readies
     ]
@@ -155,6 +160,12 @@ async def main() -> None:
     parser.add_argument("--sagas", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--workers", type=int, default=0, help="also compare 1 and N processes")
+    parser.add_argument(
+        "--no-freeze",
+        dest="freeze",
+        action="store_false",
+        help="leave the garbage collector as it is (sagaz worker freezes its start-up heap)",
+    )
     args = parser.parse_args()
     schema = f"sagaz_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(args.url)
@@ -171,7 +182,8 @@ async def main() -> None:
         if args.workers:
             print(
                 f"python {platform.python_version()}, {os.cpu_count()} cores, "
-                f"sagas={args.sagas} per measure, concurrency={args.concurrency} per worker"
+                f"sagas={args.sagas} per measure, concurrency={args.concurrency} per worker, "
+                f"start-up heap frozen={args.freeze}"
             )
             one = await measure_processes(args, schema, sync_engine, 1)
             many = await measure_processes(args, schema, sync_engine, args.workers)
@@ -182,6 +194,8 @@ async def main() -> None:
                 start_saga(session, BenchSaga, {"n": n})
             await session.commit()
         worker = SagaWorker(engine, concurrency=args.concurrency, poll_interval=0.05)
+        if args.freeze:
+            freeze_startup_heap()  # as `sagaz worker` does once started
         profiler = cProfile.Profile() if os.environ.get("SAGAZ_BENCH_PROFILE") else None
         if profiler:
             profiler.enable()
@@ -204,7 +218,10 @@ async def main() -> None:
             f"python {platform.python_version()}, {os.cpu_count()} cores, "
             f"{sync_engine.dialect.name} {sync_engine.dialect.server_version_info}"
         )
-        print(f"sagas={args.sagas} concurrency={args.concurrency} completed={done}")
+        print(
+            f"sagas={args.sagas} concurrency={args.concurrency} completed={done} "
+            f"start-up heap frozen={args.freeze}"
+        )
         print(
             f"durable 3-step sagas/s through one worker: {args.sagas / elapsed:,.0f} "
             f"({elapsed:.2f} s; 6 transitions per saga persisted and fenced)"

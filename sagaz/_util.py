@@ -8,6 +8,7 @@ may import it without creating an import circle.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import re
@@ -26,6 +27,7 @@ __all__ = [
     "backoff",
     "describe",
     "escape_text",
+    "freeze_startup_heap",
     "parse_bool",
     "random_uuid",
     "redact_database_url",
@@ -47,6 +49,19 @@ def random_uuid() -> str:
     digits = os.urandom(16).hex()
     variant = "89ab"[int(digits[16], 16) & 3]
     return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
+
+
+def freeze_startup_heap() -> None:
+    """Collect garbage once, then move every object alive now into the garbage
+    collector's permanent generation (`gc.freeze`), which later collections skip.
+
+    For a process that runs one long-lived worker (`sagaz worker` calls it once started):
+    its start-up objects - modules, SQLAlchemy metadata, the application's saga
+    definitions - are never garbage, yet every full collection would walk them again; a
+    busy worker triggers such collections every few thousand sagas. Process-wide, so the
+    library never calls it on its own (see docs/workers.md, Performance)."""
+    gc.collect()
+    gc.freeze()
 
 
 # -- error descriptions --------------------------------------------------------------------

@@ -33,6 +33,8 @@ class StepDefinition:
     compensation_retries: int | None = None
     #: The action is a coroutine function (derived; runs on the event loop).
     is_async: bool = field(init=False, compare=False)
+    #: The compensation is a coroutine function (derived; False without one).
+    compensation_is_async: bool = field(init=False, compare=False)
     #: The action takes a `session` argument: a transactional step, whose writes commit
     #: in the same transaction as its completion record (derived).
     wants_session: bool = field(init=False, compare=False)
@@ -53,6 +55,9 @@ class StepDefinition:
         _check_non_negative(self.name, "retry_backoff", self.retry_backoff)
         # Derived once here, not per run: both are read on every step execution.
         object.__setattr__(self, "is_async", is_async_callable(self.action))
+        compensation = self.compensation
+        is_async = compensation is not None and is_async_callable(compensation)
+        object.__setattr__(self, "compensation_is_async", is_async)
         object.__setattr__(self, "wants_session", _accepts_session(self.action))
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
@@ -40,14 +41,19 @@ if TYPE_CHECKING:
 __all__ = [
     "TRACEPARENT",
     "TRACESTATE",
+    "NO_SPAN",
     "add_trace_headers",
     "current_trace_context",
     "processing_span",
     "publish_traced",
     "saga_run_span",
     "step_span",
+    "tracing_enabled",
     "trace_context_of",
 ]
+
+OTEL_PYTHON_TRACER_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER"
+"""The environment variable naming an OpenTelemetry tracer provider to load."""
 
 TRACEPARENT = "traceparent"
 """The W3C header naming the trace and the parent span (``00-<trace>-<span>-<flags>``)."""
@@ -75,9 +81,19 @@ class _Api:
         self.kind = trace.SpanKind
         self.error = trace.Status(trace.StatusCode.ERROR)
         self._tracer: tuple[object, Tracer] | None = None
+        # Whether the environment names a provider (read once): without one, and while
+        # no provider is set, there is nothing to trace - known without the environment
+        # lookup `get_tracer_provider` makes on each call (a KeyError raised and caught,
+        # twice per saga run).
+        self._provider_from_environment = OTEL_PYTHON_TRACER_PROVIDER in os.environ
 
     def tracer(self) -> Tracer | None:
         """sagaz's tracer, or None while no tracer provider is configured (no SDK)."""
+        # The global the API keeps its provider in; a missing one (another API version)
+        # takes the documented way below.
+        unset = getattr(self.trace, "_TRACER_PROVIDER", self) is None
+        if unset and not self._provider_from_environment:
+            return None
         provider = self.trace.get_tracer_provider()
         if isinstance(provider, self.trace.ProxyTracerProvider):
             return None
@@ -171,8 +187,14 @@ def trace_context_of(stored: object) -> TraceContext | None:
 
 # -- spans (worker, engine, relay, consumers) ----------------------------------------------
 
-#: What a span helper returns without a tracer provider: nothing to do, nothing allocated.
-_NO_SPAN: AbstractContextManager[object] = nullcontext()
+NO_SPAN: AbstractContextManager[object] = nullcontext()
+"""What a span helper returns without a tracer provider: nothing to do, nothing allocated."""
+
+
+def tracing_enabled() -> bool:
+    """True when spans would be recorded now (OpenTelemetry and a tracer provider). The
+    engine asks once per run whether to open its steps' spans."""
+    return _active() is not None
 
 
 def _active() -> tuple[_Api, Tracer] | None:
@@ -228,7 +250,7 @@ def saga_run_span(saga: Claimed, stored: object = None) -> AbstractContextManage
     readable, else to the current span."""
     active = _active()
     if active is None:
-        return _NO_SPAN
+        return NO_SPAN
     attributes = _saga_attributes(saga.saga_name, saga.saga_id, saga.attempts, saga.lease_token)
     name = f"sagaz.saga {saga.saga_name}"
     return _span(active, name, "INTERNAL", attributes, trace_context_of(stored))
@@ -247,7 +269,7 @@ def step_span(
     (``sagaz.compensate <step>``), below the current span (the run's)."""
     active = _active()
     if active is None:
-        return _NO_SPAN
+        return NO_SPAN
     attributes = _saga_attributes(saga_name, saga_id, attempt, lease_token)
     attributes["sagaz.step"] = step
     attributes["sagaz.compensating"] = compensating
@@ -340,7 +362,7 @@ def processing_span(
     consumer helpers open it around every handler call."""
     active = _active()
     if active is None:
-        return _NO_SPAN
+        return NO_SPAN
     attributes = _message_attributes(message.id, message.topic, None, system)
     attributes["messaging.consumer.group.name"] = consumer
     saga_id = message.headers.get("sagaz-saga-id")

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from click.core import ParameterSource
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sagaz._util import freeze_startup_heap
 from sagaz.cli.database import (
     DATABASE_FAILURES,
     database_error,
@@ -386,6 +387,7 @@ async def serve(runtime: SagaRuntime, url_origin: str) -> None:
         raise click.UsageError(str(error)) from None
     try:
         await _check_tables(config.engine, runtime)
+        freeze_startup_heap()  # its start-up objects stay: later collections skip them
         for number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(number, _stop, runtime)
         running = [r for r in (runtime.worker if runtime.run_worker else None, runtime.relay) if r]

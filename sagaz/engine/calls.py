@@ -14,13 +14,12 @@ import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from sagaz._json import ensure_json_object
-from sagaz.definition import StepDefinition, StepFunction, is_async_callable
+from sagaz.definition import StepDefinition, StepFunction
 from sagaz.engine.run import SagaRun
 from sagaz.engine.threads import run_in_thread
 from sagaz.errors import InvalidContextError, SagaDefinitionError, StepTimeoutError
@@ -32,64 +31,87 @@ from sagaz.journal import (
     notify_listeners,
 )
 from sagaz.run_context import reset_current_run, set_current_run
-from sagaz.tracing import step_span
+from sagaz.tracing import NO_SPAN, step_span
 from sagaz.types import JSONDict
 
 log = logging.getLogger("sagaz.engine")
 
+T = TypeVar("T")
+
 
 async def invoke(
     run: SagaRun,
-    step: str,
-    function: StepFunction,
+    step: StepDefinition,
     limit: float | None,
     attempt: int,
     *,
     compensating: bool = False,
 ) -> Any:
-    """Call a step function with a read-only copy of the context, bounded by `limit`,
-    as `current_run()`; not at all once the lease deadline passed (LeaseLostError).
-    Raises StepTimeoutError when `limit` passed, and whatever the function raised."""
-    if run.lease is not None:
-        what = f"compensation of step '{step}'" if compensating else f"step '{step}'"
+    """Call a step's action (or, `compensating`, its compensation) with a read-only copy
+    of the context, bounded by `limit`, as `current_run()`; not at all once the lease
+    deadline passed (LeaseLostError). Raises StepTimeoutError when `limit` passed, and
+    whatever the function raised."""
+    name = step.name
+    if run.lease is not None and not run.lease.held():
+        what = f"compensation of step '{name}'" if compensating else f"step '{name}'"
         run.lease.check(run.saga_id, what)
+    function = step.compensation if compensating else step.action
+    assert function is not None, "a step without a compensation is not compensated"
+    is_async = step.compensation_is_async if compensating else step.is_async
     view = MappingProxyType(dict(run.context))
-    async with _attempt(run, step, attempt, limit, compensating=compensating):
-        if is_async_callable(function):
-            return await function(view)
-        result = await _in_thread(run, step, function, view)
-        if inspect.isawaitable(result):  # e.g. a lambda calling an async function
-            return await result
-        return result
+    # An async step's coroutine: nothing of the step runs before `_attempt` awaits it.
+    call = function(view) if is_async else _call_plain(run, name, function, view)
+    return await _attempt(run, name, attempt, limit, call, compensating=compensating)
 
 
-@asynccontextmanager
+async def _call_plain(
+    run: SagaRun, step: str, function: StepFunction, view: Mapping[str, Any]
+) -> Any:
+    result = await _in_thread(run, step, function, view)
+    if inspect.isawaitable(result):  # e.g. a lambda calling an async function
+        return await result
+    return result
+
+
 async def _attempt(
-    run: SagaRun, step: str, attempt: int, limit: float | None, *, compensating: bool
-) -> AsyncIterator[None]:
-    """One attempt of a step: `current_run()` is its `StepRun`, its span the current
-    OpenTelemetry span; bounded by `limit` seconds (StepTimeoutError; a TimeoutError the
-    step raised itself passes through)."""
-    deadline = asyncio.timeout(limit)
+    run: SagaRun,
+    step: str,
+    attempt: int,
+    limit: float | None,
+    call: Awaitable[T],
+    *,
+    compensating: bool,
+) -> T:
+    """Await `call`, one attempt of a step: `current_run()` is its `StepRun`, its span
+    (when the run is traced) the current OpenTelemetry span; bounded by `limit` seconds
+    (StepTimeoutError; a TimeoutError the step raised itself passes through)."""
     token = set_current_run(run.step_run(step, attempt, compensating=compensating))
-    span = step_span(
-        run.definition.name,
-        run.saga_id,
-        step,
-        attempt=attempt,
-        lease_token=0 if run.fence is None else run.fence.token,
-        compensating=compensating,
-    )
     try:
-        with span:  # the attempt's OpenTelemetry span (sagaz.tracing), its error recorded
-            async with deadline:
-                yield
-    except TimeoutError as error:
-        if not deadline.expired():  # the step raised TimeoutError itself
-            raise
-        raise StepTimeoutError(
-            f"step '{step}' attempt {attempt} timed out after {limit}s"
-        ) from error
+        if not run.traced and limit is None:  # the usual case: nothing to wrap it in
+            return await call
+        deadline = asyncio.timeout(limit)
+        span = (
+            step_span(
+                run.definition.name,
+                run.saga_id,
+                step,
+                attempt=attempt,
+                lease_token=0 if run.fence is None else run.fence.token,
+                compensating=compensating,
+            )
+            if run.traced
+            else NO_SPAN
+        )
+        try:
+            with span:  # the attempt's OpenTelemetry span (sagaz.tracing), its error recorded
+                async with deadline:
+                    return await call
+        except TimeoutError as error:
+            if not deadline.expired():  # the step raised TimeoutError itself
+                raise
+            raise StepTimeoutError(
+                f"step '{step}' attempt {attempt} timed out after {limit}s"
+            ) from error
     finally:
         reset_current_run(token)
 
@@ -136,8 +158,9 @@ async def run_in_transaction(
         check_result=functools.partial(check_result, step.name),
         completion=completion,
     )
-    async with _attempt(run, step.name, attempt, limit, compensating=False):
-        result = await journal.run_step_transaction(call)
+    result = await _attempt(
+        run, step.name, attempt, limit, journal.run_step_transaction(call), compensating=False
+    )
     if run.listeners:
         await notify_listeners(run.listeners, completion(result), log)
     return result

@@ -66,9 +66,7 @@ async def _compensate_step(run: SagaRun, name: str) -> bool:
     await run.record(TransitionKind.COMPENSATION_STARTED, step=name)
     for attempt in range(1, retries + 2):
         try:
-            await invoke(
-                run, name, step.compensation, policy.timeout_seconds, attempt, compensating=True
-            )
+            await invoke(run, step, policy.timeout_seconds, attempt, compensating=True)
         except (asyncio.CancelledError, LeaseLostError):
             raise
         except Exception as error:

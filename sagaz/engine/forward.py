@@ -37,12 +37,15 @@ async def forward(run: SagaRun) -> bool:
     """Run the steps; True when every step completed."""
     timeout = run.definition.timeout_seconds or run.options.saga_timeout_seconds
     running: Running = {}
-    deadline = asyncio.timeout(timeout)
+    deadline = None if timeout is None else asyncio.timeout(timeout)
     try:
-        async with deadline:
+        if deadline is None:  # the usual case: no deadline to enter
             await _schedule(run, running)
+        else:
+            async with deadline:
+                await _schedule(run, running)
     except TimeoutError:
-        if not deadline.expired():  # e.g. a journal write timed out: not ours to handle
+        if deadline is None or not deadline.expired():  # e.g. a journal write timed out
             await _abandon(running)
             raise
         message = describe(
@@ -109,11 +112,12 @@ async def _schedule(run: SagaRun, running: Running) -> None:
 
 
 def _ready(run: SagaRun, started: set[str]) -> list[StepDefinition]:
-    completed = {n for n, o in run.outcomes.items() if o.status is StepStatus.COMPLETED}
+    outcomes = run.outcomes
     return [
         step
         for step in run.definition.steps
-        if step.name not in started and all(dep in completed for dep in step.depends_on)
+        if step.name not in started
+        and all(outcomes[dep].status is StepStatus.COMPLETED for dep in step.depends_on)
     ]
 
 
@@ -157,10 +161,11 @@ async def run_step(run: SagaRun, step: StepDefinition) -> JSONDict:
     retries = policy.max_retries
     first_attempt = outcome.attempts + 1
     for attempt in range(first_attempt, first_attempt + retries + 1):
+        now = utcnow()
         outcome.status = StepStatus.RUNNING
         outcome.attempts = attempt
-        outcome.started_at = outcome.started_at or utcnow()
-        await run.record(TransitionKind.STEP_STARTED, step=step.name, attempt=attempt)
+        outcome.started_at = outcome.started_at or now
+        await run.record(TransitionKind.STEP_STARTED, now, step=step.name, attempt=attempt)
         try:
             if step.wants_session:
                 result = await run_in_transaction(run, step, policy.timeout_seconds, attempt)
@@ -169,7 +174,7 @@ async def run_step(run: SagaRun, step: StepDefinition) -> JSONDict:
                 outcome.error = None
                 outcome.finished_at = utcnow()
                 return result
-            raw = await invoke(run, step.name, step.action, policy.timeout_seconds, attempt)
+            raw = await invoke(run, step, policy.timeout_seconds, attempt)
             result = check_result(step.name, raw)
         except (
             asyncio.CancelledError,
@@ -190,20 +195,22 @@ async def run_step(run: SagaRun, step: StepDefinition) -> JSONDict:
                 )
                 await asyncio.sleep(policy.delay(attempt))
                 continue
+            now = utcnow()
             outcome.status = StepStatus.FAILED
             outcome.error = message
-            outcome.finished_at = utcnow()
+            outcome.finished_at = now
             run.fail(f"step '{step.name}': {message}")
             await run.record(
-                TransitionKind.STEP_FAILED, step=step.name, attempt=attempt, error=message
+                TransitionKind.STEP_FAILED, now, step=step.name, attempt=attempt, error=message
             )
             raise StepFailed(step.name, error) from error
+        now = utcnow()
         outcome.status = StepStatus.COMPLETED
         outcome.result = result
         outcome.error = None
-        outcome.finished_at = utcnow()
+        outcome.finished_at = now
         await run.record(
-            TransitionKind.STEP_COMPLETED, step=step.name, attempt=attempt, result=result
+            TransitionKind.STEP_COMPLETED, now, step=step.name, attempt=attempt, result=result
         )
         return result
     raise AssertionError("unreachable: the attempt loop always returns or raises")

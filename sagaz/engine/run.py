@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sagaz._json import ensure_json_object
@@ -24,6 +25,7 @@ from sagaz.journal import (
     notify_listeners,
 )
 from sagaz.run_context import LeaseClock, StepRun
+from sagaz.tracing import tracing_enabled
 from sagaz.types import SagaResult, SagaStatus, StepOutcome, StepStatus
 
 if TYPE_CHECKING:
@@ -68,6 +70,8 @@ class SagaRun:
         self.give_up: str | None = None
         self.snapshot = snapshot
         self.started_at = utcnow()
+        #: Whether its step attempts open OpenTelemetry spans: decided once, at its start.
+        self.traced = tracing_enabled()
         self.outcomes = {step.name: StepOutcome(name=step.name) for step in definition.steps}
         self.positions = {step.name: index for index, step in enumerate(definition.steps)}
         self.errors: list[str] = []
@@ -102,23 +106,25 @@ class SagaRun:
         if snapshot.error:
             self.first_error = snapshot.error
 
-    def transition(self, kind: TransitionKind, **fields: Any) -> Transition:
-        """A transition of this saga, fenced by this run's lease, happening now."""
+    def transition(
+        self, kind: TransitionKind, at: datetime | None = None, **fields: Any
+    ) -> Transition:
+        """A transition of this saga, fenced by this run's lease, happening `at` (now)."""
         return Transition(
             kind=kind,
             saga_id=self.saga_id,
             saga_name=self.definition.name,
-            at=utcnow(),
+            at=at or utcnow(),
             fence=self.fence,
             **fields,
         )
 
-    async def record(self, kind: TransitionKind, **fields: Any) -> None:
-        """Write a transition to the journal (LeaseLostError, writing nothing, once the
-        lease's deadline passed) and then tell the listeners."""
-        if self.lease is not None:
+    async def record(self, kind: TransitionKind, at: datetime | None = None, **fields: Any) -> None:
+        """Write a transition happening `at` (now) to the journal (LeaseLostError, writing
+        nothing, once the lease's deadline passed) and then tell the listeners."""
+        if self.lease is not None and not self.lease.held():
             self.lease.check(self.saga_id, f"writing {kind.value}")
-        transition = self.transition(kind, **fields)
+        transition = self.transition(kind, at, **fields)
         await self.journal.record(transition)
         if self.listeners:
             await notify_listeners(self.listeners, transition, log)
@@ -133,10 +139,10 @@ class SagaRun:
         step = self.outcomes[name]
         step.status = StepStatus.FAILED
         step.error = reason
-        step.finished_at = utcnow()
+        step.finished_at = now = utcnow()
         self.errors.append(f"step '{name}': {reason}")
         await self.record(
-            TransitionKind.STEP_FAILED, step=name, attempt=step.attempts, error=reason
+            TransitionKind.STEP_FAILED, now, step=name, attempt=step.attempts, error=reason
         )
 
     async def finish(self) -> None:

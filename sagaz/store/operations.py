@@ -63,21 +63,24 @@ STEP_COLUMNS_AS_TEXT = [as_text(c) if c.key == "result" else c for c in saga_ste
 def snapshot_from_row(row: sa.Row[Any], *, strict: bool = True) -> SagaSnapshot:
     """A saga row as a snapshot. Raises CorruptRowError, naming the saga and column,
     when its context (unless not `strict`: then it is empty) or status cannot be read."""
-    where = f"saga {row.id}: column {sagas.name}.context"
-    try:
-        context = {} if row.context is None else decode_object(row.context, where)
-    except CorruptRowError:
-        if strict:
-            raise
+    saga_id = str(row.id)
+    context: Any = row.context
+    if context is None:
         context = {}
-    try:
-        status = SagaStatus(row.status)
-    except ValueError:
+    elif type(context) is not dict:  # the stored text (`as_text`)
+        try:
+            context = decode_object(context, f"saga {saga_id}: column {sagas.name}.context")
+        except CorruptRowError:
+            if strict:
+                raise
+            context = {}
+    status = _SAGA_STATUSES.get(row.status)
+    if status is None:
         raise CorruptRowError(
-            f"saga {row.id}: column {sagas.name}.status holds {row.status!r}, not a status"
-        ) from None
+            f"saga {saga_id}: column {sagas.name}.status holds {row.status!r}, not a status"
+        )
     return SagaSnapshot(
-        saga_id=str(row.id),
+        saga_id=saga_id,
         saga_name=row.name,
         status=status,
         context=context,
@@ -92,6 +95,10 @@ def snapshot_from_row(row: sa.Row[Any], *, strict: bool = True) -> SagaSnapshot:
         attempts=row.attempts,
         stalled_claims=row.stalled_claims,
     )
+
+
+#: A saga status by its stored text (a lookup, where `SagaStatus(text)` is a slow call).
+_SAGA_STATUSES: dict[object, SagaStatus] = {status.value: status for status in SagaStatus}
 
 
 def pending_saga_row(

@@ -19,9 +19,8 @@ applying the transitions one at a time would (tests/store/test_state_machine_agr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,45 +33,72 @@ from sagaz.store.statements import insert_ignoring_conflicts
 from sagaz.types import SagaStatus, StepOutcome
 
 
-def saga_params(change: SagaChange) -> dict[str, Any]:
-    """The saga UPDATE's parameters for a change that holds a saga-level transition."""
+def _same(value: datetime | None) -> Any:
+    return value
+
+
+def epoch_microseconds(value: datetime | None) -> int | None:
+    """`value` as whole microseconds since 1970-01-01 UTC (a naive datetime is taken as
+    UTC, as every timestamp sagaz writes is): what the PostgreSQL statements send for a
+    timestamp, turned back into one exactly by `_pg_timestamp` (one subtraction here, where
+    ISO 8601 text costs an `isoformat()` call per value)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def saga_params(
+    change: SagaChange, stamp: Callable[[datetime | None], Any] = _same
+) -> dict[str, Any]:
+    """The saga UPDATE's parameters for a change that holds a saga-level transition
+    (timestamps through `stamp`)."""
     return {
         "b_id": change.saga_id,
-        "b_status": change.status.value if change.status else None,
+        "b_status": change.status._value_ if change.status else None,  # not the slow .value
         "b_context": change.context,
         "b_error": change.error,
         "b_correlation_id": change.correlation_id,
         "b_release": change.release,
-        "b_updated_at": change.updated_at,
+        "b_updated_at": stamp(change.updated_at),
     }
 
 
-def step_row(saga_id: str, step: StepOutcome, updated_at: datetime) -> dict[str, Any]:
-    """The step upsert's row for a step folded from a blank record (see `SagaChange`)."""
+def step_row(
+    saga_id: str,
+    step: StepOutcome,
+    updated_at: datetime,
+    stamp: Callable[[datetime | None], Any] = _same,
+) -> dict[str, Any]:
+    """The step upsert's row for a step folded from a blank record (see `SagaChange`),
+    timestamps through `stamp`."""
     return {
         "saga_id": saga_id,
         "name": step.name,
-        "status": step.status.value,
+        "status": step.status._value_,  # .value is a property: slow
         "result": step.result,
         "attempts": step.attempts,
         "error": step.error,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "updated_at": updated_at,
+        "started_at": stamp(step.started_at),
+        "finished_at": stamp(step.finished_at),
+        "updated_at": stamp(updated_at),
     }
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    owner: str | None
-    token: int
+#: A saga's lease as read: its owner and token.
+Lease = tuple[str | None, int]
 
 
 def may_write(lease: Lease | None, fence: Fence | None) -> bool:
     """The fencing rule: a write carries the saga's current lease, or there is none."""
     if fence is None:
-        return lease is None or lease.owner is None
-    return lease is not None and lease.owner == fence.owner and lease.token == fence.token
+        return lease is None or lease[0] is None
+    return lease is not None and lease[0] == fence.owner and lease[1] == fence.token
 
 
 def write_transitions(connection: sa.Connection, transitions: Sequence[Transition]) -> set[int]:
@@ -115,22 +141,27 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
                 for saga_id in sorted(new_sagas)
             ],
         )
+    # PostgreSQL takes the rows as one JSON document, timestamps as epoch microseconds.
+    stamp = epoch_microseconds if dialect == "postgresql" else _same
     saga_rows = [
-        saga_params(changes[saga_id])
+        saga_params(changes[saga_id], stamp)
         for saga_id in sorted(changes)
         if changes[saga_id].updated_at is not None  # it holds a saga-level transition
     ]
     step_rows = [
-        step_row(saga_id, changes[saga_id].steps[name], updated_at)
+        step_row(saga_id, changes[saga_id].steps[name], updated_at, stamp)
         for (saga_id, name), updated_at in sorted(step_updated_at.items())
     ]
     if dialect == "postgresql":
         # One statement per table whatever the batch size: one JSON document in,
         # json_to_recordset() inside.
-        if saga_rows:
-            connection.execute(PG_SAGA_UPDATE, {"rows": json_rows(saga_rows)})
-        if step_rows:
-            connection.execute(PG_STEP_UPSERT, {"rows": json_rows(step_rows)})
+        if saga_rows and step_rows:  # both in one statement: one round trip fewer
+            parameters = {"saga_rows": json_rows(saga_rows), "step_rows": json_rows(step_rows)}
+            connection.execute(PG_SAGA_UPDATE_AND_STEP_UPSERT, parameters)
+        elif saga_rows:
+            connection.execute(PG_SAGA_UPDATE, {"saga_rows": json_rows(saga_rows)})
+        elif step_rows:
+            connection.execute(PG_STEP_UPSERT, {"step_rows": json_rows(step_rows)})
         return refused
     if saga_rows:
         connection.execute(SAGA_UPDATE, saga_rows)
@@ -140,7 +171,7 @@ def write_transitions(connection: sa.Connection, transitions: Sequence[Transitio
 
 
 def json_rows(rows: Sequence[Any]) -> str:
-    """`rows` as one JSON document, datetimes as ISO 8601 text.
+    """`rows` as one JSON document (timestamps already `epoch_microseconds`).
 
     PostgreSQL statements take a whole batch as this one parameter and unpack it with
     `json_to_recordset`: encoding it is one C-level `json.dumps`, where per-column arrays
@@ -148,17 +179,23 @@ def json_rows(rows: Sequence[Any]) -> str:
     The contexts and results inside are unpacked as ``json`` (never ``jsonb``), which
     keeps their text as `json.dumps` wrote it: numbers stay exact (see `JSONText`).
     """
-    return json.dumps(rows, separators=(",", ":"), default=_iso_datetime)
+    return _ROWS_ENCODER.encode(rows)
 
 
-def _iso_datetime(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+_ROWS_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
-PG_SAGA_UPDATE = sa.text(
-    f"""
+def _pg_timestamp(column: str) -> str:
+    """SQL turning `column`, epoch microseconds (`epoch_microseconds`), back into the
+    timestamp, exactly (whole seconds and microseconds apart: each part is exact in the
+    double precision that multiplying an interval takes); NULL stays NULL."""
+    return (
+        f"(TIMESTAMPTZ 'epoch' + ({column} / 1000000) * INTERVAL '1 second'"
+        f" + ({column} % 1000000) * INTERVAL '1 microsecond')"
+    )
+
+
+_PG_SAGA_UPDATE = f"""
     UPDATE {sagas.name} AS s SET
         status = COALESCE(u.b_status, s.status),
         context = COALESCE(u.b_context, s.context),
@@ -166,25 +203,23 @@ PG_SAGA_UPDATE = sa.text(
         correlation_id = COALESCE(u.b_correlation_id, s.correlation_id),
         lease_owner = CASE WHEN u.b_release THEN NULL ELSE s.lease_owner END,
         lease_expires_at = CASE WHEN u.b_release THEN NULL ELSE s.lease_expires_at END,
-        updated_at = u.b_updated_at
-    FROM json_to_recordset(CAST(:rows AS json)) AS u(
+        updated_at = {_pg_timestamp("u.b_updated_at")}
+    FROM json_to_recordset(CAST(:saga_rows AS json)) AS u(
         b_id uuid, b_status varchar, b_context json, b_error text,
-        b_correlation_id varchar, b_release boolean, b_updated_at timestamptz
+        b_correlation_id varchar, b_release boolean, b_updated_at bigint
     )
     WHERE s.id = u.b_id
-    """
-)
-"""PostgreSQL: every saga-level change of a batch in one UPDATE (same merge as SAGA_UPDATE)."""
+"""
 
-PG_STEP_UPSERT = sa.text(
-    f"""
+_PG_STEP_UPSERT = f"""
     INSERT INTO {saga_steps.name} AS t
         (saga_id, name, status, result, attempts, error, started_at, finished_at, updated_at)
     SELECT u.saga_id, u.name, u.status, u.result, u.attempts, u.error,
-           u.started_at, u.finished_at, u.updated_at
-    FROM json_to_recordset(CAST(:rows AS json)) AS u(
+           {_pg_timestamp("u.started_at")}, {_pg_timestamp("u.finished_at")},
+           {_pg_timestamp("u.updated_at")}
+    FROM json_to_recordset(CAST(:step_rows AS json)) AS u(
         saga_id uuid, name varchar, status varchar, result json, attempts integer,
-        error text, started_at timestamptz, finished_at timestamptz, updated_at timestamptz
+        error text, started_at bigint, finished_at bigint, updated_at bigint
     )
     ON CONFLICT (saga_id, name) DO UPDATE SET
         status = excluded.status,
@@ -195,9 +230,19 @@ PG_STEP_UPSERT = sa.text(
         started_at = COALESCE(t.started_at, excluded.started_at),
         finished_at = COALESCE(excluded.finished_at, t.finished_at),
         updated_at = excluded.updated_at
-    """
-)
+"""
+
+PG_SAGA_UPDATE = sa.text(_PG_SAGA_UPDATE)
+"""PostgreSQL: every saga-level change of a batch in one UPDATE (same merge as SAGA_UPDATE)."""
+
+PG_STEP_UPSERT = sa.text(_PG_STEP_UPSERT)
 """PostgreSQL: every step row of a batch in one upsert (same merge as `step_upsert`)."""
+
+PG_SAGA_UPDATE_AND_STEP_UPSERT = sa.text(
+    f"WITH saga_update AS ({_PG_SAGA_UPDATE} RETURNING 1) {_PG_STEP_UPSERT}"
+)
+"""PostgreSQL: both, as one statement (a data-modifying WITH always runs to completion;
+the two touch different tables)."""
 
 
 def read_leases(connection: sa.Connection, saga_ids: set[str]) -> dict[str, Lease]:
@@ -208,15 +253,15 @@ def read_leases(connection: sa.Connection, saga_ids: set[str]) -> dict[str, Leas
         # would be new SQL to parse each time), cheap to encode; FOR SHARE keeps every
         # lease where it is until the batch commits.
         rows = connection.execute(PG_READ_LEASES, {"ids": json_rows(sorted(saga_ids))})
-    else:
-        query = sa.select(sagas.c.id, sagas.c.lease_owner, sagas.c.lease_token)
-        rows = connection.execute(query.where(sagas.c.id.in_(sorted(saga_ids))))
-    return {str(row.id): Lease(row.lease_owner, row.lease_token) for row in rows}
+        return {saga_id: (owner, token) for saga_id, owner, token in rows}
+    query = sa.select(sagas.c.id, sagas.c.lease_owner, sagas.c.lease_token)
+    rows = connection.execute(query.where(sagas.c.id.in_(sorted(saga_ids))))
+    return {str(saga_id): (owner, token) for saga_id, owner, token in rows}
 
 
 PG_READ_LEASES = sa.text(
     f"""
-    SELECT id, lease_owner, lease_token FROM {sagas.name}
+    SELECT CAST(id AS text), lease_owner, lease_token FROM {sagas.name}
     WHERE id = ANY(ARRAY(SELECT CAST(json_array_elements_text(CAST(:ids AS json)) AS uuid)))
     FOR SHARE
     """

@@ -18,6 +18,7 @@ slowly. A row whose context cannot be read is claimed like any other but reporte
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,7 +59,7 @@ class CorruptSaga:
 UNKNOWN_SAGA_ERROR = "sagaz: no worker has saga"
 
 
-def _runnable(now: datetime) -> sa.ColumnElement[bool]:
+def _runnable(now: datetime | sa.BindParameter[datetime]) -> sa.ColumnElement[bool]:
     return sa.and_(
         sagas.c.status.in_(RUNNABLE_SAGA_STATUSES),
         sa.or_(sagas.c.lease_expires_at.is_(None), sagas.c.lease_expires_at < now),
@@ -78,31 +79,86 @@ def _progressed() -> sa.ColumnElement[bool]:
     return sa.or_(sagas.c.claimed_at.is_(None), finished_since)
 
 
-def _lease_to(owner: str, lease_seconds: float, now: datetime) -> dict[str, Any]:
+#: The stalled-claim counts whose lease gets its own backoff (the rest get the maximum).
+_BACKOFF_LEVELS = range(1, 2 + int(MAX_CLAIM_BACKOFF_SECONDS).bit_length())
+
+
+def _at(name: str) -> sa.BindParameter[datetime]:
+    return sa.bindparam(name, type_=sagas.c.updated_at.type)
+
+
+def _lease_to() -> dict[str, Any]:
     """What every claim sets: the new owner and expiry (plus the backoff the saga's
     stalled claims earned), a new fencing token, one more attempt, the stalled-claims
-    count, and no more "no worker has this saga" error."""
+    count, and no more "no worker has this saga" error. Bound by `_claim_parameters`."""
     progressed = _progressed()
     stalled = sagas.c.stalled_claims + 1
-    expires = now + timedelta(seconds=lease_seconds)
-    levels = range(1, 2 + int(MAX_CLAIM_BACKOFF_SECONDS).bit_length())
+    expires = _at("claim_expires")
     return {
-        "lease_owner": owner,
+        "lease_owner": sa.bindparam("claim_owner", type_=sa.String),
         "lease_expires_at": sa.case(
             (progressed, expires),
             (stalled <= 0, expires),
-            *((stalled == n, expires + timedelta(seconds=claim_backoff(n))) for n in levels),
-            else_=expires + timedelta(seconds=MAX_CLAIM_BACKOFF_SECONDS),
+            *((stalled == n, _at(f"claim_expires_{n}")) for n in _BACKOFF_LEVELS),
+            else_=_at("claim_expires_max"),
         ),
         "lease_token": sagas.c.lease_token + 1,
         "attempts": sagas.c.attempts + 1,
         "stalled_claims": sa.case((progressed, 0), else_=stalled),
-        "claimed_at": now,
+        "claimed_at": _at("claim_now"),
         "error": sa.case(
             (sagas.c.error.startswith(UNKNOWN_SAGA_ERROR), sa.null()), else_=sagas.c.error
         ),
-        "updated_at": now,
+        "updated_at": _at("claim_now"),
     }
+
+
+def _claim_parameters(owner: str, lease_seconds: float, now: datetime) -> dict[str, Any]:
+    """The values of a claim statement's parameters (see `_lease_to`)."""
+    expires = now + timedelta(seconds=lease_seconds)
+    parameters: dict[str, Any] = {
+        "claim_owner": owner,
+        "claim_now": now,
+        "claim_expires": expires,
+        "claim_expires_max": expires + timedelta(seconds=MAX_CLAIM_BACKOFF_SECONDS),
+    }
+    for n in _BACKOFF_LEVELS:
+        parameters[f"claim_expires_{n}"] = expires + timedelta(seconds=claim_backoff(n))
+    return parameters
+
+
+@functools.cache
+def _claim_statement(skip_locked: bool) -> sa.Update:
+    """`claim_sagas`'s statement, built once (SQLAlchemy then reuses its cache key and
+    compiled form): the oldest runnable sagas of the names in ``claim_names``, at most
+    ``claim_limit``, leased (`_lease_to`); locked rows skipped on PostgreSQL."""
+    now = _at("claim_now")
+    candidates = (
+        sa.select(sagas.c.id)
+        .where(_runnable(now), sagas.c.name.in_(sa.bindparam("claim_names", expanding=True)))
+        .order_by(sagas.c.created_at)
+        .limit(sa.bindparam("claim_limit", type_=sa.Integer))
+    )
+    if skip_locked:
+        candidates = candidates.with_for_update(skip_locked=True)
+    return (
+        sa.update(sagas)
+        .where(sagas.c.id.in_(candidates.scalar_subquery()), _runnable(now))
+        .values(_lease_to())
+        .returning(*SAGA_COLUMNS_AS_TEXT)
+    )
+
+
+@functools.cache
+def _claim_one_statement() -> sa.Update:
+    """`claim_saga`'s statement, built once: the saga ``claim_id`` if runnable, leased."""
+    return (
+        sa.update(sagas)
+        .where(sagas.c.id == sa.bindparam("claim_id", type_=sagas.c.id.type))
+        .where(_runnable(_at("claim_now")))
+        .values(_lease_to())
+        .returning(*SAGA_COLUMNS_AS_TEXT)
+    )
 
 
 def _snapshots(
@@ -150,21 +206,10 @@ def claim_sagas(
     one go into `traces` (saga id -> JSON text)."""
     if limit <= 0 or not names:
         return []
-    candidates = (
-        sa.select(sagas.c.id)
-        .where(_runnable(now), sagas.c.name.in_(list(names)))
-        .order_by(sagas.c.created_at)
-        .limit(limit)
-    )
-    if connection.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
-    statement = (
-        sa.update(sagas)
-        .where(sagas.c.id.in_(candidates.scalar_subquery()), _runnable(now))
-        .values(_lease_to(owner, lease_seconds, now))
-        .returning(*SAGA_COLUMNS_AS_TEXT)
-    )
-    rows = connection.execute(statement).all()
+    statement = _claim_statement(connection.dialect.name == "postgresql")
+    parameters = _claim_parameters(owner, lease_seconds, now)
+    parameters.update(claim_names=list(names), claim_limit=limit)
+    rows = connection.execute(statement, parameters).all()
     if cancelled is not None:
         cancelled.update(str(row.id) for row in rows if _cancel_pending(row))
     return _snapshots(rows, corrupt, traces)
@@ -297,13 +342,9 @@ def claim_saga(
     not exist (not committed yet, or rolled back), is finished, or is leased to another
     owner.
     """
-    statement = (
-        sa.update(sagas)
-        .where(sagas.c.id == saga_id, _runnable(now))
-        .values(_lease_to(owner, lease_seconds, now))
-        .returning(*SAGA_COLUMNS_AS_TEXT)
-    )
-    row = connection.execute(statement).one_or_none()
+    parameters = _claim_parameters(owner, lease_seconds, now)
+    parameters["claim_id"] = saga_id
+    row = connection.execute(_claim_one_statement(), parameters).one_or_none()
     if row is None:
         return None
     snapshot = snapshot_from_row(row)

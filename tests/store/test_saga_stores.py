@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -396,3 +397,90 @@ async def test_saga_run_persists_through_an_initialized_config(sqlite: DatabaseU
         await config.close()  # idempotent
     assert stored is not None
     assert stored.status is SagaStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(1969, 12, 31, 23, 59, 59, 500001, tzinfo=UTC),  # before the epoch
+        datetime(2026, 12, 5, 1, 2, 3, 999999, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # past double's 2**53 us
+        datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 6, 1, 12, 0, 0, 654321),  # naive: taken as UTC
+    ],
+)
+def test_transition_timestamps_are_stored_to_the_microsecond(
+    sync_engine: sa.Engine, at: datetime
+) -> None:
+    """PostgreSQL gets them as epoch microseconds in the batch's JSON: any UTC datetime
+    Python can hold reads back exactly (a naive one taken as UTC)."""
+    saga_id = str(uuid.uuid4())
+    expected = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+    def transition(kind: TransitionKind, **fields: Any) -> Transition:
+        return Transition(kind=kind, saga_id=saga_id, saga_name="stamped", at=at, **fields)
+
+    store = SagaStore(sync_engine)
+    store.record_many([transition(TransitionKind.SAGA_STARTED, status=SagaStatus.RUNNING)])
+    store.record_many(
+        [
+            transition(TransitionKind.STEP_STARTED, step="a", attempt=1),
+            transition(TransitionKind.STEP_COMPLETED, step="a", attempt=1, result={}),
+            transition(TransitionKind.SAGA_FINISHED, status=SagaStatus.COMPLETED),
+        ]
+    )
+    snapshot = store.get(saga_id)
+    assert snapshot is not None
+    assert snapshot.updated_at == expected
+    step = snapshot.steps["a"]
+    assert (step.started_at, step.finished_at) == (expected, expected)
+    row = step_rows(sync_engine, saga_id)["a"]
+    assert row.updated_at == expected or row.updated_at == expected.replace(tzinfo=None)
+
+
+def test_a_fenced_batch_writes_the_sagas_whose_lease_it_holds_and_refuses_the_rest(
+    sync_engine: sa.Engine,
+) -> None:
+    """One batch, four sagas: the current lease, an older token, another owner, and a
+    saga that is not stored. Only the first is written (on PostgreSQL the check and the
+    writes are one statement); the others change nothing."""
+    with Session(sync_engine) as session:
+        stored = [start_saga(session, StoredSaga, {"n": n}) for n in range(3)]
+        session.commit()
+    missing = str(uuid.uuid4())
+    for saga_id in stored:
+        set_lease(sync_engine, saga_id, "worker-a", 2)
+    fences = [Fence("worker-a", 2), Fence("worker-a", 1), Fence("worker-b", 2)]
+    batch = []
+    for saga_id, fence in [*zip(stored, fences, strict=True), (missing, Fence("worker-a", 2))]:
+        batch += [
+            Transition(
+                kind=TransitionKind.SAGA_STARTED,
+                saga_id=saga_id,
+                saga_name=StoredSaga.saga_name,
+                at=utcnow(),
+                status=SagaStatus.RUNNING,
+                fence=fence,
+            ),
+            Transition(
+                kind=TransitionKind.STEP_STARTED,
+                saga_id=saga_id,
+                saga_name=StoredSaga.saga_name,
+                at=utcnow(),
+                step="a",
+                attempt=1,
+                fence=fence,
+            ),
+        ]
+    store = SagaStore(sync_engine)
+    with pytest.raises(LeaseLostError, match=stored[1]):
+        store.record_many(batch)
+    written = store.get(stored[0])
+    assert written is not None
+    assert written.status is SagaStatus.RUNNING
+    assert written.steps["a"].status is StepStatus.RUNNING
+    for saga_id in stored[1:]:
+        untouched = store.get(saga_id)
+        assert untouched is not None
+        assert (untouched.status, untouched.steps) == (SagaStatus.PENDING, {})
+    assert store.get(missing) is None
