@@ -5,6 +5,7 @@ and the saga timeout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from sagaz._util import describe, utcnow
 from sagaz.definition import StepDefinition
@@ -39,11 +40,9 @@ async def forward(run: SagaRun) -> bool:
     running: Running = {}
     deadline = None if timeout is None else asyncio.timeout(timeout)
     try:
-        if deadline is None:  # the usual case: no deadline to enter
+        # the usual case has no deadline: nothing to arm (asyncio.timeout(None) still costs)
+        async with deadline or contextlib.nullcontext():
             await _schedule(run, running)
-        else:
-            async with deadline:
-                await _schedule(run, running)
     except TimeoutError:
         if deadline is None or not deadline.expired():  # e.g. a journal write timed out
             await _abandon(running)
