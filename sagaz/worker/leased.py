@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,7 +42,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaz._json import ensure_json_object
-from sagaz._util import backoff, utcnow
+from sagaz._util import backoff, random_uuid, utcnow
 from sagaz.context import SagaContextManager, current_correlation_id
 from sagaz.definition import SagaDefinition
 from sagaz.engine import SagaEngine
@@ -147,7 +146,7 @@ class LeasedRuns:
         journal write that failed) or CancelledError."""
         document = ensure_json_object(context, "context")
         row = pending_saga_row(
-            saga_id or str(uuid.uuid4()),
+            saga_id or random_uuid(),
             definition.name,
             document,
             idempotency_key=None,
